@@ -1,0 +1,435 @@
+//! The decision contract: what a caller asks and what it is told.
+//!
+//! A request arrives as [`DecisionRequest`] (the wire shape, deserialized as is) and becomes a
+//! [`ValidRequest`] only through [`DecisionRequest::validate`], which checks it against
+//! [`Limits`] and converts its context into a Cedar context. The engine takes only
+//! `ValidRequest`s, so nothing unchecked reaches policy evaluation.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+/// Typed limits on what a single request may carry. Every limit is a configuration value with
+/// a safe default; the server passes its configured copy to [`DecisionRequest::validate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Longest `actor`, `action` or `resource`, in bytes.
+    pub max_id_bytes: usize,
+    /// Deepest nesting of objects and arrays inside `context` (the context object itself is
+    /// depth 1).
+    pub max_context_depth: usize,
+    /// Most requests in one batch.
+    pub max_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_id_bytes: 1024,
+            max_context_depth: 32,
+            max_batch: 100,
+        }
+    }
+}
+
+/// A decision request as it arrives on the wire.
+///
+/// Unknown top-level fields are ignored, so that newer clients can talk to older servers. Later
+/// fields (session lineage, delegation chain, approval, plan step) join this struct as optional
+/// members.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"actor": "demo-agent", "action": "aws.ec2.terminate_instances", "resource": "i-demo", "context": {"env": "prod"}}))]
+pub struct DecisionRequest {
+    /// Who acts: the agent (or agent session) asking to act. Becomes the Cedar principal
+    /// `Agent::"<actor>"`.
+    pub actor: String,
+    /// What it attempts, as a dotted name such as `aws.ec2.terminate_instances`. Becomes
+    /// `Action::"<action>"`, a member of `Action::"aws.ec2"`, itself a member of `Action::"aws"`.
+    pub action: String,
+    /// What it acts on. Becomes the Cedar resource `Resource::"<resource>"`.
+    pub resource: String,
+    /// Any JSON object; becomes the Cedar context. Integers, strings, booleans, arrays and
+    /// objects map directly; `null` members are dropped; other numbers are rejected.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub context: Map<String, Value>,
+}
+
+/// One thing wrong with a request, located by a JSON pointer (RFC 6901) into the request body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FieldError {
+    /// Where in the body, for example `/context/amount`. Empty for the body as a whole.
+    pub pointer: String,
+    /// What is wrong there.
+    pub detail: String,
+}
+
+impl FieldError {
+    pub fn new(pointer: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            pointer: pointer.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.pointer.is_empty() {
+            f.write_str(&self.detail)
+        } else {
+            write!(f, "`{}`: {}", self.pointer, self.detail)
+        }
+    }
+}
+
+/// A request that passed validation: its ids are within limits, its action name is a proper
+/// dotted name, and its context is already a Cedar context.
+#[derive(Debug, Clone)]
+pub struct ValidRequest {
+    request: DecisionRequest,
+    action: ActionName,
+    cedar_context: cedar_policy::Context,
+}
+
+impl ValidRequest {
+    /// The request as received (with `null` context members dropped).
+    pub fn request(&self) -> &DecisionRequest {
+        &self.request
+    }
+
+    pub fn actor(&self) -> &str {
+        &self.request.actor
+    }
+
+    pub fn action(&self) -> &ActionName {
+        &self.action
+    }
+
+    pub fn resource(&self) -> &str {
+        &self.request.resource
+    }
+
+    pub(crate) fn cedar_context(&self) -> &cedar_policy::Context {
+        &self.cedar_context
+    }
+}
+
+/// A dotted action name with no empty segment, such as `aws.ec2.terminate_instances`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ActionName(String);
+
+impl ActionName {
+    /// Checks that `name` is a usable action name: not empty, no control characters, and no
+    /// empty dot-separated segment.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        if name.is_empty() {
+            return Err("must not be empty".to_owned());
+        }
+        if name.chars().any(char::is_control) {
+            return Err("must not contain control characters".to_owned());
+        }
+        if name.split('.').any(str::is_empty) {
+            return Err(format!(
+                "`{name}` has an empty segment: dots separate non-empty names, as in `aws.ec2.terminate_instances`"
+            ));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name itself followed by every dotted ancestor, nearest first:
+    /// `a.b.c`, `a.b`, `a`.
+    pub fn self_and_ancestors(&self) -> impl Iterator<Item = &str> {
+        let name = self.0.as_str();
+        std::iter::once(name).chain(
+            name.char_indices()
+                .rev()
+                .filter(|&(_, c)| c == '.')
+                .filter_map(move |(i, _)| name.get(..i)),
+        )
+    }
+
+    /// The nearest dotted ancestor, if any: `a.b` for `a.b.c`.
+    pub fn parent(&self) -> Option<&str> {
+        self.0.rfind('.').and_then(|i| self.0.get(..i))
+    }
+}
+
+impl std::fmt::Display for ActionName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl DecisionRequest {
+    /// Checks the request against `limits` and converts its context for Cedar. Every problem
+    /// found is reported, each with the pointer to the field it concerns.
+    pub fn validate(mut self, limits: &Limits) -> Result<ValidRequest, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        for (field, value) in [
+            ("actor", &self.actor),
+            ("action", &self.action),
+            ("resource", &self.resource),
+        ] {
+            if value.is_empty() {
+                errors.push(FieldError::new(format!("/{field}"), "must not be empty"));
+            } else if value.len() > limits.max_id_bytes {
+                errors.push(FieldError::new(
+                    format!("/{field}"),
+                    format!(
+                        "is {} bytes long; the limit is {} bytes",
+                        value.len(),
+                        limits.max_id_bytes
+                    ),
+                ));
+            }
+        }
+        let action = match ActionName::parse(&self.action) {
+            Ok(action) => Some(action),
+            Err(detail) => {
+                if !self.action.is_empty() {
+                    errors.push(FieldError::new("/action", detail));
+                }
+                None
+            }
+        };
+        drop_nulls_and_check(&mut self.context, "/context", 1, limits, &mut errors);
+        let (Some(action), true) = (action, errors.is_empty()) else {
+            return Err(errors);
+        };
+        let cedar_context =
+            cedar_policy::Context::from_json_value(Value::Object(self.context.clone()), None)
+                .map_err(|e| vec![FieldError::new("/context", e.to_string())])?;
+        Ok(ValidRequest {
+            request: self,
+            action,
+            cedar_context,
+        })
+    }
+}
+
+/// Walks a context object: drops `null` members (absent, for Cedar), and reports nesting
+/// deeper than the limit, non-integer numbers, and `null` inside arrays.
+fn drop_nulls_and_check(
+    object: &mut Map<String, Value>,
+    pointer: &str,
+    depth: usize,
+    limits: &Limits,
+    errors: &mut Vec<FieldError>,
+) {
+    if depth > limits.max_context_depth {
+        errors.push(FieldError::new(
+            pointer,
+            format!(
+                "nests deeper than the limit of {} levels",
+                limits.max_context_depth
+            ),
+        ));
+        return;
+    }
+    object.retain(|_, v| !v.is_null());
+    for (key, value) in object.iter_mut() {
+        let child = format!("{pointer}/{}", escape_pointer(key));
+        check_value(value, &child, depth, limits, errors);
+    }
+}
+
+fn check_value(
+    value: &mut Value,
+    pointer: &str,
+    depth: usize,
+    limits: &Limits,
+    errors: &mut Vec<FieldError>,
+) {
+    match value {
+        Value::Object(object) => drop_nulls_and_check(object, pointer, depth + 1, limits, errors),
+        Value::Array(items) => {
+            if depth + 1 > limits.max_context_depth {
+                errors.push(FieldError::new(
+                    pointer,
+                    format!(
+                        "nests deeper than the limit of {} levels",
+                        limits.max_context_depth
+                    ),
+                ));
+                return;
+            }
+            for (i, item) in items.iter_mut().enumerate() {
+                let child = format!("{pointer}/{i}");
+                if item.is_null() {
+                    errors.push(FieldError::new(child, "`null` is not allowed inside an array"));
+                } else {
+                    check_value(item, &child, depth + 1, limits, errors);
+                }
+            }
+        }
+        Value::Number(n) if n.as_i64().is_none() => errors.push(FieldError::new(
+            pointer,
+            format!(
+                "`{n}` is not a 64-bit signed integer, and Cedar has no other numbers: send an integer, or a string"
+            ),
+        )),
+        _ => {}
+    }
+}
+
+/// Escapes a key for use in a JSON pointer (RFC 6901).
+fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// The outcome of a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Allow,
+    Deny,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a decision came out as it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonKind {
+    /// A permit policy was satisfied.
+    Permit,
+    /// A forbid policy was satisfied.
+    Forbid,
+    /// No policy permits the request: denied by default.
+    DefaultDeny,
+    /// A policy could not be evaluated; when it is a forbid policy the request is denied.
+    Error,
+}
+
+/// One reason for a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Reason {
+    pub kind: ReasonKind,
+    /// The policy id (its `@id` annotation, or `file#n` for the n-th policy of a file). Absent
+    /// for a default deny.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The policy's `@reason` annotation, or a generated explanation.
+    pub message: String,
+}
+
+/// The engine's answer: a decision, its reasons, and the policy set that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Verdict {
+    pub decision: Decision,
+    pub reasons: Vec<Reason>,
+    /// `sha256:<hex>` of the active policy set.
+    pub policy_version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(context: Value) -> DecisionRequest {
+        DecisionRequest {
+            actor: "a".into(),
+            action: "x.y".into(),
+            resource: "r".into(),
+            context: match context {
+                Value::Object(map) => map,
+                _ => Map::new(),
+            },
+        }
+    }
+
+    fn errors(r: DecisionRequest) -> Vec<FieldError> {
+        match r.validate(&Limits::default()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn ancestors_nearest_first() {
+        let name = ActionName::parse("aws.ec2.terminate_instances").unwrap();
+        let got: Vec<_> = name.self_and_ancestors().collect();
+        assert_eq!(got, ["aws.ec2.terminate_instances", "aws.ec2", "aws"]);
+        assert_eq!(name.parent(), Some("aws.ec2"));
+        let single = ActionName::parse("read").unwrap();
+        assert_eq!(single.self_and_ancestors().collect::<Vec<_>>(), ["read"]);
+        assert_eq!(single.parent(), None);
+    }
+
+    #[test]
+    fn action_names_with_empty_segments_are_rejected() {
+        for bad in ["", ".a", "a.", "a..b", "a\u{7}"] {
+            assert!(ActionName::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn empty_and_oversize_fields_are_named() {
+        let mut r = request(json!({}));
+        r.actor = String::new();
+        r.resource = "x".repeat(2000);
+        let pointers: Vec<_> = errors(r).into_iter().map(|e| e.pointer).collect();
+        assert_eq!(pointers, ["/actor", "/resource"]);
+    }
+
+    #[test]
+    fn context_floats_and_array_nulls_are_rejected_with_pointers() {
+        let errs = errors(request(
+            json!({"amount": 1.5, "tags": ["a", null], "a/b": {"c": 1e300}}),
+        ));
+        let mut pointers: Vec<_> = errs.iter().map(|e| e.pointer.as_str()).collect();
+        pointers.sort();
+        assert_eq!(
+            pointers,
+            ["/context/amount", "/context/a~1b/c", "/context/tags/1"]
+        );
+    }
+
+    #[test]
+    fn null_members_are_dropped() {
+        let valid = request(json!({"ticket": null, "env": "prod"}))
+            .validate(&Limits::default())
+            .unwrap();
+        assert_eq!(
+            Value::Object(valid.request().context.clone()),
+            json!({"env": "prod"})
+        );
+    }
+
+    #[test]
+    fn depth_limit_is_enforced() {
+        let limits = Limits {
+            max_context_depth: 3,
+            ..Limits::default()
+        };
+        // The context is level 1, `a` level 2, `b` level 3.
+        let ok = request(json!({"a": {"b": {"c": 1}, "d": [1]}}));
+        assert!(ok.validate(&limits).is_ok());
+        let deep = request(json!({"a": {"b": {"c": {}}}}));
+        let errs = deep.validate(&limits).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].pointer, "/context/a/b/c");
+        let deep_array = request(json!({"a": {"b": [[1]]}}));
+        let errs = deep_array.validate(&limits).unwrap_err();
+        assert_eq!(errs[0].pointer, "/context/a/b/0");
+    }
+}

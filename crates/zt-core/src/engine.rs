@@ -1,0 +1,500 @@
+//! The decision engine: a validated policy set, indexed by action, deciding [`ValidRequest`]s.
+//!
+//! Architecture invariant: [`Engine::decide`] always returns a verdict, and every path that
+//! cannot decide (a policy that cannot be built into a request plan, a Cedar request error, a
+//! forbid policy that fails to evaluate, a panic inside Cedar) returns deny.
+//!
+//! Cedar evaluates every policy of the set it is given. A policy whose action scope does not
+//! cover the request's action can never be satisfied, and its scope is checked before its
+//! conditions, so leaving it out changes neither the decision nor the errors. The engine
+//! therefore evaluates each request against a *plan*: the slice of policies whose action scope
+//! can cover that action, with the action's dotted ancestry as entities. Plans are built once
+//! per action name and cached in the engine, which is immutable and replaced whole on reload.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+
+use cedar_policy::{
+    AuthorizationError, Authorizer, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    PolicySet, Request,
+};
+
+use crate::contract::{ActionName, Decision, Reason, ReasonKind, ValidRequest, Verdict};
+use crate::policy::{ActionScope, LoadedSet, PolicyError, SourceFile};
+
+/// How many action plans an engine keeps before it starts over. Each plan holds references to
+/// the policies that apply to one action, so this bounds memory under a stream of distinct,
+/// perhaps hostile, action names.
+pub const DEFAULT_MAX_CACHED_PLANS: usize = 16_384;
+
+/// The Cedar entity types of the contract.
+#[derive(Debug)]
+struct Types {
+    agent: EntityTypeName,
+    action: EntityTypeName,
+    resource: EntityTypeName,
+}
+
+/// The policies that can apply to one action, ready to evaluate.
+#[derive(Debug)]
+struct Plan {
+    action: EntityUid,
+    policies: PolicySet,
+    entities: Entities,
+}
+
+/// A loaded policy set, ready to decide.
+#[derive(Debug)]
+pub struct Engine {
+    set: LoadedSet,
+    types: Types,
+    /// Policies with no action scope.
+    any: Vec<usize>,
+    /// Policies with `action == Action::"x"`, by `x`.
+    equal: HashMap<String, Vec<usize>>,
+    /// Policies with `action in Action::"x"` (or a list naming `x`), by `x`.
+    within: HashMap<String, Vec<usize>>,
+    plans: RwLock<HashMap<String, Arc<Plan>>>,
+    max_cached_plans: usize,
+    authorizer: Authorizer,
+}
+
+impl Engine {
+    /// Loads and validates `sources` (see [`crate::policy::load`]) into an engine.
+    pub fn load(sources: &[SourceFile]) -> Result<Self, Vec<PolicyError>> {
+        let set = crate::policy::load(sources)?;
+        Self::new(set).map_err(|e| vec![e])
+    }
+
+    /// Indexes a loaded set.
+    pub fn new(set: LoadedSet) -> Result<Self, PolicyError> {
+        let type_name = |name: &str| {
+            EntityTypeName::from_str(name).map_err(|e| PolicyError {
+                file: "<engine>".into(),
+                line: None,
+                column: None,
+                message: e.to_string(),
+            })
+        };
+        let types = Types {
+            agent: type_name("Agent")?,
+            action: type_name("Action")?,
+            resource: type_name("Resource")?,
+        };
+        let mut any = Vec::new();
+        let mut equal: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut within: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, scope) in set.action_scopes() {
+            match scope {
+                ActionScope::Any => any.push(i),
+                ActionScope::Eq(name) => equal.entry(name).or_default().push(i),
+                ActionScope::In(names) => {
+                    for name in names {
+                        within.entry(name).or_default().push(i);
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            set,
+            types,
+            any,
+            equal,
+            within,
+            plans: RwLock::new(HashMap::new()),
+            max_cached_plans: DEFAULT_MAX_CACHED_PLANS,
+            authorizer: Authorizer::new(),
+        })
+    }
+
+    /// The loaded set: version, files, warnings.
+    pub fn policies(&self) -> &LoadedSet {
+        &self.set
+    }
+
+    pub fn version(&self) -> &str {
+        self.set.version()
+    }
+
+    /// Decides a request. Never fails: what cannot be decided is denied.
+    pub fn decide(&self, request: &ValidRequest) -> Verdict {
+        match catch_unwind(AssertUnwindSafe(|| self.evaluate(request))) {
+            Ok(verdict) => verdict,
+            Err(_) => self.deny_error(None, "internal error while deciding".to_owned()),
+        }
+    }
+
+    fn evaluate(&self, request: &ValidRequest) -> Verdict {
+        let plan = match self.plan(request.action()) {
+            Ok(plan) => plan,
+            Err(e) => return self.deny_error(None, e),
+        };
+        let principal = EntityUid::from_type_name_and_id(
+            self.types.agent.clone(),
+            EntityId::new(request.actor()),
+        );
+        let resource = EntityUid::from_type_name_and_id(
+            self.types.resource.clone(),
+            EntityId::new(request.resource()),
+        );
+        let cedar_request = match Request::new(
+            principal,
+            plan.action.clone(),
+            resource,
+            request.cedar_context().clone(),
+            None,
+        ) {
+            Ok(r) => r,
+            Err(e) => return self.deny_error(None, format!("request rejected by Cedar: {e}")),
+        };
+        let response =
+            self.authorizer
+                .is_authorized(&cedar_request, &plan.policies, &plan.entities);
+
+        let mut errors = Vec::new();
+        let mut forbid_failed = false;
+        for error in response.diagnostics().errors() {
+            let AuthorizationError::PolicyEvaluationError(error) = error;
+            let id = error.policy_id();
+            let loaded = self.set.policy(id);
+            if loaded.is_none_or(|p| p.effect == Effect::Forbid) {
+                forbid_failed = true;
+            }
+            errors.push(Reason {
+                kind: ReasonKind::Error,
+                policy: Some(id.to_string()),
+                message: format!("policy could not be evaluated: {}", error.inner()),
+            });
+        }
+
+        let determining: Vec<Reason> = response
+            .diagnostics()
+            .reason()
+            .filter_map(|id| self.set.policy(id).map(|p| (id, p)))
+            .map(|(id, p)| {
+                let (kind, verb) = match p.effect {
+                    Effect::Permit => (ReasonKind::Permit, "permitted"),
+                    Effect::Forbid => (ReasonKind::Forbid, "forbidden"),
+                };
+                Reason {
+                    kind,
+                    policy: Some(id.to_string()),
+                    message: p
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| format!("{verb} by policy `{id}`")),
+                }
+            })
+            .collect();
+        let mut determining = determining;
+        determining.sort_by(|a, b| a.policy.cmp(&b.policy));
+
+        let allowed = response.decision() == cedar_policy::Decision::Allow && !forbid_failed;
+        if allowed {
+            return self.verdict(Decision::Allow, determining);
+        }
+        let mut reasons: Vec<Reason> = determining
+            .into_iter()
+            .filter(|r| r.kind == ReasonKind::Forbid)
+            .collect();
+        if reasons.is_empty() && !forbid_failed {
+            reasons.push(Reason {
+                kind: ReasonKind::DefaultDeny,
+                policy: None,
+                message: format!(
+                    "no policy permits `{}` on `{}` (deny by default)",
+                    request.action(),
+                    request.resource()
+                ),
+            });
+        }
+        errors.sort_by(|a, b| a.policy.cmp(&b.policy));
+        reasons.extend(errors);
+        self.verdict(Decision::Deny, reasons)
+    }
+
+    fn verdict(&self, decision: Decision, reasons: Vec<Reason>) -> Verdict {
+        Verdict {
+            decision,
+            reasons,
+            policy_version: self.set.version().to_owned(),
+        }
+    }
+
+    fn deny_error(&self, policy: Option<String>, message: String) -> Verdict {
+        self.verdict(
+            Decision::Deny,
+            vec![Reason {
+                kind: ReasonKind::Error,
+                policy,
+                message: format!("{message}; denied (fail closed)"),
+            }],
+        )
+    }
+
+    /// The cached plan for `action`, built on first use.
+    fn plan(&self, action: &ActionName) -> Result<Arc<Plan>, String> {
+        if let Ok(plans) = self.plans.read()
+            && let Some(plan) = plans.get(action.as_str())
+        {
+            return Ok(Arc::clone(plan));
+        }
+        let plan = Arc::new(self.build_plan(action)?);
+        if let Ok(mut plans) = self.plans.write() {
+            if plans.len() >= self.max_cached_plans {
+                plans.clear();
+            }
+            plans.insert(action.as_str().to_owned(), Arc::clone(&plan));
+        }
+        Ok(plan)
+    }
+
+    fn build_plan(&self, action: &ActionName) -> Result<Plan, String> {
+        let mut chosen: Vec<usize> = self.any.clone();
+        chosen.extend(self.equal.get(action.as_str()).into_iter().flatten());
+        for name in action.self_and_ancestors() {
+            chosen.extend(self.within.get(name).into_iter().flatten());
+        }
+        chosen.sort_unstable();
+        chosen.dedup();
+        let mut policies = PolicySet::new();
+        for i in chosen {
+            if let Some(p) = self.set.policies.get(i) {
+                policies
+                    .add(p.policy.clone())
+                    .map_err(|e| format!("cannot build the policy plan: {e}"))?;
+            }
+        }
+
+        let uid = |name: &str| {
+            EntityUid::from_type_name_and_id(self.types.action.clone(), EntityId::new(name))
+        };
+        let entities = action.self_and_ancestors().map(|name| {
+            let parent = ActionName::parse(name)
+                .ok()
+                .and_then(|n| n.parent().map(uid))
+                .into_iter()
+                .collect();
+            Entity::new_no_attrs(uid(name), parent)
+        });
+        let entities = Entities::from_entities(entities, None)
+            .map_err(|e| format!("cannot build the action hierarchy: {e}"))?;
+        Ok(Plan {
+            action: uid(action.as_str()),
+            policies,
+            entities,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{DecisionRequest, Limits};
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    fn engine(policies: &str) -> Engine {
+        Engine::load(&[SourceFile {
+            path: "p.cedar".into(),
+            text: policies.into(),
+        }])
+        .unwrap()
+    }
+
+    fn with_schema(schema: &str, policies: &str) -> Engine {
+        Engine::load(&[
+            SourceFile {
+                path: "s.cedarschema".into(),
+                text: schema.into(),
+            },
+            SourceFile {
+                path: "p.cedar".into(),
+                text: policies.into(),
+            },
+        ])
+        .unwrap()
+    }
+
+    fn ask(engine: &Engine, actor: &str, action: &str, context: Value) -> Verdict {
+        let request = DecisionRequest {
+            actor: actor.into(),
+            action: action.into(),
+            resource: "r-1".into(),
+            context: context.as_object().cloned().unwrap_or_default(),
+        }
+        .validate(&Limits::default())
+        .unwrap();
+        engine.decide(&request)
+    }
+
+    #[test]
+    fn no_policy_means_deny_by_default() {
+        let verdict = ask(&engine(""), "a", "x.y", json!({}));
+        assert_eq!(verdict.decision, Decision::Deny);
+        assert_eq!(verdict.reasons.len(), 1);
+        assert_eq!(verdict.reasons[0].kind, ReasonKind::DefaultDeny);
+        assert!(verdict.reasons[0].message.contains("deny by default"));
+    }
+
+    #[test]
+    fn dotted_actions_form_a_hierarchy() {
+        let e = engine(
+            "@id(\"ec2\") @reason(\"ec2 is fine\") permit(principal, action in Action::\"aws.ec2\", resource);\n\
+             @id(\"iam\") @reason(\"no iam\") forbid(principal, action in Action::\"aws.iam\", resource);\n\
+             permit(principal, action in Action::\"aws\", resource) when { principal == Agent::\"root\" };",
+        );
+        let v = ask(&e, "a", "aws.ec2.terminate_instances", json!({}));
+        assert_eq!(v.decision, Decision::Allow);
+        assert_eq!(v.reasons[0].policy.as_deref(), Some("ec2"));
+        assert_eq!(v.reasons[0].message, "ec2 is fine");
+        // The group name itself is covered by `in`.
+        assert_eq!(ask(&e, "a", "aws.ec2", json!({})).decision, Decision::Allow);
+        // A sibling prefix is not.
+        assert_eq!(
+            ask(&e, "a", "aws.ec2x.run", json!({})).decision,
+            Decision::Deny
+        );
+        let v = ask(&e, "root", "aws.iam.create_user", json!({}));
+        assert_eq!(v.decision, Decision::Deny);
+        assert_eq!(v.reasons.len(), 1);
+        assert_eq!(v.reasons[0].kind, ReasonKind::Forbid);
+        assert_eq!(v.reasons[0].message, "no iam");
+        assert_eq!(
+            ask(&e, "root", "aws.s3.get", json!({})).decision,
+            Decision::Allow
+        );
+        assert_eq!(
+            ask(&e, "other", "aws.s3.get", json!({})).decision,
+            Decision::Deny
+        );
+    }
+
+    #[test]
+    fn equality_does_not_cover_children() {
+        let e = engine("permit(principal, action == Action::\"a.b\", resource);");
+        assert_eq!(ask(&e, "x", "a.b", json!({})).decision, Decision::Allow);
+        assert_eq!(ask(&e, "x", "a.b.c", json!({})).decision, Decision::Deny);
+    }
+
+    #[test]
+    fn context_is_the_cedar_context() {
+        let e = with_schema(
+            "entity Agent; entity Resource; type Context = { env?: String };",
+            "permit(principal, action, resource) when { context has env && context.env == \"staging\" };",
+        );
+        assert_eq!(
+            ask(&e, "a", "x", json!({"env": "staging"})).decision,
+            Decision::Allow
+        );
+        assert_eq!(
+            ask(&e, "a", "x", json!({"env": "prod"})).decision,
+            Decision::Deny
+        );
+        assert_eq!(ask(&e, "a", "x", json!({})).decision, Decision::Deny);
+    }
+
+    #[test]
+    fn a_forbid_that_fails_to_evaluate_denies() {
+        let e = with_schema(
+            "entity Agent; entity Resource; type Context = { env?: String };",
+            "@id(\"all\") permit(principal, action, resource);\n\
+             @id(\"prod\") forbid(principal, action, resource) when { context has env && context.env like \"prod*\" };",
+        );
+        assert_eq!(ask(&e, "a", "x", json!({})).decision, Decision::Allow);
+        // A mistyped context value makes the forbid policy error at evaluation: deny.
+        let v = ask(&e, "a", "x", json!({"env": 7}));
+        assert_eq!(v.decision, Decision::Deny);
+        assert_eq!(v.reasons.len(), 1, "{v:?}");
+        assert_eq!(v.reasons[0].kind, ReasonKind::Error);
+        assert_eq!(v.reasons[0].policy.as_deref(), Some("prod"));
+    }
+
+    #[test]
+    fn a_permit_that_fails_to_evaluate_does_not_allow() {
+        let e = with_schema(
+            "entity Agent; entity Resource; type Context = { n?: Long };",
+            "@id(\"n\") permit(principal, action, resource) when { context has n && context.n > 3 };",
+        );
+        assert_eq!(ask(&e, "a", "x", json!({"n": 4})).decision, Decision::Allow);
+        let v = ask(&e, "a", "x", json!({"n": "four"}));
+        assert_eq!(v.decision, Decision::Deny);
+        let kinds: Vec<_> = v.reasons.iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, [ReasonKind::DefaultDeny, ReasonKind::Error]);
+    }
+
+    #[test]
+    fn the_plan_cache_is_bounded() {
+        let mut e = engine("permit(principal, action, resource);");
+        e.max_cached_plans = 4;
+        for i in 0..10 {
+            assert_eq!(
+                ask(&e, "a", &format!("x.{i}"), json!({})).decision,
+                Decision::Allow
+            );
+        }
+        assert!(e.plans.read().unwrap().len() <= 4);
+    }
+
+    fn full_set_decision(e: &Engine, actor: &str, action: &str) -> cedar_policy::Decision {
+        let mut all = PolicySet::new();
+        for p in &e.set.policies {
+            all.add(p.policy.clone()).unwrap();
+        }
+        let name = ActionName::parse(action).unwrap();
+        let plan = e.build_plan(&name).unwrap();
+        let request = Request::new(
+            EntityUid::from_type_name_and_id(e.types.agent.clone(), EntityId::new(actor)),
+            plan.action.clone(),
+            EntityUid::from_type_name_and_id(e.types.resource.clone(), EntityId::new("r-1")),
+            cedar_policy::Context::empty(),
+            None,
+        )
+        .unwrap();
+        e.authorizer
+            .is_authorized(&request, &all, &plan.entities)
+            .decision()
+    }
+
+    fn arb_action() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 1..4)
+            .prop_map(|segments| segments.join("."))
+    }
+
+    fn arb_policy() -> impl Strategy<Value = String> {
+        let effect = prop::sample::select(vec!["permit", "forbid"]);
+        let scope = prop_oneof![
+            Just("action".to_owned()),
+            arb_action().prop_map(|a| format!("action == Action::\"{a}\"")),
+            arb_action().prop_map(|a| format!("action in Action::\"{a}\"")),
+            (arb_action(), arb_action())
+                .prop_map(|(a, b)| format!("action in [Action::\"{a}\", Action::\"{b}\"]")),
+        ];
+        let principal = prop_oneof![
+            Just("principal".to_owned()),
+            prop::sample::select(vec!["p", "q"])
+                .prop_map(|p| format!("principal == Agent::\"{p}\"")),
+        ];
+        (effect, principal, scope).prop_map(|(e, p, s)| format!("{e}({p}, {s}, resource);"))
+    }
+
+    proptest! {
+        /// Evaluating a request against its action plan decides exactly as evaluating it
+        /// against the whole set.
+        #[test]
+        fn plans_decide_like_the_whole_set(
+            policies in prop::collection::vec(arb_policy(), 0..12),
+            actor in prop::sample::select(vec!["p", "q", "z"]),
+            action in arb_action(),
+        ) {
+            let e = engine(&policies.join("\n"));
+            let expected = match full_set_decision(&e, actor, &action) {
+                cedar_policy::Decision::Allow => Decision::Allow,
+                cedar_policy::Decision::Deny => Decision::Deny,
+            };
+            prop_assert_eq!(ask(&e, actor, &action, json!({})).decision, expected);
+        }
+    }
+}

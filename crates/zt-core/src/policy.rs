@@ -1,0 +1,555 @@
+//! Loading a policy set: Cedar policies and schema from source files, validated strictly.
+//!
+//! The caller reads the files (this crate does no I/O) and hands over [`SourceFile`]s. A set
+//! loads whole or not at all: [`load`] returns every error found, each with its file and line.
+
+mod schema;
+
+use std::collections::{BTreeSet, HashMap};
+
+use cedar_policy::{ActionConstraint, Effect, PolicyId, ValidationMode, Validator};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::contract::ActionName;
+
+/// The annotation that names a policy. Without it a policy is named `file#n`.
+pub const ID_ANNOTATION: &str = "id";
+/// The annotation whose text becomes the reason of a decision the policy determines.
+pub const REASON_ANNOTATION: &str = "reason";
+
+/// One file of a policy directory, by its path relative to the directory (with `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    pub path: String,
+    pub text: String,
+}
+
+/// What a file in a policy directory is, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    /// `*.cedar`: Cedar policies.
+    Policies,
+    /// `*.cedarschema`: a Cedar schema in the Cedar schema syntax.
+    Schema,
+    /// `*.cedarschema.json`: a Cedar schema in JSON.
+    SchemaJson,
+    /// `*.tests.json`: policy test cases, run by `ztinfra policy check`.
+    Tests,
+}
+
+impl FileKind {
+    /// The kind of the file at `path`, or `None` for a file that is not part of a policy set.
+    pub fn of(path: &str) -> Option<Self> {
+        if path.ends_with(".cedarschema.json") {
+            Some(Self::SchemaJson)
+        } else if path.ends_with(".cedarschema") {
+            Some(Self::Schema)
+        } else if path.ends_with(".cedar") {
+            Some(Self::Policies)
+        } else if path.ends_with(".tests.json") {
+            Some(Self::Tests)
+        } else {
+            None
+        }
+    }
+
+    /// Whether files of this kind change decisions (and so the policy version).
+    pub fn affects_decisions(self) -> bool {
+        !matches!(self, Self::Tests)
+    }
+}
+
+/// An error or warning in a policy set, located as precisely as Cedar allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PolicyError {
+    /// The file, relative to the policy directory; `<schema>` for a problem of the schema as
+    /// a whole.
+    pub file: String,
+    /// 1-based line, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl PolicyError {
+    fn whole_file(file: &str, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            line: None,
+            column: None,
+            message: message.into(),
+        }
+    }
+
+    /// Builds an error from a Cedar diagnostic whose spans are offsets into `text`.
+    fn from_diagnostic(file: &str, text: Option<&str>, diag: &dyn miette::Diagnostic) -> Self {
+        let offset = diag
+            .labels()
+            .and_then(|mut labels| labels.next())
+            .map(|label| label.offset());
+        let (line, column) = match (offset, text) {
+            (Some(offset), Some(text)) => {
+                let (line, column) = line_and_column(text, offset);
+                (Some(line), Some(column))
+            }
+            _ => (None, None),
+        };
+        let mut message = diag.to_string();
+        if let Some(help) = diag.help() {
+            message.push_str(&format!(" (help: {help})"));
+        }
+        Self {
+            file: file.to_owned(),
+            line,
+            column,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => write!(f, "{}:{line}:{column}: ", self.file)?,
+            (Some(line), None) => write!(f, "{}:{line}: ", self.file)?,
+            _ => write!(f, "{}: ", self.file)?,
+        }
+        f.write_str(&self.message)
+    }
+}
+
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(1, |last| last.chars().count() + 1);
+    (line, column)
+}
+
+/// A file that took part in the active set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileInfo {
+    pub path: String,
+    pub kind: FileKind,
+    /// `sha256:<hex>` of the file's bytes.
+    pub sha256: String,
+    /// How many policies the file holds (0 for schema and test files).
+    pub policies: usize,
+}
+
+/// One loaded policy and what the engine needs to know of it.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadedPolicy {
+    pub(crate) policy: cedar_policy::Policy,
+    pub(crate) effect: Effect,
+    pub(crate) reason: Option<String>,
+}
+
+/// A policy set that parsed and validated: the input of the engine.
+#[derive(Debug, Clone)]
+pub struct LoadedSet {
+    pub(crate) version: String,
+    pub(crate) files: Vec<FileInfo>,
+    pub(crate) policies: Vec<LoadedPolicy>,
+    pub(crate) by_id: HashMap<PolicyId, usize>,
+    pub(crate) warnings: Vec<PolicyError>,
+}
+
+impl LoadedSet {
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn files(&self) -> &[FileInfo] {
+        &self.files
+    }
+
+    pub fn warnings(&self) -> &[PolicyError] {
+        &self.warnings
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.policies.len()
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The version of a policy set: SHA-256 over the files that affect decisions, in path order,
+/// each as `u64be(len(path)) || path || u64be(len(text)) || text`.
+pub fn policy_version<'a>(files: impl IntoIterator<Item = &'a SourceFile>) -> String {
+    let mut files: Vec<&SourceFile> = files
+        .into_iter()
+        .filter(|f| FileKind::of(&f.path).is_some_and(FileKind::affects_decisions))
+        .collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut hasher = Sha256::new();
+    for file in files {
+        hasher.update((file.path.len() as u64).to_be_bytes());
+        hasher.update(file.path.as_bytes());
+        hasher.update((file.text.len() as u64).to_be_bytes());
+        hasher.update(file.text.as_bytes());
+    }
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
+/// Parses and validates a policy set. Files whose kind is not known are ignored; test files
+/// are listed but not loaded here (see [`crate::testing`]).
+pub fn load(sources: &[SourceFile]) -> Result<LoadedSet, Vec<PolicyError>> {
+    let mut errors = Vec::new();
+    let mut files = Vec::new();
+    let mut policies: Vec<LoadedPolicy> = Vec::new();
+    let mut origin: HashMap<PolicyId, (String, usize)> = HashMap::new();
+    let mut schema_fragments = Vec::new();
+    let mut texts: HashMap<&str, &str> = HashMap::new();
+
+    let mut sorted: Vec<&SourceFile> = sources.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    for file in sorted {
+        let Some(kind) = FileKind::of(&file.path) else {
+            continue;
+        };
+        texts.insert(&file.path, &file.text);
+        let mut count = 0;
+        match kind {
+            FileKind::Policies => {
+                count = parse_policy_file(file, &mut policies, &mut origin, &mut errors);
+            }
+            FileKind::Schema | FileKind::SchemaJson => {
+                match schema::parse_fragment(&file.text, kind == FileKind::SchemaJson) {
+                    Ok(fragment) => schema_fragments.push((file.path.clone(), fragment)),
+                    Err(e) => errors.push(PolicyError::from_diagnostic(
+                        &file.path,
+                        Some(&file.text),
+                        e.as_ref(),
+                    )),
+                }
+            }
+            FileKind::Tests => {}
+        }
+        files.push(FileInfo {
+            path: file.path.clone(),
+            kind,
+            sha256: sha256_hex(file.text.as_bytes()),
+            policies: count,
+        });
+    }
+
+    let referenced = referenced_actions(&policies, &origin, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let schema = schema::build(schema_fragments, &referenced)?;
+
+    let mut set = cedar_policy::PolicySet::new();
+    for loaded in &policies {
+        if let Err(e) = set.add(loaded.policy.clone()) {
+            errors.push(PolicyError::whole_file("<policies>", e.to_string()));
+        }
+    }
+    let validation = Validator::new(schema).validate(&set, ValidationMode::Strict);
+    let locate = |id: &PolicyId| {
+        origin
+            .get(id)
+            .map_or("<policies>", |(file, _)| file.as_str())
+    };
+    for error in validation.validation_errors() {
+        let file = locate(error.policy_id());
+        errors.push(PolicyError::from_diagnostic(
+            file,
+            texts.get(file).copied(),
+            error,
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let warnings = validation
+        .validation_warnings()
+        .map(|w| {
+            let file = locate(w.policy_id());
+            PolicyError::from_diagnostic(file, texts.get(file).copied(), w)
+        })
+        .collect();
+
+    let by_id = policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.policy.id().clone(), i))
+        .collect();
+    Ok(LoadedSet {
+        version: policy_version(sources),
+        files,
+        policies,
+        by_id,
+        warnings,
+    })
+}
+
+/// Parses one `.cedar` file and appends its policies, renamed to their public ids. Returns how
+/// many policies the file holds.
+fn parse_policy_file(
+    file: &SourceFile,
+    policies: &mut Vec<LoadedPolicy>,
+    origin: &mut HashMap<PolicyId, (String, usize)>,
+    errors: &mut Vec<PolicyError>,
+) -> usize {
+    let parsed: cedar_policy::PolicySet = match file.text.parse() {
+        Ok(set) => set,
+        Err(e) => {
+            let e: cedar_policy::ParseErrors = e;
+            errors.extend(
+                e.iter()
+                    .map(|err| PolicyError::from_diagnostic(&file.path, Some(&file.text), err)),
+            );
+            return 0;
+        }
+    };
+    if parsed.templates().next().is_some() {
+        errors.push(PolicyError::whole_file(
+            &file.path,
+            "policy templates (with `?principal` or `?resource`) are not supported yet",
+        ));
+    }
+    // Cedar names the policies of a parsed text `policy0`, `policy1`, ... in source order.
+    let mut in_file: Vec<(usize, &cedar_policy::Policy)> = parsed
+        .policies()
+        .map(|p| {
+            let id: &str = p.id().as_ref();
+            let index = id
+                .strip_prefix("policy")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(usize::MAX);
+            (index, p)
+        })
+        .collect();
+    in_file.sort_by_key(|(index, _)| *index);
+    for (index, policy) in &in_file {
+        let id = match policy.annotation(ID_ANNOTATION) {
+            Some(id) if !id.trim().is_empty() => id.to_owned(),
+            Some(_) => {
+                errors.push(PolicyError::whole_file(
+                    &file.path,
+                    format!("policy #{index} has an empty `@id` annotation"),
+                ));
+                continue;
+            }
+            None => format!("{}#{index}", file.path),
+        };
+        let id = PolicyId::new(id);
+        if let Some((other, _)) = origin.get(&id) {
+            errors.push(PolicyError::whole_file(
+                &file.path,
+                format!("policy id `{id}` is already used in `{other}`"),
+            ));
+            continue;
+        }
+        origin.insert(id.clone(), (file.path.clone(), *index));
+        policies.push(LoadedPolicy {
+            effect: policy.effect(),
+            reason: policy.annotation(REASON_ANNOTATION).map(str::to_owned),
+            policy: policy.new_id(id),
+        });
+    }
+    in_file.len()
+}
+
+/// Every action the policies name, in their scope or their conditions. An action of another
+/// type than `Action`, or with a name no request can carry, is an error.
+fn referenced_actions(
+    policies: &[LoadedPolicy],
+    origin: &HashMap<PolicyId, (String, usize)>,
+    errors: &mut Vec<PolicyError>,
+) -> BTreeSet<ActionName> {
+    let mut names = BTreeSet::new();
+    for loaded in policies {
+        let policy = &loaded.policy;
+        let mut uids = match policy.action_constraint() {
+            ActionConstraint::Any => Vec::new(),
+            ActionConstraint::Eq(uid) => vec![uid],
+            ActionConstraint::In(uids) => uids,
+        };
+        uids.extend(
+            policy
+                .entity_literals()
+                .into_iter()
+                .filter(|uid| uid.type_name().basename() == "Action"),
+        );
+        let file = origin
+            .get(policy.id())
+            .map_or("<policies>", |(file, _)| file.as_str());
+        for uid in uids {
+            if uid.type_name().to_string() != "Action" {
+                errors.push(PolicyError::whole_file(
+                    file,
+                    format!(
+                        "policy `{}` names action `{uid}`: actions must be of type `Action`, in no namespace",
+                        policy.id()
+                    ),
+                ));
+                continue;
+            }
+            match ActionName::parse(uid.id().unescaped()) {
+                Ok(name) => {
+                    names.insert(name);
+                }
+                Err(why) => errors.push(PolicyError::whole_file(
+                    file,
+                    format!(
+                        "policy `{}` names action `{uid}`, which no request can carry: {why}",
+                        policy.id()
+                    ),
+                )),
+            }
+        }
+    }
+    names
+}
+
+impl LoadedSet {
+    /// Looks up a loaded policy by its public id.
+    pub(crate) fn policy(&self, id: &PolicyId) -> Option<&LoadedPolicy> {
+        self.by_id.get(id).and_then(|&i| self.policies.get(i))
+    }
+
+    /// Every policy id, in load order.
+    pub fn policy_ids(&self) -> impl Iterator<Item = &str> {
+        self.policies.iter().map(|p| p.policy.id().as_ref())
+    }
+
+    /// The actions each policy names in its scope, for indexing: `None` when the policy
+    /// applies to every action.
+    pub(crate) fn action_scopes(&self) -> impl Iterator<Item = (usize, ActionScope)> + '_ {
+        self.policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, ActionScope::of(&p.policy)))
+    }
+}
+
+/// The action part of a policy's scope, reduced to names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ActionScope {
+    Any,
+    Eq(String),
+    In(Vec<String>),
+}
+
+impl ActionScope {
+    fn of(policy: &cedar_policy::Policy) -> Self {
+        match policy.action_constraint() {
+            ActionConstraint::Any => Self::Any,
+            ActionConstraint::Eq(uid) => Self::Eq(uid.id().unescaped().to_owned()),
+            ActionConstraint::In(uids) => {
+                Self::In(uids.iter().map(|u| u.id().unescaped().to_owned()).collect())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, text: &str) -> SourceFile {
+        SourceFile {
+            path: path.into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn parse_errors_carry_file_and_line() {
+        let errs = load(&[
+            file("ok.cedar", "permit(principal, action, resource);"),
+            file(
+                "bad.cedar",
+                "permit(principal, action, resource);\n\nforbid(principal, action resource);",
+            ),
+        ])
+        .unwrap_err();
+        assert!(!errs.is_empty());
+        assert!(errs.iter().all(|e| e.file == "bad.cedar"), "{errs:?}");
+        assert_eq!(errs[0].line, Some(3), "{errs:?}");
+    }
+
+    #[test]
+    fn validation_errors_carry_file_and_line() {
+        let errs = load(&[file(
+            "p.cedar",
+            "permit(principal, action, resource);\npermit(principal, action, resource)\n  when { context.nope == 1 };",
+        )])
+        .unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].file, "p.cedar");
+        assert_eq!(errs[0].line, Some(3), "{errs:?}");
+        assert!(errs[0].message.contains("nope"), "{errs:?}");
+    }
+
+    #[test]
+    fn ids_come_from_annotation_or_file_and_index() {
+        let set = load(&[file(
+            "dir/a.cedar",
+            "@id(\"first\") permit(principal, action, resource);\npermit(principal, action, resource);",
+        )])
+        .unwrap();
+        let ids: Vec<_> = set.policy_ids().collect();
+        assert_eq!(ids, ["first", "dir/a.cedar#1"]);
+    }
+
+    #[test]
+    fn duplicate_ids_across_files_are_rejected() {
+        let errs = load(&[
+            file("a.cedar", "@id(\"x\") permit(principal, action, resource);"),
+            file("b.cedar", "@id(\"x\") permit(principal, action, resource);"),
+        ])
+        .unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].message.contains("already used in `a.cedar`"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn actions_no_request_can_carry_are_rejected() {
+        let errs = load(&[file(
+            "a.cedar",
+            "permit(principal, action == Action::\"a..b\", resource);",
+        )])
+        .unwrap_err();
+        assert!(errs[0].message.contains("empty segment"), "{errs:?}");
+    }
+
+    #[test]
+    fn version_ignores_tests_and_unknown_files_but_not_order_of_input() {
+        let a = file("a.cedar", "permit(principal, action, resource);");
+        let s = file(
+            "s.cedarschema",
+            "entity Agent; entity Resource; type Context = {};",
+        );
+        let t = file("x.tests.json", "{}");
+        let n = file("README.md", "hi");
+        let v1 = policy_version([&a, &s]);
+        assert_eq!(v1, policy_version([&s, &a, &t, &n]));
+        let a2 = file("a.cedar", "permit(principal, action, resource); ");
+        assert_ne!(v1, policy_version([&a2, &s]));
+        assert!(v1.starts_with("sha256:") && v1.len() == 7 + 64);
+    }
+
+    #[test]
+    fn line_and_column_count_from_one() {
+        assert_eq!(line_and_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_and_column("ab\ncd", 4), (2, 2));
+    }
+}
