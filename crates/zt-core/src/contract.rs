@@ -37,7 +37,7 @@ impl Default for Limits {
 /// Unknown top-level fields are ignored, so that newer clients can talk to older servers. Later
 /// fields (session lineage, delegation chain, approval, plan step) join this struct as optional
 /// members.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[schema(example = json!({"actor": "demo-agent", "action": "aws.ec2.terminate_instances", "resource": "i-demo", "context": {"env": "prod"}}))]
 pub struct DecisionRequest {
     /// Who acts: the agent (or agent session) asking to act. Becomes the Cedar principal
@@ -53,6 +53,57 @@ pub struct DecisionRequest {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub context: Map<String, Value>,
+}
+
+/// Reads a request from a JSON object only. (serde's derived implementation would also take an
+/// array of the field values in order, a shape no client means to send.)
+impl<'de> Deserialize<'de> for DecisionRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RequestVisitor)
+    }
+}
+
+struct RequestVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RequestVisitor {
+    type Value = DecisionRequest;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a decision request object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let (mut actor, mut action, mut resource, mut context) = (None, None, None, None);
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let slot = match key.as_ref() {
+                "actor" => &mut actor,
+                "action" => &mut action,
+                "resource" => &mut resource,
+                "context" => {
+                    if context.is_some() {
+                        return Err(A::Error::duplicate_field("context"));
+                    }
+                    context = Some(map.next_value()?);
+                    continue;
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if slot.is_some() {
+                return Err(A::Error::custom(format_args!("duplicate field `{key}`")));
+            }
+            *slot = Some(map.next_value()?);
+        }
+        Ok(DecisionRequest {
+            actor: actor.ok_or_else(|| A::Error::missing_field("actor"))?,
+            action: action.ok_or_else(|| A::Error::missing_field("action"))?,
+            resource: resource.ok_or_else(|| A::Error::missing_field("resource"))?,
+            context: context.unwrap_or_default(),
+        })
+    }
 }
 
 /// One thing wrong with a request, located by a JSON pointer (RFC 6901) into the request body.
@@ -362,6 +413,33 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn requests_are_read_from_objects_only() {
+        let parse =
+            |text: &str| serde_json::from_str::<DecisionRequest>(text).map_err(|e| e.to_string());
+        let ok = parse(
+            r#"{"actor": "a", "action": "b", "resource": "c", "extra": [1], "context": {"k": 1}}"#,
+        )
+        .unwrap();
+        assert_eq!((ok.actor.as_str(), ok.context.len()), ("a", 1));
+        assert!(
+            parse(r#"["a", "b", "c", {}]"#)
+                .unwrap_err()
+                .starts_with("invalid type: sequence, expected a decision request object")
+        );
+        assert!(
+            parse(r#"{"actor": "a", "actor": "b", "action": "b", "resource": "c"}"#)
+                .unwrap_err()
+                .starts_with("duplicate field `actor`")
+        );
+        assert!(
+            parse(r#"{"actor": "a", "resource": "c"}"#)
+                .unwrap_err()
+                .starts_with("missing field `action`")
+        );
+        assert!(parse(r#"{"actor": "a", "action": "b", "resource": "c", "context": []}"#).is_err());
     }
 
     #[test]

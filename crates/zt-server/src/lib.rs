@@ -1,1 +1,220 @@
+//! ZT-Infra's HTTP decision service: configuration, start-up, the API and graceful shutdown.
+//!
+//! Only this crate (and the CLI) touches the network, the disk and the clock; the decision
+//! core stays pure.
 
+pub mod api;
+pub mod body;
+pub mod keys;
+pub mod policies;
+pub mod problem;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use tower_http::catch_panic::CatchPanicLayer;
+use zt_core::{Limits, PolicyError};
+use zt_store::{Location, Store, StoreError};
+
+use crate::api::AppState;
+use crate::policies::{Policies, PolicySource};
+use crate::problem::Problem;
+
+/// The defaults of `ztinfra serve`.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:8181";
+    pub const DATA_DIR: &str = ".ztinfra";
+    pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+}
+
+/// Everything the service needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub policy_dir: PathBuf,
+    /// `None`: SQLite in the data directory.
+    pub store: Option<Location>,
+    pub limits: Limits,
+    pub max_body_bytes: usize,
+    /// Reload when the policy directory changes.
+    pub watch: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create the data directory `{path}`")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Keys(#[from] keys::KeyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the policy set in `{dir}` does not load:\n{}", .errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Policies {
+        dir: PathBuf,
+        errors: Vec<PolicyError>,
+    },
+    #[error("cannot watch `{dir}` for changes")]
+    Watch { dir: PathBuf, source: notify::Error },
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the server stopped")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A started service, not yet listening.
+#[derive(Debug)]
+pub struct App {
+    state: Arc<AppState>,
+    max_body_bytes: usize,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl App {
+    /// Prepares the data directory, keys, store and policies.
+    pub async fn start(config: &Config) -> Result<Self, ServerError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.data_dir)
+            .map_err(|source| ServerError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+        let signer = keys::load_or_generate(&config.data_dir.join("keys"))?;
+        tracing::info!(key_id = %signer.info().key_id, "signing key ready");
+        let store = match &config.store {
+            Some(location) => Store::open(location).await?,
+            None => Store::open_in(&config.data_dir).await?,
+        };
+        tracing::info!(store = %store.location(), "store open");
+        let metrics = telemetry::handle();
+        let policies = Policies::start(
+            PolicySource::Directory(config.policy_dir.clone()),
+            store.clone(),
+        )
+        .await
+        .map_err(|errors| ServerError::Policies {
+            dir: config.policy_dir.clone(),
+            errors,
+        })?;
+        let policies = Arc::new(policies);
+        let status = policies.status();
+        tracing::info!(dir = %config.policy_dir.display(), version = %status.version, policies = status.policies, "policy set active");
+        for warning in &status.warnings {
+            tracing::warn!(warning = %warning, "policy warning");
+        }
+        let watcher = if config.watch {
+            Some(
+                policies
+                    .watch(Duration::from_millis(200))
+                    .map_err(|source| ServerError::Watch {
+                        dir: config.policy_dir.clone(),
+                        source,
+                    })?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            state: Arc::new(AppState {
+                policies,
+                limits: config.limits,
+                store,
+                metrics,
+                ready: AtomicBool::new(true),
+            }),
+            max_body_bytes: config.max_body_bytes,
+            _watcher: watcher,
+        })
+    }
+
+    pub fn router(&self) -> axum::Router {
+        api::router(Arc::clone(&self.state))
+            .layer(DefaultBodyLimit::max(self.max_body_bytes))
+            .layer(CatchPanicLayer::custom(
+                |_: Box<dyn std::any::Any + Send>| {
+                    use axum::response::IntoResponse;
+                    Problem::internal("the request could not be completed").into_response()
+                },
+            ))
+    }
+
+    pub fn policies(&self) -> &Arc<Policies> {
+        &self.state.policies
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then finishes in-flight requests.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let state = Arc::clone(&self.state);
+        let router = self.router();
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                state.ready.store(false, Ordering::Relaxed);
+                tracing::info!("shutting down: finishing in-flight requests");
+            })
+            .await
+            .map_err(ServerError::Serve);
+        self.state.store.close().await;
+        result
+    }
+}
+
+/// An error with its causes, `outer: inner: innermost`, for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Binds `addr`, returning the listener and the address actually bound (for port 0).
+pub async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServerError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    Ok((listener, local))
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}

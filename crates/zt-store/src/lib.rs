@@ -1,1 +1,455 @@
+//! ZT-Infra's durable state, behind one [`Store`] type with two backends: SQLite (embedded, the
+//! default, one file under the data directory, in WAL mode with `synchronous=FULL`) and
+//! PostgreSQL (for several stateless replicas).
+//!
+//! Today the store keeps the history of policy activations: which policy version became active
+//! when, from which files. The evidence log (records, checkpoints) joins it.
+//!
+//! Architecture invariant: both backends run the same migrations, numbered and applied once,
+//! in order, inside a transaction; a database from a newer ZT-Infra is refused, not modified.
 
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Executor, Row};
+
+/// Where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// An SQLite database file, created if missing.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL (`postgres://` or `postgresql://`).
+    Postgres(String),
+}
+
+impl Location {
+    /// Reads `--store`: a `postgres://` or `postgresql://` URL, an `sqlite:` prefixed path, or a
+    /// plain path to an SQLite file.
+    pub fn parse(s: &str) -> Result<Self, StoreError> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(Self::Postgres(s.to_owned()))
+        } else if let Some(path) = s
+            .strip_prefix("sqlite://")
+            .or_else(|| s.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                return Err(StoreError::Location(s.to_owned()));
+            }
+            Ok(Self::Sqlite(PathBuf::from(path)))
+        } else if s.is_empty() || s.contains("://") {
+            Err(StoreError::Location(s.to_owned()))
+        } else {
+            Ok(Self::Sqlite(PathBuf::from(s)))
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    /// Shows where the store is without any password in the URL.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            Self::Postgres(url) => {
+                let redacted = match (url.find("://"), url.rfind('@')) {
+                    (Some(scheme), Some(at)) if at > scheme => {
+                        let userinfo = url.get(scheme + 3..at).unwrap_or("");
+                        let user = userinfo.split(':').next().unwrap_or("");
+                        format!(
+                            "{}{user}{}@{}",
+                            url.get(..scheme + 3).unwrap_or(""),
+                            if userinfo.contains(':') { ":***" } else { "" },
+                            url.get(at + 1..).unwrap_or("")
+                        )
+                    }
+                    _ => url.clone(),
+                };
+                f.write_str(&redacted)
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("`{0}` is not a store location: give a path to an SQLite file or a postgres:// URL")]
+    Location(String),
+    #[error("cannot open the store at {location}")]
+    Open {
+        location: String,
+        source: sqlx::Error,
+    },
+    #[error(
+        "the store was written by a newer ZT-Infra (schema version {found}, this build knows up to {known}); refusing to touch it"
+    )]
+    TooNew { found: i64, known: i64 },
+    #[error("store error")]
+    Database(#[from] sqlx::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// One activation of a policy set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activation {
+    /// `sha256:<hex>` of the set.
+    pub version: String,
+    /// Milliseconds since the Unix epoch.
+    pub activated_at_ms: i64,
+    /// The set's files and their digests, as JSON.
+    pub files: serde_json::Value,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The durable store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
+    location: Location,
+}
+
+/// The migrations, in order; a migration is one or more statements valid on both backends.
+const MIGRATIONS: &[&[&str]] = &[&["CREATE TABLE IF NOT EXISTS zt_policy_activations (
+        id BIGINT NOT NULL PRIMARY KEY,
+        version TEXT NOT NULL,
+        activated_at_ms BIGINT NOT NULL,
+        files TEXT NOT NULL
+    )"]];
+
+impl Store {
+    /// Opens (creating if needed) the store at `location` and brings its schema up to date.
+    pub async fn open(location: &Location) -> Result<Self, StoreError> {
+        let open_error = |source| StoreError::Open {
+            location: location.to_string(),
+            source,
+        };
+        let backend = match location {
+            Location::Sqlite(path) => {
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(options)
+                    .await
+                    .map_err(open_error)?;
+                Backend::Sqlite(pool)
+            }
+            Location::Postgres(url) => {
+                let options = PgConnectOptions::from_str(url).map_err(open_error)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await
+                    .map_err(open_error)?;
+                Backend::Postgres(pool)
+            }
+        };
+        let store = Self {
+            backend,
+            location: location.clone(),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens an SQLite store in `dir`, under the standard file name.
+    pub async fn open_in(dir: &Path) -> Result<Self, StoreError> {
+        Self::open(&Location::Sqlite(dir.join("ztinfra.db"))).await
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let known = MIGRATIONS.len() as i64;
+        macro_rules! run {
+            ($pool:expr, $lock:expr, $insert_version:expr) => {{
+                let mut tx = $pool.begin().await?;
+                if let Some(lock) = $lock {
+                    tx.execute(lock).await?;
+                }
+                tx.execute(
+                    "CREATE TABLE IF NOT EXISTS zt_schema_version (version BIGINT NOT NULL)",
+                )
+                .await?;
+                let row = sqlx::query("SELECT MAX(version) AS v FROM zt_schema_version")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let found: i64 = row.try_get::<Option<i64>, _>("v")?.unwrap_or(0);
+                if found > known {
+                    return Err(StoreError::TooNew { found, known });
+                }
+                for (i, statements) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+                    for statement in *statements {
+                        tx.execute(*statement).await?;
+                    }
+                    sqlx::query($insert_version)
+                        .bind(i as i64 + 1)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }};
+        }
+        match &self.backend {
+            Backend::Sqlite(pool) => run!(
+                pool,
+                None::<&str>,
+                "INSERT INTO zt_schema_version (version) VALUES (?)"
+            ),
+            // Replicas starting together must not migrate at once.
+            Backend::Postgres(pool) => run!(
+                pool,
+                Some("SELECT pg_advisory_xact_lock(7247016)"),
+                "INSERT INTO zt_schema_version (version) VALUES ($1)"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Records that a policy set became active.
+    pub async fn record_activation(&self, activation: &Activation) -> Result<(), StoreError> {
+        let files = activation.files.to_string();
+        macro_rules! insert {
+            ($pool:expr, $sql:expr) => {
+                sqlx::query($sql)
+                    .bind(&activation.version)
+                    .bind(activation.activated_at_ms)
+                    .bind(&files)
+                    .execute($pool)
+                    .await?
+            };
+        }
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                insert!(
+                    pool,
+                    "INSERT INTO zt_policy_activations (id, version, activated_at_ms, files)
+                 VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM zt_policy_activations), ?, ?, ?)"
+                );
+            }
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                tx.execute("LOCK TABLE zt_policy_activations IN EXCLUSIVE MODE")
+                    .await?;
+                insert!(
+                    &mut *tx,
+                    "INSERT INTO zt_policy_activations (id, version, activated_at_ms, files)
+                     VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM zt_policy_activations), $1, $2, $3)"
+                );
+                tx.commit().await?;
+            }
+        };
+        Ok(())
+    }
+
+    /// The most recent activations, newest first.
+    pub async fn activations(&self, limit: u32) -> Result<Vec<Activation>, StoreError> {
+        let rows = match &self.backend {
+            Backend::Sqlite(pool) => {
+                let rows = sqlx::query("SELECT version, activated_at_ms, files FROM zt_policy_activations ORDER BY id DESC LIMIT ?")
+                    .bind(i64::from(limit))
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(activation_from_sqlite)
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            Backend::Postgres(pool) => {
+                let rows = sqlx::query("SELECT version, activated_at_ms, files FROM zt_policy_activations ORDER BY id DESC LIMIT $1")
+                    .bind(i64::from(limit))
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter()
+                    .map(activation_from_pg)
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        Ok(rows)
+    }
+
+    /// Checks that the store answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => {
+                pool.execute("SELECT 1").await?;
+            }
+            Backend::Postgres(pool) => {
+                pool.execute("SELECT 1").await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite(pool) => pool.close().await,
+            Backend::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+macro_rules! activation_from {
+    ($name:ident, $row:ty) => {
+        fn $name(row: &$row) -> Result<Activation, StoreError> {
+            let files: String = row.try_get("files")?;
+            Ok(Activation {
+                version: row.try_get("version")?,
+                activated_at_ms: row.try_get("activated_at_ms")?,
+                files: serde_json::from_str(&files)
+                    .map_err(|e| StoreError::Corrupt(format!("activation files: {e}")))?,
+            })
+        }
+    };
+}
+activation_from!(activation_from_sqlite, sqlx::sqlite::SqliteRow);
+activation_from!(activation_from_pg, sqlx::postgres::PgRow);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_and_hide_passwords() {
+        assert_eq!(
+            Location::parse("data/z.db").unwrap(),
+            Location::Sqlite("data/z.db".into())
+        );
+        assert_eq!(
+            Location::parse("sqlite:/tmp/z.db").unwrap(),
+            Location::Sqlite("/tmp/z.db".into())
+        );
+        let pg = Location::parse("postgres://u:secret@h:5432/db").unwrap();
+        assert_eq!(pg.to_string(), "postgres://u:***@h:5432/db");
+        assert!(!format!("{pg}").contains("secret"));
+        for bad in ["", "mysql://x", "sqlite:"] {
+            assert!(Location::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    async fn round_trip(store: &Store) {
+        let marker = format!("sha256:{}", std::process::id());
+        for n in 0..2 {
+            store
+                .record_activation(&Activation {
+                    version: marker.clone(),
+                    activated_at_ms: n,
+                    files: serde_json::json!([{"path": "a.cedar", "n": n}]),
+                })
+                .await
+                .unwrap();
+        }
+        let got = store.activations(2).await.unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].activated_at_ms, 1, "newest first");
+        assert_eq!(got[0].version, marker);
+        assert_eq!(
+            got[0].files,
+            serde_json::json!([{"path": "a.cedar", "n": 1}])
+        );
+    }
+
+    #[tokio::test]
+    async fn sqlite_store_migrates_once_and_keeps_activations() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in(dir.path()).await.unwrap();
+        round_trip(&store).await;
+        store.close().await;
+        // Reopening applies no migration twice and keeps the data.
+        let store = Store::open_in(dir.path()).await.unwrap();
+        assert_eq!(store.activations(10).await.unwrap().len(), 2);
+        let Backend::Sqlite(pool) = &store.backend else {
+            unreachable!()
+        };
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+    }
+
+    #[tokio::test]
+    async fn a_store_from_a_newer_build_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in(dir.path()).await.unwrap();
+        let Backend::Sqlite(pool) = &store.backend else {
+            unreachable!()
+        };
+        sqlx::query("INSERT INTO zt_schema_version (version) VALUES (99)")
+            .execute(pool)
+            .await
+            .unwrap();
+        store.close().await;
+        let err = Store::open_in(dir.path()).await.unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+    }
+
+    /// The PostgreSQL URL for tests: `ZTINFRA_TEST_POSTGRES_URL`. Unset, the test is skipped with
+    /// a message, except in CI (`CI=true`), where a missing database fails the run.
+    pub(crate) fn postgres_url() -> Option<String> {
+        match std::env::var("ZTINFRA_TEST_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("ZTINFRA_TEST_POSTGRES_URL is unset, and CI requires the PostgreSQL tests")
+            }
+            _ => {
+                eprintln!("skipped: set ZTINFRA_TEST_POSTGRES_URL to run the PostgreSQL tests");
+                None
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn postgres_store_keeps_activations() {
+        let Some(url) = postgres_url() else { return };
+        // A schema of its own, so that concurrent runs do not meet.
+        let schema = format!("zt_test_{}_{}", std::process::id(), line!());
+        let admin = PgPool::connect(&url).await.unwrap();
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+            )))
+            .await
+            .unwrap();
+        let scoped = format!(
+            "{url}{}options=-c%20search_path%3D{schema}",
+            if url.contains('?') { "&" } else { "?" }
+        );
+        let store = Store::open(&Location::parse(&scoped).unwrap())
+            .await
+            .unwrap();
+        round_trip(&store).await;
+        store.close().await;
+        let store = Store::open(&Location::parse(&scoped).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(store.activations(10).await.unwrap().len(), 2);
+        store.close().await;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .await
+            .unwrap();
+    }
+}

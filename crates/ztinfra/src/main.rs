@@ -1,1 +1,94 @@
-fn main() {}
+//! `ztinfra`: the ZT-Infra command line.
+
+mod config;
+mod decide;
+mod policy;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ztinfra",
+    version,
+    about = "ZT-Infra: policy decisions and evidence for autonomous agents",
+    long_about = "ZT-Infra decides, by Cedar policy, whether an agent may take an action, before it takes it: deny by default, fail closed."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the decision service.
+    Serve(Box<config::ServeArgs>),
+    /// Ask a running service for a decision. Exit code: 0 allow, 1 deny, 2 error.
+    Decide(decide::DecideArgs),
+    /// Work with policy sets offline.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+}
+
+/// How logs are written (to standard error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ZTINFRA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let settings = match config::Settings::resolve(*args) {
+                Ok(settings) => settings,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(settings.log_format);
+            match run_serve(settings) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Decide(args) => decide::run(args),
+        Command::Policy(command) => policy::run(command),
+    }
+}
+
+fn run_serve(settings: config::Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let app = zt_server::App::start(&settings.server).await?;
+        let (listener, addr) = zt_server::bind(settings.server.listen).await?;
+        tracing::info!(%addr, "listening");
+        // One line on standard output, for scripts and tests that start the server on port 0.
+        println!("ztinfra listening on http://{addr}");
+        app.serve(listener, zt_server::shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}

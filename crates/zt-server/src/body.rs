@@ -1,0 +1,201 @@
+//! The JSON body extractor of the API: every way a body can be wrong becomes a 4xx problem
+//! naming what is wrong, never a panic and never a 500.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+use zt_core::FieldError;
+
+use crate::problem::Problem;
+
+/// A JSON request body, parsed into `T`.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        check_content_type(req.headers().get(header::CONTENT_TYPE))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            let status = rejection.status();
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                Problem::new(
+                    status,
+                    "body-too-large",
+                    "request body too large",
+                    "the request body exceeds the configured limit (`--max-body-bytes`)",
+                )
+            } else {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid-request",
+                    "invalid request",
+                    format!("cannot read the request body: {}", rejection.body_text()),
+                )
+            }
+        })?;
+        parse(&bytes).map(JsonBody)
+    }
+}
+
+fn check_content_type(value: Option<&header::HeaderValue>) -> Result<(), Problem> {
+    let unsupported = |detail: String| {
+        Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "unsupported media type",
+            detail,
+        )
+    };
+    let Some(value) = value else {
+        return Err(unsupported(
+            "the request has no `Content-Type`; send `application/json`".to_owned(),
+        ));
+    };
+    let value = value.to_str().unwrap_or("").to_ascii_lowercase();
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if json {
+        Ok(())
+    } else {
+        Err(unsupported(format!(
+            "`Content-Type: {essence}` is not accepted; send `application/json`"
+        )))
+    }
+}
+
+/// Parses a JSON body, locating the first problem by JSON pointer where it concerns a field.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(Problem::invalid(
+            format!(
+                "the request body is not valid UTF-8 (at byte {})",
+                e.valid_up_to()
+            ),
+            Vec::new(),
+        ));
+    }
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        None => {
+            return Err(Problem::invalid(
+                "the request body is empty; send a JSON object",
+                Vec::new(),
+            ));
+        }
+        Some(_) => {
+            // Let a syntax error be reported as such; anything else is the wrong shape.
+            if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+                return Err(Problem::invalid(
+                    "the request body must be a JSON object",
+                    Vec::new(),
+                ));
+            }
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let inner = e.inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return Problem::invalid(format!("malformed JSON: {inner}"), Vec::new());
+        }
+        let pointer = to_pointer(e.path());
+        let detail = inner.to_string();
+        // serde's message carries its own position; a pointer is more useful here.
+        let detail = detail
+            .rsplit_once(" at line ")
+            .map_or(detail.as_str(), |(message, _)| message)
+            .to_owned();
+        let field = missing_field(&detail)
+            .map(|name| format!("{pointer}/{name}"))
+            .unwrap_or(pointer);
+        Problem::invalid_fields(vec![FieldError::new(field, detail)])
+    })?;
+    de.end()
+        .map_err(|e| Problem::invalid(format!("malformed JSON: {e}"), Vec::new()))?;
+    Ok(value)
+}
+
+/// The name in serde's "missing field `x`" message.
+fn missing_field(detail: &str) -> Option<&str> {
+    detail
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'))
+}
+
+fn to_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut pointer = String::new();
+    for segment in path.iter() {
+        pointer.push('/');
+        match segment {
+            Segment::Seq { index } => pointer.push_str(&index.to_string()),
+            Segment::Map { key } => pointer.push_str(&key.replace('~', "~0").replace('/', "~1")),
+            Segment::Enum { variant } => pointer.push_str(variant),
+            Segment::Unknown => pointer.push('?'),
+        }
+    }
+    pointer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zt_core::DecisionRequest;
+
+    fn problem(body: &[u8]) -> Problem {
+        parse::<DecisionRequest>(body).unwrap_err()
+    }
+
+    #[test]
+    fn fields_are_named_by_pointer() {
+        let p = problem(br#"{"actor": "a", "action": "x"}"#);
+        assert_eq!(p.status, 400);
+        assert_eq!(p.errors[0].pointer, "/resource");
+        assert_eq!(p.errors[0].detail, "missing field `resource`");
+        let p = problem(br#"{"actor": 7, "action": "x", "resource": "r"}"#);
+        assert_eq!(p.errors[0].pointer, "/actor");
+        assert!(
+            p.errors[0].detail.starts_with("invalid type: integer `7`"),
+            "{p:?}"
+        );
+        let p = problem(br#"{"actor": "a", "action": "x", "resource": "r", "context": []}"#);
+        assert_eq!(p.errors[0].pointer, "/context");
+    }
+
+    #[test]
+    fn syntax_and_encoding_errors_are_reported_whole() {
+        let p = problem(b"{\"actor\": ");
+        assert!(p.detail.starts_with("malformed JSON"), "{p:?}");
+        let p = problem(b"{\"actor\": \"\xff\"}");
+        assert_eq!(p.detail, "the request body is not valid UTF-8 (at byte 11)");
+        let p = problem(br#"{"actor": "a", "action": "x", "resource": "r"} trailing"#);
+        assert!(p.detail.starts_with("malformed JSON"), "{p:?}");
+        assert_eq!(
+            problem(b"  ").detail,
+            "the request body is empty; send a JSON object"
+        );
+        assert_eq!(
+            problem(b"[1]").detail,
+            "the request body must be a JSON object"
+        );
+        assert!(problem(b"[1").detail.starts_with("malformed JSON"));
+    }
+
+    #[test]
+    fn content_types() {
+        let ok = |v: &str| check_content_type(Some(&header::HeaderValue::from_str(v).unwrap()));
+        assert!(ok("application/json").is_ok());
+        assert!(ok("Application/JSON; charset=utf-8").is_ok());
+        assert!(ok("application/problem+json").is_ok());
+        assert_eq!(ok("text/plain").unwrap_err().status, 415);
+        assert_eq!(check_content_type(None).unwrap_err().status, 415);
+    }
+}

@@ -1,0 +1,307 @@
+//! The active policy set: read from a directory, swapped atomically on reload, watched for
+//! changes.
+//!
+//! Architecture invariant: a request sees one whole policy set. The engine is immutable and
+//! held behind an `ArcSwap`; a reload builds a new engine completely, and only a set that
+//! loaded without error replaces the active one. A failed reload leaves the previous set
+//! active and is reported (API, logs, metrics).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::Mutex;
+use utoipa::ToSchema;
+use zt_core::{Engine, FileInfo, FileKind, PolicyError, SourceFile};
+use zt_store::{Activation, Store};
+
+/// The largest policy file read, so that a stray huge file cannot exhaust memory.
+pub const MAX_POLICY_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Where policies come from.
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    /// A directory, read at start, on change and on reload.
+    Directory(PathBuf),
+}
+
+/// Reads every policy, schema and test file under `dir` (recursively, skipping hidden entries),
+/// with paths relative to `dir`.
+pub fn read_policy_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyError> {
+    let mut files = Vec::new();
+    let error = |path: &Path, message: String| PolicyError {
+        file: path.display().to_string(),
+        line: None,
+        column: None,
+        message,
+    };
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let entries = std::fs::read_dir(&current)
+            .map_err(|e| error(&current, format!("cannot read the policy directory: {e}")))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| error(&current, format!("cannot list: {e}")))?;
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let meta =
+                std::fs::metadata(&path).map_err(|e| error(&path, format!("cannot read: {e}")))?;
+            if meta.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let relative = path
+                .strip_prefix(dir)
+                .unwrap_or(&path)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            if FileKind::of(&relative).is_none() {
+                continue;
+            }
+            if meta.len() > MAX_POLICY_FILE_BYTES {
+                return Err(error(
+                    Path::new(&relative),
+                    format!(
+                        "is {} bytes; policy files are limited to {MAX_POLICY_FILE_BYTES} bytes",
+                        meta.len()
+                    ),
+                ));
+            }
+            let bytes =
+                std::fs::read(&path).map_err(|e| error(&path, format!("cannot read: {e}")))?;
+            let text = String::from_utf8(bytes).map_err(|e| {
+                error(
+                    Path::new(&relative),
+                    format!(
+                        "is not valid UTF-8 (at byte {})",
+                        e.utf8_error().valid_up_to()
+                    ),
+                )
+            })?;
+            files.push(SourceFile {
+                path: relative,
+                text,
+            });
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// Reads and loads the set in `dir`.
+pub fn load_dir(dir: &Path) -> Result<Engine, Vec<PolicyError>> {
+    let files = read_policy_dir(dir).map_err(|e| vec![e])?;
+    Engine::load(&files)
+}
+
+/// The last reload that failed, while the previous set stayed active.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReloadFailure {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    pub errors: Vec<PolicyError>,
+}
+
+/// What `GET /v1/policies` tells.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PolicyStatus {
+    /// `sha256:<hex>` of the active set.
+    pub version: String,
+    /// The policy directory.
+    pub source: String,
+    /// Milliseconds since the Unix epoch when the active set was loaded.
+    pub loaded_at_ms: i64,
+    pub policies: usize,
+    pub files: Vec<FileInfo>,
+    /// Validator warnings of the active set (for example, a policy that can never apply).
+    pub warnings: Vec<PolicyError>,
+    /// Set when the newest attempt to reload failed: the active set is older than the files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_reload_error: Option<ReloadFailure>,
+}
+
+#[derive(Debug)]
+struct Active {
+    engine: Arc<Engine>,
+    loaded_at_ms: i64,
+}
+
+/// The active set and how to reload it.
+#[derive(Debug)]
+pub struct Policies {
+    source: PolicySource,
+    active: ArcSwap<Active>,
+    last_error: std::sync::Mutex<Option<ReloadFailure>>,
+    reloading: Mutex<()>,
+    store: Store,
+}
+
+/// The result of a reload that succeeded.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Reloaded {
+    pub version: String,
+    /// Whether the version differs from the one active before.
+    pub changed: bool,
+    pub policies: usize,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Policies {
+    /// Loads the initial set. Failing here fails start-up: a service never starts with a set
+    /// that did not load.
+    pub async fn start(source: PolicySource, store: Store) -> Result<Self, Vec<PolicyError>> {
+        let engine = Self::read(&source).await?;
+        let policies = Self {
+            source,
+            active: ArcSwap::from_pointee(Active {
+                engine: Arc::new(engine),
+                loaded_at_ms: now_ms(),
+            }),
+            last_error: std::sync::Mutex::new(None),
+            reloading: Mutex::new(()),
+            store,
+        };
+        policies.record(&policies.engine()).await;
+        Ok(policies)
+    }
+
+    async fn read(source: &PolicySource) -> Result<Engine, Vec<PolicyError>> {
+        let PolicySource::Directory(dir) = source;
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || load_dir(&dir))
+            .await
+            .map_err(|e| {
+                vec![PolicyError {
+                    file: "<reload>".into(),
+                    line: None,
+                    column: None,
+                    message: format!("the policy loader stopped: {e}"),
+                }]
+            })?
+    }
+
+    /// The active engine.
+    pub fn engine(&self) -> Arc<Engine> {
+        Arc::clone(&self.active.load().engine)
+    }
+
+    /// Runs `f` on the active engine without taking a reference count.
+    pub fn with_engine<R>(&self, f: impl FnOnce(&Engine) -> R) -> R {
+        f(&self.active.load().engine)
+    }
+
+    /// Reloads from the source. On failure the active set stays, and the errors are kept for
+    /// `GET /v1/policies`.
+    pub async fn reload(&self) -> Result<Reloaded, Vec<PolicyError>> {
+        let _one_at_a_time = self.reloading.lock().await;
+        match Self::read(&self.source).await {
+            Ok(engine) => {
+                let previous = self.engine();
+                let changed = previous.version() != engine.version();
+                let reloaded = Reloaded {
+                    version: engine.version().to_owned(),
+                    changed,
+                    policies: engine.policies().policy_count(),
+                };
+                if changed {
+                    let engine = Arc::new(engine);
+                    self.active.store(Arc::new(Active {
+                        engine: Arc::clone(&engine),
+                        loaded_at_ms: now_ms(),
+                    }));
+                    self.record(&engine).await;
+                    tracing::info!(version = %reloaded.version, policies = reloaded.policies, "policy set activated");
+                }
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = None;
+                }
+                metrics::counter!("ztinfra_policy_reloads_total", "outcome" => "ok").increment(1);
+                Ok(reloaded)
+            }
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!(error = %e, "policy reload failed; the previous set stays active");
+                }
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(ReloadFailure {
+                        at_ms: now_ms(),
+                        errors: errors.clone(),
+                    });
+                }
+                metrics::counter!("ztinfra_policy_reloads_total", "outcome" => "error")
+                    .increment(1);
+                Err(errors)
+            }
+        }
+    }
+
+    async fn record(&self, engine: &Engine) {
+        metrics::gauge!("ztinfra_policies_active").set(engine.policies().policy_count() as f64);
+        let activation = Activation {
+            version: engine.version().to_owned(),
+            activated_at_ms: now_ms(),
+            files: serde_json::to_value(engine.policies().files()).unwrap_or_default(),
+        };
+        if let Err(e) = self.store.record_activation(&activation).await {
+            tracing::error!(error = %crate::error_chain(&e), "cannot record the policy activation in the store");
+        }
+    }
+
+    pub fn status(&self) -> PolicyStatus {
+        let active = self.active.load();
+        let set = active.engine.policies();
+        let PolicySource::Directory(dir) = &self.source;
+        PolicyStatus {
+            version: set.version().to_owned(),
+            source: dir.display().to_string(),
+            loaded_at_ms: active.loaded_at_ms,
+            policies: set.policy_count(),
+            files: set.files().to_vec(),
+            warnings: set.warnings().to_vec(),
+            last_reload_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+        }
+    }
+
+    /// Watches the source directory and reloads on change, after changes settle for `quiet`.
+    /// The returned watcher must be kept alive.
+    pub fn watch(
+        self: &Arc<Self>,
+        quiet: Duration,
+    ) -> Result<notify::RecommendedWatcher, notify::Error> {
+        use notify::Watcher;
+        let PolicySource::Directory(dir) = &self.source;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.send(());
+                }
+            })?;
+        watcher.watch(dir, notify::RecursiveMode::Recursive)?;
+        let policies = Arc::clone(self);
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                // Let a burst of writes (an editor saving, a checkout) settle.
+                loop {
+                    match tokio::time::timeout(quiet, rx.recv()).await {
+                        Ok(Some(())) => continue,
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
+                }
+                let _ = policies.reload().await;
+            }
+        });
+        Ok(watcher)
+    }
+}

@@ -1,0 +1,204 @@
+//! `ztinfra serve` settings: flags, then environment variables, then the optional config file,
+//! then defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use serde::Deserialize;
+use zt_core::Limits;
+use zt_server::defaults;
+use zt_store::Location;
+
+use crate::LogFormat;
+
+/// The bundled demo policy set, written to `<data-dir>/demo-policies` by `--demo`.
+const DEMO_FILES: &[(&str, &str)] = &[
+    (
+        "schema.cedarschema",
+        include_str!("../../../examples/demo/schema.cedarschema"),
+    ),
+    (
+        "policies.cedar",
+        include_str!("../../../examples/demo/policies.cedar"),
+    ),
+    (
+        "demo.tests.json",
+        include_str!("../../../examples/demo/demo.tests.json"),
+    ),
+];
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
+)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8181].
+    #[arg(long, env = "ZTINFRA_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Directory for state: the SQLite store and the signing key [default: ./.ztinfra].
+    #[arg(long, env = "ZTINFRA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Policy directory: *.cedar policies, *.cedarschema schema, *.tests.json tests
+    /// [default: <data-dir>/policies, or <data-dir>/demo-policies with --demo].
+    #[arg(long, env = "ZTINFRA_POLICIES")]
+    policies: Option<PathBuf>,
+    /// Load the bundled demo policy set (written to <data-dir>/demo-policies if missing).
+    #[arg(long, env = "ZTINFRA_DEMO")]
+    demo: bool,
+    /// Store: a path to an SQLite file or a postgres:// URL [default: <data-dir>/ztinfra.db].
+    #[arg(long, env = "ZTINFRA_STORE")]
+    store: Option<String>,
+    /// Do not reload when the policy directory changes (POST /v1/policies/reload still works).
+    #[arg(long, env = "ZTINFRA_NO_WATCH")]
+    no_watch: bool,
+    /// Log format on standard error [default: text].
+    #[arg(long, env = "ZTINFRA_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    /// Largest request body, in bytes [default: 1048576].
+    #[arg(long, env = "ZTINFRA_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Most requests in one batch [default: 100].
+    #[arg(long, env = "ZTINFRA_MAX_BATCH")]
+    max_batch: Option<usize>,
+    /// Deepest nesting of the context [default: 32].
+    #[arg(long, env = "ZTINFRA_MAX_CONTEXT_DEPTH")]
+    max_context_depth: Option<usize>,
+    /// Longest actor, action or resource, in bytes [default: 1024].
+    #[arg(long, env = "ZTINFRA_MAX_ID_BYTES")]
+    max_id_bytes: Option<usize>,
+    /// A TOML config file.
+    #[arg(long, env = "ZTINFRA_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// The config file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    policies: Option<PathBuf>,
+    demo: Option<bool>,
+    store: Option<String>,
+    watch: Option<bool>,
+    log_format: Option<LogFormat>,
+    max_body_bytes: Option<usize>,
+    max_batch: Option<usize>,
+    max_context_depth: Option<usize>,
+    max_id_bytes: Option<usize>,
+}
+
+/// Resolved settings.
+#[derive(Debug)]
+pub struct Settings {
+    pub server: zt_server::Config,
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the config file `{}`", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid config file `{}`", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let default_limits = Limits::default();
+        let listen = match args.listen.or(file.listen) {
+            Some(listen) => listen,
+            None => defaults::LISTEN.parse()?,
+        };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR));
+        let demo = args.demo || file.demo.unwrap_or(false);
+        let policy_dir = match args.policies.or(file.policies) {
+            Some(dir) => dir,
+            None if demo => data_dir.join("demo-policies"),
+            None => data_dir.join("policies"),
+        };
+        let store = args
+            .store
+            .or(file.store)
+            .map(|s| Location::parse(&s))
+            .transpose()?;
+        let limits = Limits {
+            max_id_bytes: args
+                .max_id_bytes
+                .or(file.max_id_bytes)
+                .unwrap_or(default_limits.max_id_bytes),
+            max_context_depth: args
+                .max_context_depth
+                .or(file.max_context_depth)
+                .unwrap_or(default_limits.max_context_depth),
+            max_batch: args
+                .max_batch
+                .or(file.max_batch)
+                .unwrap_or(default_limits.max_batch),
+        };
+        let max_body_bytes = args
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(defaults::MAX_BODY_BYTES);
+        for (name, value) in [
+            ("max_body_bytes", max_body_bytes),
+            ("max_batch", limits.max_batch),
+            ("max_context_depth", limits.max_context_depth),
+            ("max_id_bytes", limits.max_id_bytes),
+        ] {
+            if value == 0 {
+                bail!("`{name}` must be at least 1");
+            }
+        }
+        if demo {
+            write_demo(&policy_dir)?;
+        } else if !policy_dir.exists() {
+            // An empty set denies everything: a safe start that the operator fills.
+            std::fs::create_dir_all(&policy_dir).with_context(|| {
+                format!(
+                    "cannot create the policy directory `{}`",
+                    policy_dir.display()
+                )
+            })?;
+        }
+        Ok(Self {
+            server: zt_server::Config {
+                listen,
+                data_dir,
+                policy_dir,
+                store,
+                limits,
+                max_body_bytes,
+                watch: !(args.no_watch || file.watch == Some(false)),
+            },
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+        })
+    }
+}
+
+/// Writes the demo set to `dir` unless `dir` exists, so that edits to it survive restarts.
+fn write_demo(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+    for (name, text) in DEMO_FILES {
+        let path = dir.join(name);
+        std::fs::write(&path, text)
+            .with_context(|| format!("cannot write `{}`", path.display()))?;
+    }
+    eprintln!(
+        "demo policies written to {} (edit them: the service reloads on change)",
+        dir.display()
+    );
+    Ok(())
+}
