@@ -91,13 +91,12 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
             ));
         }
         Some(_) => {
-            // Let a syntax error be reported as such; anything else is the wrong shape.
-            if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
-                return Err(Problem::invalid(
-                    "the request body must be a JSON object",
-                    Vec::new(),
-                ));
-            }
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                    Ok(_) => Problem::invalid("the request body must be a JSON object", Vec::new()),
+                    Err(e) => Problem::invalid(format!("malformed JSON: {e}"), Vec::new()),
+                },
+            );
         }
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
