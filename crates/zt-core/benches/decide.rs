@@ -70,7 +70,9 @@ fn validate(bencher: Bencher) {
 #[divan::bench(args = SIZES)]
 fn decide_allow(bencher: Bencher, n: usize) {
     let engine = engine(n);
-    let request = request("svc0.op0").validate(&Limits::default()).unwrap_or_else(|e| panic!("{e:?}"));
+    let request = request("svc0.op0")
+        .validate(&Limits::default())
+        .unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(engine.decide(&request).decision, zt_core::Decision::Allow);
     bencher.bench(|| engine.decide(&request));
 }
@@ -79,7 +81,9 @@ fn decide_allow(bencher: Bencher, n: usize) {
 #[divan::bench(args = SIZES)]
 fn decide_default_deny(bencher: Bencher, n: usize) {
     let engine = engine(n);
-    let request = request("other.op").validate(&Limits::default()).unwrap_or_else(|e| panic!("{e:?}"));
+    let request = request("other.op")
+        .validate(&Limits::default())
+        .unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(engine.decide(&request).decision, zt_core::Decision::Deny);
     bencher.bench(|| engine.decide(&request));
 }
@@ -99,8 +103,9 @@ fn cedar_whole_set(bencher: Bencher, n: usize) {
         None,
     )
     .unwrap_or_else(|e| panic!("{e:?}"));
-    let context = Context::from_json_value(json!({"env": "prod", "ticket": "CHG-1", "risk": 3}), None)
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    let context =
+        Context::from_json_value(json!({"env": "prod", "ticket": "CHG-1", "risk": 3}), None)
+            .unwrap_or_else(|e| panic!("{e:?}"));
     let request = Request::new(
         uid("Agent::\"agent-0\""),
         uid("Action::\"svc0.op0\""),

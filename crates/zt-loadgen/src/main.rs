@@ -51,7 +51,10 @@ const BODIES: &[&str] = &[
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !args.addr.ip().is_loopback() {
-        bail!("`{}` is not a loopback address; zt-loadgen only loads this machine", args.addr);
+        bail!(
+            "`{}` is not a loopback address; zt-loadgen only loads this machine",
+            args.addr
+        );
     }
     if args.connections == 0 || args.duration == 0 {
         bail!("`--connections` and `--duration` must be at least 1");
@@ -77,8 +80,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let uri = format!("http://{}{}", args.addr, args.path);
         let addr = args.addr;
         workers.push(tokio::spawn(async move {
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .context("histogram bounds")?;
+            let mut histogram =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?;
             let stream = tokio::net::TcpStream::connect(addr)
                 .await
                 .with_context(|| format!("cannot connect to {addr}"))?;
