@@ -3,6 +3,11 @@
 //! beside raw Cedar `is_authorized` over the whole set.
 //!
 //! Run: `cargo bench -p zt-core --bench decide`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "benchmark set-up fails loudly on a broken fixture"
+)]
 
 use std::str::FromStr;
 

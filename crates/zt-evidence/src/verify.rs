@@ -1,0 +1,407 @@
+//! The export format and the offline verifier.
+//!
+//! An export is JSON lines: a header, then records in sequence order with the checkpoints
+//! that cover them:
+//!
+//! ```text
+//! {"type":"header","format":"ztinfra-evidence-export/1","origin":"…","from":0,"to":100,"prefix":{"size":0,"nodes":[]}}
+//! {"type":"record","hash":"<hex>","record":{…}}
+//! {"type":"checkpoint","note":"<signed note>"}
+//! ```
+//!
+//! `from` is the first sequence number and `to` the tree size at the end (one past the last
+//! record). `prefix` holds the compact range of the records before `from` (empty when `from` is 0), so
+//! that roots can be recomputed from a partial export. Verification needs the export and the
+//! log's public keys, nothing else. It runs in two passes: [`Verifier::new`] takes the header,
+//! checkpoints (each signature checked there) and the set of sequence numbers present; then each
+//! record is fed in file order to [`Verifier::record`]; [`Verifier::finish`] gives the verdict.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::checkpoint::{Keyring, NoteError, VerifiedCheckpoint, verify_note};
+use crate::merkle::{CompactRange, Hash, leaf_hash};
+use crate::record::{GENESIS, record_hash};
+
+pub const EXPORT_FORMAT: &str = "ztinfra-evidence-export/1";
+
+/// The compact range before the first exported record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prefix {
+    pub size: u64,
+    pub nodes: Vec<String>,
+}
+
+/// One line of an export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Line {
+    Header {
+        format: String,
+        origin: String,
+        from: u64,
+        to: u64,
+        prefix: Prefix,
+    },
+    Record {
+        hash: String,
+        record: Value,
+    },
+    Checkpoint {
+        note: String,
+    },
+}
+
+/// What is wrong with an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// A line is not part of the format.
+    Malformed,
+    /// A record's content changed.
+    Modified,
+    /// A record is absent.
+    Missing,
+    /// Records are out of order.
+    Reordered,
+    /// A record that was never logged is present.
+    Inserted,
+    /// The log ends before a checkpoint or its header says it should.
+    Truncated,
+    /// Records are not covered by any signed checkpoint.
+    Unsigned,
+    /// A checkpoint is signed by a key not in the keyring.
+    UnknownKey,
+    /// A checkpoint's signature does not verify.
+    BadSignature,
+}
+
+/// The first problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{}{message}", .seq.map(|s| format!("seq {s}: ")).unwrap_or_default())]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// The first bad sequence number, when one can be named.
+    pub seq: Option<u64>,
+    pub message: String,
+}
+
+fn fail(kind: FailureKind, seq: Option<u64>, message: impl Into<String>) -> Failure {
+    Failure {
+        kind,
+        seq,
+        message: message.into(),
+    }
+}
+
+/// A successful verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub records: u64,
+    pub from: u64,
+    pub tree_size: u64,
+    pub root: String,
+    pub checkpoints: usize,
+    pub key_ids: Vec<String>,
+}
+
+/// Parses one line of an export.
+pub fn parse_line(line: &str, number: usize) -> Result<Line, Failure> {
+    serde_json::from_str(line).map_err(|e| {
+        fail(
+            FailureKind::Malformed,
+            None,
+            format!("line {number} is not an export line: {e}"),
+        )
+    })
+}
+
+/// The verifier's state between records.
+#[derive(Debug)]
+pub struct Verifier {
+    from: u64,
+    to: u64,
+    expected: u64,
+    present: HashSet<u64>,
+    checkpoints: BTreeMap<u64, VerifiedCheckpoint>,
+    range: CompactRange,
+    /// The hashes of the last two records, for naming what a broken link means.
+    previous: Option<Hash>,
+    before_previous: Option<Hash>,
+    last_checked: u64,
+}
+
+impl Verifier {
+    /// Starts a verification from the header, every checkpoint note of the export (in any
+    /// order), and the sequence numbers its records carry.
+    pub fn new(
+        header: &Line,
+        notes: &[String],
+        present: HashSet<u64>,
+        keyring: &Keyring,
+    ) -> Result<Self, Failure> {
+        let Line::Header {
+            format,
+            origin,
+            from,
+            to,
+            prefix,
+        } = header
+        else {
+            return Err(fail(
+                FailureKind::Malformed,
+                None,
+                "the export does not start with a header",
+            ));
+        };
+        if format != EXPORT_FORMAT {
+            return Err(fail(
+                FailureKind::Malformed,
+                None,
+                format!("unknown export format `{format}`"),
+            ));
+        }
+        if *origin != keyring.origin {
+            return Err(fail(
+                FailureKind::UnknownKey,
+                None,
+                format!(
+                    "the export is of log `{origin}`, the keys are of log `{}`",
+                    keyring.origin
+                ),
+            ));
+        }
+        let nodes: Option<Vec<Hash>> = prefix.nodes.iter().map(|n| Hash::from_hex(n)).collect();
+        let range = nodes
+            .and_then(|nodes| CompactRange::from_parts(prefix.size, nodes))
+            .filter(|r| r.len() == *from)
+            .ok_or_else(|| {
+                fail(
+                    FailureKind::Malformed,
+                    None,
+                    "the header's prefix does not match `from`",
+                )
+            })?;
+        let mut checkpoints = BTreeMap::new();
+        for note in notes {
+            let verified = verify_note(note, keyring).map_err(|e| {
+                let size = note.lines().nth(1).and_then(|s| s.parse::<u64>().ok());
+                let at = size
+                    .map(|s| format!("the checkpoint of size {s}: "))
+                    .unwrap_or_default();
+                let seq = size.and_then(|s| s.checked_sub(1));
+                match e {
+                    NoteError::UnknownKey(_) => {
+                        fail(FailureKind::UnknownKey, seq, format!("{at}{e}"))
+                    }
+                    NoteError::BadSignature(_) => {
+                        fail(FailureKind::BadSignature, seq, format!("{at}{e}"))
+                    }
+                    NoteError::Origin { .. } | NoteError::Malformed(_) => {
+                        fail(FailureKind::Malformed, seq, format!("{at}{e}"))
+                    }
+                }
+            })?;
+            checkpoints.insert(verified.checkpoint.size, verified);
+        }
+        Ok(Self {
+            from: *from,
+            to: *to,
+            expected: *from,
+            present,
+            checkpoints,
+            range,
+            previous: None,
+            before_previous: None,
+            last_checked: *from,
+        })
+    }
+
+    /// Checks the next record line (its hash field and record object).
+    pub fn record(&mut self, hash: &str, record: &Value) -> Result<(), Failure> {
+        let seq = record.get("seq").and_then(Value::as_u64).ok_or_else(|| {
+            fail(
+                FailureKind::Malformed,
+                Some(self.expected),
+                "a record has no `seq`",
+            )
+        })?;
+        let expected = self.expected;
+        if seq > expected {
+            return Err(if self.present.contains(&expected) {
+                fail(
+                    FailureKind::Reordered,
+                    Some(expected),
+                    format!("record {expected} is out of order (record {seq} comes first)"),
+                )
+            } else {
+                fail(
+                    FailureKind::Missing,
+                    Some(expected),
+                    format!("record {expected} is missing (the next record present is {seq})"),
+                )
+            });
+        }
+        if seq < expected {
+            return Err(fail(
+                FailureKind::Inserted,
+                Some(seq),
+                format!(
+                    "a second record with seq {seq} appears after record {}",
+                    expected - 1
+                ),
+            ));
+        }
+        let actual = record_hash(record);
+        if Hash::from_hex(hash) != Some(actual) {
+            return Err(fail(
+                FailureKind::Modified,
+                Some(seq),
+                "the record's content does not match its hash",
+            ));
+        }
+        let prev = record
+            .get("prev_hash")
+            .and_then(Value::as_str)
+            .and_then(Hash::from_hex)
+            .ok_or_else(|| {
+                fail(
+                    FailureKind::Malformed,
+                    Some(seq),
+                    "the record has no valid `prev_hash`",
+                )
+            })?;
+        let linked = match self.previous {
+            Some(previous) => prev == previous,
+            None => seq != 0 || prev == GENESIS,
+        };
+        if !linked {
+            let previous_seq = seq.saturating_sub(1);
+            return Err(if self.before_previous == Some(prev) {
+                fail(
+                    FailureKind::Inserted,
+                    Some(previous_seq),
+                    format!("record {previous_seq} was inserted: record {seq} links past it"),
+                )
+            } else if seq == 0 {
+                fail(
+                    FailureKind::Modified,
+                    Some(0),
+                    "the first record does not start the chain",
+                )
+            } else {
+                fail(
+                    FailureKind::Modified,
+                    Some(previous_seq),
+                    format!(
+                        "record {previous_seq} was changed: record {seq} links to a different hash"
+                    ),
+                )
+            });
+        }
+        self.before_previous = self.previous;
+        self.previous = Some(actual);
+        self.range.push(leaf_hash(&actual.0));
+        self.expected += 1;
+        if let Some(checkpoint) = self.checkpoints.get(&self.range.len()) {
+            if checkpoint.checkpoint.root != self.range.root() {
+                let first = self.last_checked;
+                return Err(fail(
+                    FailureKind::Modified,
+                    Some(first),
+                    format!(
+                        "records {first}..={seq} do not match the signed checkpoint of size {}: one of them was changed",
+                        self.range.len()
+                    ),
+                ));
+            }
+            self.last_checked = self.range.len();
+        }
+        Ok(())
+    }
+
+    /// The verdict once every record has been fed.
+    pub fn finish(self) -> Result<Summary, Failure> {
+        let end = self.range.len();
+        if let Some((size, _)) = self.checkpoints.range(end + 1..).next() {
+            return Err(fail(
+                FailureKind::Truncated,
+                Some(end),
+                format!("the log ends after {end} records, but a signed checkpoint covers {size}"),
+            ));
+        }
+        if end < self.to {
+            return Err(fail(
+                FailureKind::Truncated,
+                Some(end),
+                format!(
+                    "the export ends after {end} records; its header promises {}",
+                    self.to
+                ),
+            ));
+        }
+        if self.last_checked < end {
+            return Err(fail(
+                FailureKind::Unsigned,
+                Some(self.last_checked),
+                format!(
+                    "records {}..{end} are not covered by any signed checkpoint",
+                    self.last_checked
+                ),
+            ));
+        }
+        let mut key_ids: Vec<String> = self
+            .checkpoints
+            .values()
+            .map(|c| c.key_id.clone())
+            .collect();
+        key_ids.sort();
+        key_ids.dedup();
+        Ok(Summary {
+            records: end - self.from,
+            from: self.from,
+            tree_size: end,
+            root: self.range.root().to_hex(),
+            checkpoints: self.checkpoints.len(),
+            key_ids,
+        })
+    }
+}
+
+/// Verifies a whole export held in memory (the command line streams a file instead).
+pub fn verify_lines(lines: &[String], keyring: &Keyring) -> Result<Summary, Failure> {
+    let mut header = None;
+    let mut notes = Vec::new();
+    let mut present = HashSet::new();
+    let mut parsed = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let line = parse_line(line, i + 1)?;
+        match &line {
+            Line::Header { .. } if i == 0 => header = Some(line.clone()),
+            Line::Header { .. } => {
+                return Err(fail(
+                    FailureKind::Malformed,
+                    None,
+                    format!("line {} is a second header", i + 1),
+                ));
+            }
+            Line::Checkpoint { note } => notes.push(note.clone()),
+            Line::Record { record, .. } => {
+                if let Some(seq) = record.get("seq").and_then(Value::as_u64) {
+                    present.insert(seq);
+                }
+            }
+        }
+        parsed.push(line);
+    }
+    let header = header.ok_or_else(|| fail(FailureKind::Malformed, None, "the export is empty"))?;
+    let mut verifier = Verifier::new(&header, &notes, present, keyring)?;
+    for line in &parsed {
+        if let Line::Record { hash, record } = line {
+            verifier.record(hash, record)?;
+        }
+    }
+    verifier.finish()
+}
