@@ -122,6 +122,17 @@ impl Tree {
         }
     }
 
+    /// Drops every leaf from `len` on (to undo appends whose commit failed).
+    pub fn truncate(&mut self, len: u64) {
+        for (level, nodes) in self.levels.iter_mut().enumerate() {
+            let keep = usize::try_from(len >> level).unwrap_or(usize::MAX);
+            nodes.truncate(keep);
+        }
+        while self.levels.last().is_some_and(Vec::is_empty) {
+            self.levels.pop();
+        }
+    }
+
     /// The leaf hash at `index`.
     pub fn leaf(&self, index: u64) -> Option<Hash> {
         self.levels
@@ -431,6 +442,21 @@ mod tests {
             "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
         );
         assert_eq!(tree(&[leaf]).root(1).unwrap(), leaf);
+    }
+
+    #[test]
+    fn truncation_undoes_appends() {
+        let all = leaves(37);
+        let mut t = tree(&all);
+        t.truncate(21);
+        assert_eq!(t.len(), 21);
+        assert_eq!(t.root(21).unwrap(), reference_root(&all[..21]));
+        for l in &all[21..30] {
+            t.push(*l);
+        }
+        assert_eq!(t.root(30).unwrap(), reference_root(&all[..30]));
+        t.truncate(0);
+        assert!(t.is_empty());
     }
 
     #[test]

@@ -16,9 +16,14 @@ use uuid::Uuid;
 use zt_core::{
     Decision, DecisionRequest, FieldError, Limits, Reason, ReasonKind, ValidRequest, Verdict,
 };
+use zt_evidence::{Keyring, PendingRecord};
 use zt_store::Store;
 
 use crate::body::JsonBody;
+use crate::evidence::{
+    ConsistencyProof, Durable, EvidenceError, EvidenceLog, InclusionProof, Receipt,
+};
+use crate::now_ms;
 use crate::policies::{Policies, PolicyStatus, ReloadFailure, Reloaded};
 use crate::problem::Problem;
 
@@ -28,6 +33,7 @@ pub struct AppState {
     pub policies: Arc<Policies>,
     pub limits: Limits,
     pub store: Store,
+    pub evidence: EvidenceLog,
     pub metrics: Option<PrometheusHandle>,
     /// Cleared when shutdown begins, so that load balancers stop sending.
     pub ready: AtomicBool,
@@ -42,6 +48,10 @@ pub struct DecisionResponse {
     pub reasons: Vec<Reason>,
     /// `sha256:<hex>` of the policy set that decided.
     pub policy_version: String,
+    /// Where the decision's record is in the evidence log. Absent only when the record could
+    /// not be made durable, and then the decision is `deny`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Receipt>,
 }
 
 /// A batch of decision requests.
@@ -67,7 +77,19 @@ pub struct Health {
         title = "ZT-Infra decision service",
         description = "Policy decisions for autonomous agents: deny by default, fail closed."
     ),
-    paths(decide, decide_batch, policies, reload, healthz, readyz),
+    paths(
+        decide,
+        decide_batch,
+        policies,
+        reload,
+        healthz,
+        readyz,
+        evidence_record,
+        evidence_proof,
+        evidence_consistency,
+        evidence_checkpoint,
+        evidence_keys
+    ),
     components(schemas(
         DecisionRequest,
         DecisionResponse,
@@ -100,6 +122,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/decide/batch", post(decide_batch))
         .route("/v1/policies", get(policies))
         .route("/v1/policies/reload", post(reload))
+        .route("/v1/evidence/checkpoint", get(evidence_checkpoint))
+        .route("/v1/evidence/keys", get(evidence_keys))
+        .route("/v1/evidence/consistency", get(evidence_consistency))
+        .route("/v1/evidence/{seq}", get(evidence_record))
+        .route("/v1/evidence/{seq}/proof", get(evidence_proof))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -109,13 +136,51 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-fn respond(verdict: Verdict) -> DecisionResponse {
-    DecisionResponse {
-        decision: verdict.decision,
-        decision_id: Uuid::now_v7().to_string(),
-        reasons: verdict.reasons,
-        policy_version: verdict.policy_version,
+/// Records decisions in the evidence log and answers them once the records are durable. If
+/// the records cannot be made durable, every decision becomes a deny without evidence: nothing
+/// is allowed that is not on record.
+async fn answer(app: &AppState, decided: Vec<(&ValidRequest, Verdict)>) -> Vec<DecisionResponse> {
+    let time_ms = now_ms();
+    let mut responses: Vec<DecisionResponse> = Vec::with_capacity(decided.len());
+    let mut pending = Vec::with_capacity(decided.len());
+    for (request, verdict) in decided {
+        let decision_id = Uuid::now_v7().to_string();
+        pending.push(PendingRecord {
+            time_ms,
+            decision_id: decision_id.clone(),
+            request: serde_json::to_value(request.request()).unwrap_or_default(),
+            decision: verdict.decision.as_str().to_owned(),
+            reasons: serde_json::to_value(&verdict.reasons).unwrap_or_default(),
+            policy_version: verdict.policy_version.clone(),
+        });
+        responses.push(DecisionResponse {
+            decision: verdict.decision,
+            decision_id,
+            reasons: verdict.reasons,
+            policy_version: verdict.policy_version,
+            evidence: None,
+        });
     }
+    match app.evidence.append(pending).await {
+        Ok(receipts) => {
+            for (response, receipt) in responses.iter_mut().zip(receipts) {
+                response.evidence = Some(receipt);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %crate::error_chain(&e), "decisions denied: their evidence could not be recorded");
+            for response in &mut responses {
+                response.decision = Decision::Deny;
+                response.reasons = vec![Reason {
+                    kind: ReasonKind::Error,
+                    policy: None,
+                    message: "the decision could not be recorded as evidence; denied (fail closed)"
+                        .into(),
+                }];
+            }
+        }
+    }
+    responses
 }
 
 fn record(decision: Decision, endpoint: &'static str, started: Instant) {
@@ -145,8 +210,12 @@ async fn decide(
         .map_err(Problem::invalid_fields)?;
     let verdict = app.policies.with_engine(|engine| engine.decide(&request));
     tracing::debug!(actor = request.actor(), action = %request.action(), decision = %verdict.decision, "decided");
-    record(verdict.decision, "decide", started);
-    Ok(Json(respond(verdict)))
+    let response = answer(&app, vec![(&request, verdict)])
+        .await
+        .pop()
+        .ok_or_else(|| Problem::internal("no answer was produced"))?;
+    record(response.decision, "decide", started);
+    Ok(Json(response))
 }
 
 /// Decide several requests at once, answered in order.
@@ -188,14 +257,11 @@ async fn decide_batch(
         return Err(Problem::invalid_fields(errors));
     }
     let engine = app.policies.engine();
-    let decisions = valid
-        .iter()
-        .map(|request| {
-            let verdict = engine.decide(request);
-            record(verdict.decision, "batch", started);
-            respond(verdict)
-        })
-        .collect();
+    let decided = valid.iter().map(|r| (r, engine.decide(r))).collect();
+    let decisions = answer(&app, decided).await;
+    for d in &decisions {
+        record(d.decision, "batch", started);
+    }
     Ok(Json(BatchResponse { decisions }))
 }
 
@@ -269,6 +335,120 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Health>, Proble
     Ok(Json(Health {
         status: "ready".into(),
     }))
+}
+
+/// A record of the evidence log.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EvidenceRecord {
+    pub seq: u64,
+    /// SHA-256 (hex) of the record's canonical encoding.
+    pub hash: String,
+    #[schema(value_type = Object)]
+    pub record: serde_json::Value,
+}
+
+fn evidence_problem(e: EvidenceError) -> Problem {
+    match e {
+        EvidenceError::NoRecord(seq) => {
+            Problem::not_found(format!("record {seq} is not in the log"))
+        }
+        EvidenceError::Tree(e) => Problem::invalid(e.to_string(), Vec::new()),
+        other => {
+            tracing::error!(error = %crate::error_chain(&other), "evidence read failed");
+            Problem::internal("the evidence log could not be read")
+        }
+    }
+}
+
+fn parse_number(name: &str, value: Option<&str>) -> Result<Option<u64>, Problem> {
+    value
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                Problem::invalid_fields(vec![FieldError::new(
+                    format!("/{name}"),
+                    format!("`{v}` is not a non-negative integer"),
+                )])
+            })
+        })
+        .transpose()
+}
+
+type Params = axum::extract::Query<std::collections::HashMap<String, String>>;
+
+/// A record of the evidence log, by sequence number.
+#[utoipa::path(
+    get, path = "/v1/evidence/{seq}",
+    params(("seq" = u64, Path, description = "sequence number")),
+    responses((status = 200, body = EvidenceRecord), (status = 404, body = Problem, content_type = "application/problem+json"))
+)]
+async fn evidence_record(
+    State(app): State<Arc<AppState>>,
+    axum::extract::Path(seq): axum::extract::Path<String>,
+) -> Result<Json<EvidenceRecord>, Problem> {
+    let seq = parse_number("seq", Some(&seq))?.unwrap_or_default();
+    let stored = app.evidence.record(seq).await.map_err(evidence_problem)?;
+    let record = serde_json::from_str(&stored.body).map_err(|_| {
+        evidence_problem(EvidenceError::Inconsistent(format!(
+            "record {seq} is unreadable"
+        )))
+    })?;
+    Ok(Json(EvidenceRecord {
+        seq,
+        hash: stored.hash,
+        record,
+    }))
+}
+
+/// The inclusion proof of a record in the tree of `size` records (default: the latest checkpoint).
+#[utoipa::path(
+    get, path = "/v1/evidence/{seq}/proof",
+    params(("seq" = u64, Path, description = "sequence number"), ("size" = Option<u64>, Query, description = "tree size")),
+    responses((status = 200, body = InclusionProof), (status = 400, body = Problem, content_type = "application/problem+json"))
+)]
+async fn evidence_proof(
+    State(app): State<Arc<AppState>>,
+    axum::extract::Path(seq): axum::extract::Path<String>,
+    params: Params,
+) -> Result<Json<InclusionProof>, Problem> {
+    let seq = parse_number("seq", Some(&seq))?.unwrap_or_default();
+    let size = parse_number("size", params.get("size").map(String::as_str))?;
+    app.evidence
+        .inclusion(seq, size)
+        .await
+        .map(Json)
+        .map_err(evidence_problem)
+}
+
+/// The consistency proof between two tree sizes.
+#[utoipa::path(
+    get, path = "/v1/evidence/consistency",
+    params(("from" = u64, Query, description = "older tree size"), ("to" = Option<u64>, Query, description = "newer tree size (default: latest)")),
+    responses((status = 200, body = ConsistencyProof), (status = 400, body = Problem, content_type = "application/problem+json"))
+)]
+async fn evidence_consistency(
+    State(app): State<Arc<AppState>>,
+    params: Params,
+) -> Result<Json<ConsistencyProof>, Problem> {
+    let from = parse_number("from", params.get("from").map(String::as_str))?
+        .ok_or_else(|| Problem::invalid_fields(vec![FieldError::new("/from", "is required")]))?;
+    let to = parse_number("to", params.get("to").map(String::as_str))?
+        .unwrap_or(app.evidence.checkpoint().tree_size);
+    app.evidence
+        .consistency(from, to)
+        .map(Json)
+        .map_err(evidence_problem)
+}
+
+/// The latest signed checkpoint (C2SP signed note).
+#[utoipa::path(get, path = "/v1/evidence/checkpoint", responses((status = 200, body = Durable)))]
+async fn evidence_checkpoint(State(app): State<Arc<AppState>>) -> Json<Durable> {
+    Json((*app.evidence.checkpoint()).clone())
+}
+
+/// The log's public keys: all a verifier needs (`ztinfra evidence verify --keys`).
+#[utoipa::path(get, path = "/v1/evidence/keys", responses((status = 200, description = "the keyring: origin and public keys")))]
+async fn evidence_keys(State(app): State<Arc<AppState>>) -> Json<Keyring> {
+    Json(app.evidence.keyring().clone())
 }
 
 async fn metrics_text(State(app): State<Arc<AppState>>) -> Response {

@@ -9,7 +9,6 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -27,6 +26,8 @@ pub enum KeyError {
     Exposed { path: PathBuf, mode: u32 },
     #[error("the key file `{0}` does not hold a 32-byte Ed25519 seed in hex")]
     Malformed(PathBuf),
+    #[error("there is no signing key at `{0}` to rotate; start the server once to create one")]
+    Missing(PathBuf),
 }
 
 /// The public side of a signing key.
@@ -54,13 +55,15 @@ impl Signer {
         use ed25519_dalek::Signer as _;
         self.key.sign(message)
     }
-}
 
-fn key_id(public: &[u8; 32]) -> String {
-    hex::encode(Sha256::digest(public))
-        .chars()
-        .take(16)
-        .collect()
+    pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// The signed note of a checkpoint.
+    pub fn sign_checkpoint(&self, checkpoint: &zt_evidence::Checkpoint) -> String {
+        checkpoint.sign(&self.key)
+    }
 }
 
 /// Loads the signing key from `dir`, generating it (and `dir`) on first start.
@@ -113,14 +116,57 @@ pub fn load_or_generate(dir: &Path) -> Result<Signer, KeyError> {
         }
         Err(e) => return Err(file_error(e)),
     };
-    let public_key = key.verifying_key().to_bytes();
     Ok(Signer {
         info: KeyInfo {
-            key_id: key_id(&public_key),
-            public_key,
+            key_id: zt_evidence::checkpoint::key_id(&key.verifying_key()),
+            public_key: key.verifying_key().to_bytes(),
         },
         key,
     })
+}
+
+/// Replaces the signing key in `dir` with a new one, atomically, and returns the old key's
+/// public side and the new key. The old private key is gone afterwards: it can no longer sign,
+/// while its public key stays in the log's keyring so that what it signed still verifies.
+pub fn rotate(dir: &Path) -> Result<(KeyInfo, Signer), KeyError> {
+    let path = dir.join("signing.key");
+    if !path.exists() {
+        return Err(KeyError::Missing(path));
+    }
+    let old = load_or_generate(dir)?;
+    let staging = dir.join("signing.key.new");
+    let file_error = |source| KeyError::File {
+        path: staging.clone(),
+        source,
+    };
+    if staging.exists() {
+        std::fs::remove_file(&staging).map_err(file_error)?;
+    }
+    let key = SigningKey::generate(&mut rand_core::OsRng);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staging)
+        .map_err(file_error)?;
+    let mut seed = hex::encode(key.to_bytes());
+    seed.push('\n');
+    file.write_all(seed.as_bytes()).map_err(file_error)?;
+    file.sync_all().map_err(file_error)?;
+    std::fs::rename(&staging, &path).map_err(file_error)?;
+    if let Ok(dir) = std::fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok((
+        old.info,
+        Signer {
+            info: KeyInfo {
+                key_id: zt_evidence::checkpoint::key_id(&key.verifying_key()),
+                public_key: key.verifying_key().to_bytes(),
+            },
+            key,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -143,6 +189,25 @@ mod tests {
         assert_eq!(mode(&keys), 0o700);
         assert_eq!(mode(&keys.join("signing.key")), 0o600);
         assert_eq!(first.info().key_id.len(), 16);
+    }
+
+    #[test]
+    fn rotation_replaces_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            rotate(dir.path()).unwrap_err(),
+            KeyError::Missing(_)
+        ));
+        let first = load_or_generate(dir.path()).unwrap();
+        let (old, new) = rotate(dir.path()).unwrap();
+        assert_eq!(&old, first.info());
+        assert_ne!(old.key_id, new.info().key_id);
+        assert_eq!(load_or_generate(dir.path()).unwrap().info(), new.info());
+        let mode = std::fs::metadata(dir.path().join("signing.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

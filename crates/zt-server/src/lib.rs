@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod body;
+pub mod evidence;
 pub mod keys;
 pub mod policies;
 pub mod problem;
@@ -30,6 +31,8 @@ pub mod defaults {
     pub const LISTEN: &str = "127.0.0.1:8181";
     pub const DATA_DIR: &str = ".ztinfra";
     pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+    /// Most records in one evidence commit.
+    pub const MAX_EVIDENCE_BATCH: usize = 1024;
 }
 
 /// Everything the service needs to start.
@@ -44,6 +47,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Reload when the policy directory changes.
     pub watch: bool,
+    /// Most records in one evidence commit.
+    pub max_evidence_batch: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +62,8 @@ pub enum ServerError {
     Keys(#[from] keys::KeyError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot open the evidence log")]
+    Evidence(#[from] evidence::EvidenceError),
     #[error("the policy set in `{dir}` does not load:\n{}", .errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Policies {
         dir: PathBuf,
@@ -100,6 +107,12 @@ impl App {
             None => Store::open_in(&config.data_dir).await?,
         };
         tracing::info!(store = %store.location(), "store open");
+        let evidence = evidence::EvidenceLog::open(
+            store.clone(),
+            std::sync::Arc::new(signer),
+            config.max_evidence_batch,
+        )
+        .await?;
         let metrics = telemetry::handle();
         let policies = Policies::start(
             PolicySource::Directory(config.policy_dir.clone()),
@@ -133,6 +146,7 @@ impl App {
                 policies,
                 limits: config.limits,
                 store,
+                evidence,
                 metrics,
                 ready: AtomicBool::new(true),
             }),
@@ -175,6 +189,13 @@ impl App {
         self.state.store.close().await;
         result
     }
+}
+
+/// The wall clock, in milliseconds since the Unix epoch: the one place the service reads it.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// An error with its causes, `outer: inner: innermost`, for logs.

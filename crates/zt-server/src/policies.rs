@@ -17,6 +17,8 @@ use utoipa::ToSchema;
 use zt_core::{Engine, FileInfo, FileKind, PolicyError, SourceFile};
 use zt_store::{Activation, Store};
 
+use crate::now_ms;
+
 /// The largest policy file read, so that a stray huge file cannot exhaust memory.
 pub const MAX_POLICY_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -148,12 +150,6 @@ pub struct Reloaded {
     /// Whether the version differs from the one active before.
     pub changed: bool,
     pub policies: usize,
-}
-
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Policies {

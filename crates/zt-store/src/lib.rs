@@ -18,6 +18,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{Executor, Row};
 
+mod evidence;
+pub use evidence::{StoredCheckpoint, StoredRecord};
+
 /// Where the store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
@@ -91,6 +94,10 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error(
+        "another writer appended to the evidence log (expected next seq {expected}, found {found})"
+    )]
+    Conflict { expected: u64, found: u64 },
 }
 
 /// One activation of a policy set.
@@ -118,12 +125,31 @@ pub struct Store {
 }
 
 /// The migrations, in order; a migration is one or more statements valid on both backends.
-const MIGRATIONS: &[&[&str]] = &[&["CREATE TABLE IF NOT EXISTS zt_policy_activations (
+const MIGRATIONS: &[&[&str]] = &[
+    &["CREATE TABLE IF NOT EXISTS zt_policy_activations (
         id BIGINT NOT NULL PRIMARY KEY,
         version TEXT NOT NULL,
         activated_at_ms BIGINT NOT NULL,
         files TEXT NOT NULL
-    )"]];
+    )"],
+    &[
+        "CREATE TABLE zt_meta (name TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE zt_evidence_records (
+            seq BIGINT NOT NULL PRIMARY KEY,
+            hash TEXT NOT NULL,
+            body TEXT NOT NULL
+        )",
+        "CREATE TABLE zt_evidence_checkpoints (
+            tree_size BIGINT NOT NULL PRIMARY KEY,
+            note TEXT NOT NULL
+        )",
+        "CREATE TABLE zt_evidence_keys (
+            key_id TEXT NOT NULL PRIMARY KEY,
+            key_json TEXT NOT NULL,
+            created_at_ms BIGINT NOT NULL
+        )",
+    ],
+];
 
 impl Store {
     /// Opens (creating if needed) the store at `location` and brings its schema up to date.
@@ -421,22 +447,28 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn postgres_store_keeps_activations() {
-        let Some(url) = postgres_url() else { return };
-        // A schema of its own, so that concurrent runs do not meet.
-        let schema = format!("zt_test_{}_{}", std::process::id(), line!());
-        let admin = PgPool::connect(&url).await.unwrap();
+    /// A PostgreSQL URL whose connections use a new, empty schema of their own, so that tests
+    /// and concurrent runs do not meet.
+    pub(crate) async fn fresh_schema(url: &str, name: &str) -> String {
+        let schema = format!("zt_test_{name}_{}", std::process::id());
+        let admin = PgPool::connect(url).await.unwrap();
         admin
             .execute(sqlx::AssertSqlSafe(format!(
                 "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
             )))
             .await
             .unwrap();
-        let scoped = format!(
+        admin.close().await;
+        format!(
             "{url}{}options=-c%20search_path%3D{schema}",
             if url.contains('?') { "&" } else { "?" }
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn postgres_store_keeps_activations() {
+        let Some(url) = postgres_url() else { return };
+        let scoped = fresh_schema(&url, "activations").await;
         let store = Store::open(&Location::parse(&scoped).unwrap())
             .await
             .unwrap();
@@ -447,9 +479,5 @@ mod tests {
             .unwrap();
         assert_eq!(store.activations(10).await.unwrap().len(), 2);
         store.close().await;
-        admin
-            .execute(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-            .await
-            .unwrap();
     }
 }

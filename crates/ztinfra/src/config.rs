@@ -176,6 +176,7 @@ impl Settings {
                 limits,
                 max_body_bytes,
                 watch: !(args.no_watch || file.watch == Some(false)),
+                max_evidence_batch: defaults::MAX_EVIDENCE_BATCH,
             },
             log_format: args
                 .log_format

@@ -2,6 +2,7 @@
 
 mod config;
 mod decide;
+mod evidence;
 mod policy;
 
 use std::process::ExitCode;
@@ -29,6 +30,12 @@ enum Command {
     /// Work with policy sets offline.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Export and verify the evidence log.
+    #[command(subcommand)]
+    Evidence(evidence::EvidenceCommand),
+    /// Manage the evidence signing key.
+    #[command(subcommand)]
+    Keys(evidence::KeysCommand),
 }
 
 /// How logs are written (to standard error).
@@ -74,6 +81,8 @@ fn main() -> ExitCode {
         }
         Command::Decide(args) => decide::run(args),
         Command::Policy(command) => policy::run(command),
+        Command::Evidence(command) => evidence::run_evidence(command),
+        Command::Keys(command) => evidence::run_keys(command),
     }
 }
 

@@ -1,0 +1,430 @@
+//! `ztinfra evidence` and `ztinfra keys`: export and verify the evidence log, and manage its
+//! signing key. Export and key commands read the store directly (a running server may keep
+//! writing: SQLite readers do not block it); verify needs only the export and the public keys.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+use zt_evidence::checkpoint::{Keyring, PublicKey};
+use zt_evidence::merkle::{CompactRange, Hash, leaf_hash};
+use zt_evidence::verify::{EXPORT_FORMAT, Line, Prefix, Verifier, parse_line};
+use zt_store::{Location, Store};
+
+/// Where the store is.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The server's data directory; its store is `<data-dir>/ztinfra.db` [default: ./.ztinfra].
+    #[arg(long, env = "ZTINFRA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The store, when not the data directory's: an SQLite path or a postgres:// URL.
+    #[arg(long, env = "ZTINFRA_STORE")]
+    store: Option<String>,
+}
+
+impl StoreArgs {
+    fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(zt_server::defaults::DATA_DIR))
+    }
+
+    async fn open(&self) -> anyhow::Result<Store> {
+        let location = match &self.store {
+            Some(s) => Location::parse(s)?,
+            None => Location::Sqlite(self.data_dir().join("ztinfra.db")),
+        };
+        if let Location::Sqlite(path) = &location
+            && !path.exists()
+        {
+            bail!(
+                "there is no store at `{}` (use --data-dir or --store)",
+                path.display()
+            );
+        }
+        Ok(Store::open(&location).await?)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCommand {
+    /// Export records and the checkpoints over them as JSON lines.
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// First sequence number [default: 0].
+        #[arg(long)]
+        from: Option<u64>,
+        /// Last sequence number; the export runs on to the end of that record's commit batch, so
+        /// that a signed checkpoint covers its last record [default: the latest].
+        #[arg(long)]
+        to: Option<u64>,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Verify an export offline: every hash, link, Merkle root and signature. Exit code: 0 valid,
+    /// 1 tampered (naming the first bad record and why), 2 unreadable input.
+    Verify {
+        /// The export (JSON lines).
+        file: PathBuf,
+        /// The log's public keys, as `GET /v1/evidence/keys` or `ztinfra keys export` give them.
+        #[arg(long)]
+        keys: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print the log's public keys (for `evidence verify --keys`).
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Replace the signing key with a new one. The old public key stays in the keyring, so what
+    /// it signed still verifies; a running server signs with the new key after a restart.
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} {{bar:40}} {{pos}}/{{len}} records ({{per_sec}}, {{eta}} left)"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+pub fn run_evidence(command: EvidenceCommand) -> ExitCode {
+    let result = match command {
+        EvidenceCommand::Export {
+            store,
+            from,
+            to,
+            output,
+        } => runtime().and_then(|rt| rt.block_on(export(&store, from, to, output.as_deref()))),
+        EvidenceCommand::Verify { file, keys } => return verify(&file, &keys),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+pub fn run_keys(command: KeysCommand) -> ExitCode {
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            match command {
+                KeysCommand::Export { store } => {
+                    let store = store.open().await?;
+                    let keyring = keyring(&store).await?;
+                    println!("{}", serde_json::to_string_pretty(&keyring)?);
+                    Ok(())
+                }
+                KeysCommand::Rotate { store: args } => rotate(&args).await,
+            }
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn keyring(store: &Store) -> anyhow::Result<Keyring> {
+    let origin = zt_server::evidence::origin(store).await?;
+    Ok(zt_server::evidence::load_keyring(store, &origin).await?)
+}
+
+async fn rotate(args: &StoreArgs) -> anyhow::Result<()> {
+    let store = args.open().await?;
+    let origin = zt_server::evidence::origin(&store).await?;
+    let (old, new) = zt_server::keys::rotate(&args.data_dir().join("keys"))?;
+    let now = zt_server::now_ms();
+    let public = PublicKey::new(&origin, &new.verifying_key(), now);
+    store
+        .add_key(&public.key_id, &serde_json::to_string(&public)?, now)
+        .await?;
+    for json in store.keys().await? {
+        let mut key: PublicKey = serde_json::from_str(&json)?;
+        if key.key_id == old.key_id && key.retired_at_ms.is_none() {
+            key.retired_at_ms = Some(now);
+            store
+                .update_key(&key.key_id, &serde_json::to_string(&key)?)
+                .await?;
+        }
+    }
+    println!(
+        "rotated: the signing key is now {} (key {} is retired and stays in the keyring); restart the server to sign with the new key",
+        public.key_id, old.key_id
+    );
+    Ok(())
+}
+
+async fn export(
+    args: &StoreArgs,
+    from: Option<u64>,
+    to: Option<u64>,
+    output: Option<&Path>,
+) -> anyhow::Result<()> {
+    let store = args.open().await?;
+    let origin = zt_server::evidence::origin(&store).await?;
+    let latest = store
+        .evidence_checkpoint(0, true)
+        .await?
+        .map_or(0, |c| c.tree_size);
+    let from = from.unwrap_or(0);
+    let last = to.unwrap_or(latest.saturating_sub(1));
+    if latest > 0 && (from > last || last >= latest) {
+        bail!(
+            "the log holds records 0..={}; `--from {from} --to {last}` is outside it",
+            latest - 1
+        );
+    }
+    let end = match store.evidence_checkpoint(last + 1, false).await? {
+        Some(c) if latest > 0 => c.tree_size,
+        _ => 0,
+    };
+    let from = from.min(end);
+
+    let mut prefix = CompactRange::new();
+    while prefix.len() < from {
+        let page = store
+            .evidence_hashes(prefix.len(), 50_000)
+            .await?
+            .into_iter()
+            .take_while(|(seq, _)| *seq < from)
+            .collect::<Vec<_>>();
+        if page.is_empty() {
+            bail!("record {} is missing from the store", prefix.len());
+        }
+        for (seq, hash) in page {
+            let hash = Hash::from_hex(&hash)
+                .with_context(|| format!("record {seq} has a malformed hash"))?;
+            prefix.push(leaf_hash(&hash.0));
+        }
+    }
+
+    let sink: Box<dyn Write> = match output {
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create `{}`", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut out = BufWriter::new(sink);
+    let header = Line::Header {
+        format: EXPORT_FORMAT.into(),
+        origin,
+        from,
+        to: end,
+        prefix: Prefix {
+            size: from,
+            nodes: prefix.nodes().iter().map(Hash::to_hex).collect(),
+        },
+    };
+    writeln!(out, "{}", serde_json::to_string(&header)?)?;
+    let checkpoints = store.evidence_checkpoints(from, end).await?;
+    let mut checkpoints = checkpoints.into_iter().peekable();
+    let bar = progress(end - from, "exporting");
+    let mut next = from;
+    while next < end {
+        let page = store.evidence_records(next, end, 10_000).await?;
+        if page.is_empty() {
+            bail!("record {next} is missing from the store");
+        }
+        for record in page {
+            // The stored body is canonical JSON already: written as is, not re-encoded.
+            writeln!(
+                out,
+                "{{\"type\":\"record\",\"hash\":\"{}\",\"record\":{}}}",
+                record.hash, record.body
+            )?;
+            next = record.seq + 1;
+            while let Some(c) = checkpoints.next_if(|c| c.tree_size <= next) {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&Line::Checkpoint { note: c.note })?
+                )?;
+            }
+        }
+        bar.set_position(next - from);
+    }
+    out.flush()?;
+    bar.finish_and_clear();
+    eprintln!("exported records {from}..{end} of the log");
+    Ok(())
+}
+
+/// Just enough of a line to find its type and a record's sequence number, without building
+/// the record.
+#[derive(Deserialize)]
+struct Skim {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    record: Option<SkimRecord>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SkimRecord {
+    seq: Option<u64>,
+}
+
+fn verify(file: &Path, keys: &Path) -> ExitCode {
+    match verify_file(file, keys) {
+        Ok(Ok(summary)) => {
+            let range = match summary.records {
+                0 => "none".to_owned(),
+                _ => format!("{}..={}", summary.from, summary.tree_size - 1),
+            };
+            println!(
+                "ok: {} records (seq {range}), {} checkpoints, tree size {}, root {}, signed by {}",
+                summary.records,
+                summary.checkpoints,
+                summary.tree_size,
+                summary.root,
+                summary.key_ids.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Err(failure)) => {
+            let kind = serde_json::to_value(failure.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            match failure.seq {
+                Some(seq) => println!("FAILED at seq {seq}: {kind}: {}", failure.message),
+                None => println!("FAILED: {kind}: {}", failure.message),
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+type Verdict = Result<zt_evidence::Summary, zt_evidence::Failure>;
+
+fn verify_file(file: &Path, keys: &Path) -> anyhow::Result<Verdict> {
+    let keyring: Keyring = serde_json::from_str(
+        &std::fs::read_to_string(keys)
+            .with_context(|| format!("cannot read `{}`", keys.display()))?,
+    )
+    .with_context(|| format!("`{}` is not a keyring", keys.display()))?;
+    let open = || -> anyhow::Result<_> {
+        Ok(BufReader::with_capacity(
+            1 << 20,
+            std::fs::File::open(file)
+                .with_context(|| format!("cannot read `{}`", file.display()))?,
+        )
+        .lines())
+    };
+
+    // Pass 1: the header, the checkpoints and which records are present.
+    let mut header = None;
+    let mut notes = Vec::new();
+    let mut present = HashSet::new();
+    for (i, line) in open()?.enumerate() {
+        let line = line.with_context(|| format!("cannot read `{}`", file.display()))?;
+        if i == 0 {
+            match parse_line(&line, 1) {
+                Ok(h @ Line::Header { .. }) => header = Some(h),
+                Ok(_) => return Ok(Err(malformed("the export does not start with a header"))),
+                Err(f) => return Ok(Err(f)),
+            }
+            continue;
+        }
+        let skim: Skim = match serde_json::from_str(&line) {
+            Ok(skim) => skim,
+            Err(e) => {
+                return Ok(Err(malformed(&format!(
+                    "line {} is not an export line: {e}",
+                    i + 1
+                ))));
+            }
+        };
+        match (skim.kind.as_str(), skim.record, skim.note) {
+            ("record", Some(SkimRecord { seq: Some(seq) }), _) => {
+                present.insert(seq);
+            }
+            ("record", _, _) => {}
+            ("checkpoint", _, Some(note)) => notes.push(note),
+            (kind, _, _) => {
+                return Ok(Err(malformed(&format!(
+                    "line {}: unexpected `{kind}`",
+                    i + 1
+                ))));
+            }
+        }
+    }
+    let Some(header) = header else {
+        return Ok(Err(malformed("the export is empty")));
+    };
+    let total = present.len() as u64;
+    let mut verifier = match Verifier::new(&header, &notes, present, &keyring) {
+        Ok(v) => v,
+        Err(f) => return Ok(Err(f)),
+    };
+
+    // Pass 2: every record, in file order.
+    let bar = progress(total, "verifying");
+    let mut done = 0u64;
+    for (i, line) in open()?.enumerate().skip(1) {
+        let line = line.with_context(|| format!("cannot read `{}`", file.display()))?;
+        match parse_line(&line, i + 1) {
+            Ok(Line::Record { hash, record }) => {
+                if let Err(f) = verifier.record(&hash, &record) {
+                    bar.abandon();
+                    return Ok(Err(f));
+                }
+                done += 1;
+                if done.is_multiple_of(4096) {
+                    bar.set_position(done);
+                }
+            }
+            Ok(_) => {}
+            Err(f) => return Ok(Err(f)),
+        }
+    }
+    bar.finish_and_clear();
+    Ok(verifier.finish())
+}
+
+fn malformed(message: &str) -> zt_evidence::Failure {
+    zt_evidence::Failure {
+        kind: zt_evidence::FailureKind::Malformed,
+        seq: None,
+        message: message.to_owned(),
+    }
+}
