@@ -23,7 +23,7 @@ fn demo_dir() -> PathBuf {
 struct Server {
     child: Child,
     base: String,
-    data: tempfile::TempDir,
+    data: std::sync::Arc<tempfile::TempDir>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
@@ -33,7 +33,15 @@ impl Server {
     }
 
     fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let data = tempfile::tempdir().unwrap();
+        Self::start_in(std::sync::Arc::new(tempfile::tempdir().unwrap()), args, env)
+    }
+
+    /// Starts a server on an existing data directory (to restart one).
+    fn start_in(
+        data: std::sync::Arc<tempfile::TempDir>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(BIN);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -117,6 +125,10 @@ fn client() -> http::sync::Client {
     http::sync::Client::new()
 }
 
+mod end_to_end {
+    mod evidence;
+}
+
 /// A tiny synchronous HTTP helper over reqwest's async client, on a private runtime.
 mod http {
     pub mod sync {
@@ -151,21 +163,33 @@ mod http {
             }
 
             pub fn send(&self, request: reqwest::RequestBuilder) -> Response {
+                self.try_send(request).unwrap()
+            }
+
+            /// Like `send`, but a transport error is returned, not a panic.
+            pub fn try_send(
+                &self,
+                request: reqwest::RequestBuilder,
+            ) -> Result<Response, reqwest::Error> {
                 self.runtime.block_on(async {
-                    let response = request.send().await.unwrap();
+                    let response = request.send().await?;
                     let status = response.status().as_u16();
                     let content_type = response
                         .headers()
                         .get("content-type")
                         .map(|v| v.to_str().unwrap().to_owned())
                         .unwrap_or_default();
-                    let body = response.bytes().await.unwrap().to_vec();
-                    Response {
+                    let body = response.bytes().await?.to_vec();
+                    Ok(Response {
                         status,
                         content_type,
                         body,
-                    }
+                    })
                 })
+            }
+
+            pub fn inner(&self) -> &reqwest::Client {
+                &self.inner
             }
 
             pub fn get(&self, url: &str) -> Response {
