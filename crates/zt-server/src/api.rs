@@ -139,7 +139,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Records decisions in the evidence log and answers them once the records are durable. If
 /// the records cannot be made durable, every decision becomes a deny without evidence: nothing
 /// is allowed that is not on record.
-async fn answer(app: &AppState, decided: Vec<(&ValidRequest, Verdict)>) -> Vec<DecisionResponse> {
+async fn answer(
+    app: &AppState,
+    decided: Vec<(&ValidRequest, Verdict)>,
+    announced: Option<crate::evidence::Announcement>,
+) -> Vec<DecisionResponse> {
     let time_ms = now_ms();
     let mut responses: Vec<DecisionResponse> = Vec::with_capacity(decided.len());
     let mut pending = Vec::with_capacity(decided.len());
@@ -161,7 +165,7 @@ async fn answer(app: &AppState, decided: Vec<(&ValidRequest, Verdict)>) -> Vec<D
             evidence: None,
         });
     }
-    match app.evidence.append(pending).await {
+    match app.evidence.append(pending, announced).await {
         Ok(receipts) => {
             for (response, receipt) in responses.iter_mut().zip(receipts) {
                 response.evidence = Some(receipt);
@@ -205,12 +209,13 @@ async fn decide(
     JsonBody(request): JsonBody<DecisionRequest>,
 ) -> Result<Json<DecisionResponse>, Problem> {
     let started = Instant::now();
+    let announced = app.evidence.announce();
     let request = request
         .validate(&app.limits)
         .map_err(Problem::invalid_fields)?;
     let verdict = app.policies.with_engine(|engine| engine.decide(&request));
     tracing::debug!(actor = request.actor(), action = %request.action(), decision = %verdict.decision, "decided");
-    let response = answer(&app, vec![(&request, verdict)])
+    let response = answer(&app, vec![(&request, verdict)], Some(announced))
         .await
         .pop()
         .ok_or_else(|| Problem::internal("no answer was produced"))?;
@@ -258,7 +263,7 @@ async fn decide_batch(
     }
     let engine = app.policies.engine();
     let decided = valid.iter().map(|r| (r, engine.decide(r))).collect();
-    let decisions = answer(&app, decided).await;
+    let decisions = answer(&app, decided, None).await;
     for d in &decisions {
         record(d.decision, "batch", started);
     }

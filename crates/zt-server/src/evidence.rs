@@ -13,7 +13,9 @@
 //! before any other work; per batch, the cost is shared by every record in it, and every record
 //! is still covered by a signature (its batch's checkpoint) plus an inclusion proof.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -31,6 +33,8 @@ use crate::now_ms;
 const ORIGIN: &str = "log_origin";
 /// Records read per query when loading the log.
 const PAGE: u32 = 50_000;
+/// The longest the writer holds a batch open for records already on their way.
+const GATHER: Duration = Duration::from_millis(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvidenceError {
@@ -76,6 +80,8 @@ struct Job {
 
 #[derive(Debug)]
 struct Shared {
+    /// Decisions being made whose records are not yet handed to the writer.
+    arriving: AtomicUsize,
     origin: String,
     keyring: Keyring,
     store: Store,
@@ -88,6 +94,18 @@ struct Shared {
 pub struct EvidenceLog {
     jobs: mpsc::Sender<Job>,
     shared: Arc<Shared>,
+}
+
+/// A record on its way to the log (see [`EvidenceLog::announce`]).
+#[derive(Debug)]
+pub struct Announcement {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Announcement {
+    fn drop(&mut self) {
+        self.shared.arriving.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// An inclusion proof, as served.
@@ -206,6 +224,7 @@ impl EvidenceLog {
         tracing::info!(origin = %origin, records = tree.len(), key_id = %public.key_id, "evidence log open");
 
         let shared = Arc::new(Shared {
+            arriving: AtomicUsize::new(0),
             origin,
             keyring,
             store,
@@ -223,13 +242,26 @@ impl EvidenceLog {
         Ok(Self { jobs, shared })
     }
 
+    /// Announces a record that will be appended soon, so that the writer can hold its batch
+    /// open for it; the announcement ends when the returned value is handed to `append` or
+    /// dropped.
+    pub fn announce(&self) -> Announcement {
+        self.shared.arriving.fetch_add(1, Ordering::Relaxed);
+        Announcement {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// Appends records and waits until they are durable. The receipts are in the order given.
-    pub async fn append(&self, records: Vec<PendingRecord>) -> Result<Vec<Receipt>, EvidenceError> {
+    pub async fn append(
+        &self,
+        records: Vec<PendingRecord>,
+        announced: Option<Announcement>,
+    ) -> Result<Vec<Receipt>, EvidenceError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { records, reply })
-            .await
-            .map_err(|_| EvidenceError::WriterStopped)?;
+        let sent = self.jobs.send(Job { records, reply }).await;
+        drop(announced);
+        sent.map_err(|_| EvidenceError::WriterStopped)?;
         match answer.await {
             Ok(Ok(receipts)) => Ok(receipts),
             Ok(Err(message)) => Err(EvidenceError::Inconsistent(message)),
@@ -407,15 +439,28 @@ async fn writer(
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
         let mut count = batch.iter().map(|j| j.records.len()).sum::<usize>();
-        while count < max_batch {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    count += job.records.len();
-                    batch.push(job);
+        // Take what is waiting; while decisions already made are still on their way, give
+        // them a moment (bounded) to join, rather than spend a whole commit on a few records.
+        let opened = Instant::now();
+        loop {
+            while count < max_batch {
+                match jobs.try_recv() {
+                    Ok(job) => {
+                        count += job.records.len();
+                        batch.push(job);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
+            if count >= max_batch
+                || shared.arriving.load(Ordering::Relaxed) == 0
+                || opened.elapsed() >= GATHER
+            {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
+        let committing = Instant::now();
         let mut result = commit(&shared, &signer, &mut chain, &batch).await;
         if let Err(EvidenceError::Store(StoreError::Conflict { .. })) = &result {
             // Another replica wrote first: read its records, then place ours after them.
@@ -425,6 +470,7 @@ async fn writer(
             };
         }
         metrics::histogram!("ztinfra_evidence_batch_records").record(count as f64);
+        metrics::histogram!("ztinfra_evidence_commit_seconds").record(committing.elapsed());
         match result {
             Ok(receipts) => {
                 let mut receipts = receipts.into_iter();

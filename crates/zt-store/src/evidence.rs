@@ -22,6 +22,33 @@ pub struct StoredCheckpoint {
     pub note: String,
 }
 
+/// The largest multi-row insert on SQLite, in rows (3 bound values each).
+const SQLITE_CHUNK: usize = 512;
+
+/// `INSERT ... VALUES (?, ?, ?), ...` for 1, 2, 4, ... SQLITE_CHUNK rows: a batch is inserted in
+/// power-of-two chunks, so that a handful of prepared statements serve every batch size, each
+/// chunk one round trip to SQLite's worker thread.
+fn sqlite_insert(rows: usize) -> &'static str {
+    static STATEMENTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let statements = STATEMENTS.get_or_init(|| {
+        let mut all = Vec::new();
+        let mut n = 1;
+        while n <= SQLITE_CHUNK {
+            let values = vec!["(?, ?, ?)"; n].join(", ");
+            all.push(format!(
+                "INSERT INTO zt_evidence_records (seq, hash, body) VALUES {values}"
+            ));
+            n *= 2;
+        }
+        all
+    });
+    let index = rows.max(1).ilog2() as usize;
+    statements
+        .get(index)
+        .or(statements.last())
+        .map_or("", String::as_str)
+}
+
 /// The advisory lock key serializing evidence writers on PostgreSQL.
 const APPEND_LOCK: i64 = 7_247_017;
 
@@ -148,15 +175,16 @@ impl Store {
                         found,
                     });
                 }
-                for r in records {
-                    sqlx::query(
-                        "INSERT INTO zt_evidence_records (seq, hash, body) VALUES (?, ?, ?)",
-                    )
-                    .bind(to_i64(r.seq)?)
-                    .bind(&r.hash)
-                    .bind(&r.body)
-                    .execute(&mut *tx)
-                    .await?;
+                let mut rest = records;
+                while !rest.is_empty() {
+                    let rows = 1usize << rest.len().min(SQLITE_CHUNK).ilog2();
+                    let (chunk, tail) = rest.split_at(rows);
+                    let mut query = sqlx::query(sqlite_insert(rows));
+                    for r in chunk {
+                        query = query.bind(to_i64(r.seq)?).bind(&r.hash).bind(&r.body);
+                    }
+                    query.execute(&mut *tx).await?;
+                    rest = tail;
                 }
                 sqlx::query("INSERT INTO zt_evidence_checkpoints (tree_size, note) VALUES (?, ?)")
                     .bind(to_i64(checkpoint.tree_size)?)
@@ -413,6 +441,28 @@ mod tests {
             "{err}"
         );
 
+        // A batch larger than the largest chunk.
+        let big: Vec<_> = (5..5 + SQLITE_CHUNK as u64 + 7).map(record).collect();
+        let size = 5 + SQLITE_CHUNK as u64 + 7;
+        store
+            .append_evidence(
+                &big,
+                &StoredCheckpoint {
+                    tree_size: size,
+                    note: "big".into(),
+                },
+            )
+            .await
+            .unwrap();
+        let stored = store.evidence_records(0, size, u32::MAX).await.unwrap();
+        assert_eq!(stored.len() as u64, size);
+        assert!(
+            stored
+                .iter()
+                .enumerate()
+                .all(|(i, r)| *r == record(i as u64))
+        );
+
         let hashes = store.evidence_hashes(1, 3).await.unwrap();
         assert_eq!(hashes.iter().map(|h| h.0).collect::<Vec<_>>(), [1, 2, 3]);
         let records = store.evidence_records(2, 4, 100).await.unwrap();
@@ -438,9 +488,15 @@ mod tests {
                 .unwrap()
                 .unwrap()
                 .note,
-            "n5"
+            "big"
         );
-        assert!(store.evidence_checkpoint(6, false).await.unwrap().is_none());
+        assert!(
+            store
+                .evidence_checkpoint(size + 1, false)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test]
