@@ -140,8 +140,17 @@ pub struct VerifiedCheckpoint {
     pub key_id: String,
 }
 
-/// Parses a note and verifies a signature by one of `keyring`'s keys.
-pub fn verify_note(note: &str, keyring: &Keyring) -> Result<VerifiedCheckpoint, NoteError> {
+/// A parsed note and the signature to check on it.
+struct Signed {
+    checkpoint: Checkpoint,
+    body: String,
+    signature: Signature,
+    key: VerifyingKey,
+    key_id: String,
+}
+
+/// Parses a note and finds the keyring's key that signed it, without checking the signature.
+fn parse_signed(note: &str, keyring: &Keyring) -> Result<Signed, NoteError> {
     let malformed = |why: &str| NoteError::Malformed(why.to_owned());
     let (body, signatures) = note
         .split_once("\n\n")
@@ -170,11 +179,6 @@ pub fn verify_note(note: &str, keyring: &Keyring) -> Result<VerifiedCheckpoint, 
         size,
         root,
     };
-    let keys: Vec<(PublicKey, VerifyingKey)> = keyring
-        .keys
-        .iter()
-        .filter_map(|k| k.verifying_key().map(|v| (k.clone(), v)))
-        .collect();
     let mut last_unknown = None;
     for line in signatures.lines().filter(|l| !l.is_empty()) {
         let rest = line
@@ -189,23 +193,73 @@ pub fn verify_note(note: &str, keyring: &Keyring) -> Result<VerifiedCheckpoint, 
         let (hash, signature) = blob
             .split_first_chunk::<4>()
             .ok_or_else(|| malformed("a signature is too short"))?;
-        let Some((public, key)) = keys.iter().find(|(_, k)| key_hash(name, k) == *hash) else {
+        let found = keyring.keys.iter().find_map(|k| {
+            let key = k.verifying_key()?;
+            (key_hash(name, &key) == *hash).then(|| (k.key_id.clone(), key))
+        });
+        let Some((key_id, key)) = found else {
             last_unknown = Some(hex::encode(hash));
             continue;
         };
         let signature = Signature::from_slice(signature)
             .map_err(|_| malformed("a signature is not 64 bytes"))?;
-        return key
-            .verify_strict(body.as_bytes(), &signature)
-            .map(|()| VerifiedCheckpoint {
-                checkpoint: checkpoint.clone(),
-                key_id: public.key_id.clone(),
-            })
-            .map_err(|_| NoteError::BadSignature(public.key_id.clone()));
+        return Ok(Signed {
+            checkpoint,
+            body,
+            signature,
+            key,
+            key_id,
+        });
     }
     Err(NoteError::UnknownKey(
         last_unknown.unwrap_or_else(|| "none".to_owned()),
     ))
+}
+
+impl Signed {
+    fn verify(self) -> Result<VerifiedCheckpoint, NoteError> {
+        self.key
+            .verify_strict(self.body.as_bytes(), &self.signature)
+            .map_err(|_| NoteError::BadSignature(self.key_id.clone()))?;
+        Ok(self.verified())
+    }
+
+    fn verified(self) -> VerifiedCheckpoint {
+        VerifiedCheckpoint {
+            checkpoint: self.checkpoint,
+            key_id: self.key_id,
+        }
+    }
+}
+
+/// Parses a note and verifies a signature by one of `keyring`'s keys.
+pub fn verify_note(note: &str, keyring: &Keyring) -> Result<VerifiedCheckpoint, NoteError> {
+    parse_signed(note, keyring)?.verify()
+}
+
+/// Verifies many notes at once: all signatures in one Ed25519 batch verification (about twice
+/// as fast as one by one), and one by one, strictly, only when the batch fails, to name the
+/// first bad note. The error carries the index of the note at fault.
+pub fn verify_notes(
+    notes: &[String],
+    keyring: &Keyring,
+) -> Result<Vec<VerifiedCheckpoint>, (usize, NoteError)> {
+    let signed = notes
+        .iter()
+        .enumerate()
+        .map(|(i, note)| parse_signed(note, keyring).map_err(|e| (i, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let messages: Vec<&[u8]> = signed.iter().map(|s| s.body.as_bytes()).collect();
+    let signatures: Vec<Signature> = signed.iter().map(|s| s.signature).collect();
+    let keys: Vec<VerifyingKey> = signed.iter().map(|s| s.key).collect();
+    if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
+        return Ok(signed.into_iter().map(Signed::verified).collect());
+    }
+    signed
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| s.verify().map_err(|e| (i, e)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -256,6 +310,34 @@ mod tests {
         let verified = verify_note(&note, &keyring(&[&key])).unwrap();
         assert_eq!(verified.checkpoint, checkpoint());
         assert_eq!(verified.key_id, key_id(&key.verifying_key()));
+    }
+
+    #[test]
+    fn batches_verify_and_name_the_bad_note() {
+        let (a, b) = (test_key(1), test_key(2));
+        let keys = keyring(&[&a, &b]);
+        let mut notes: Vec<String> = (0..10)
+            .map(|i| {
+                let key = if i % 2 == 0 { &a } else { &b };
+                Checkpoint {
+                    size: i,
+                    ..checkpoint()
+                }
+                .sign(key)
+            })
+            .collect();
+        let verified = verify_notes(&notes, &keys).unwrap();
+        assert_eq!(
+            verified
+                .iter()
+                .map(|v| v.checkpoint.size)
+                .collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>()
+        );
+        notes[6] = notes[6].replacen("\n6\n", "\n7\n", 1);
+        let (index, error) = verify_notes(&notes, &keys).unwrap_err();
+        assert_eq!(index, 6);
+        assert!(matches!(error, NoteError::BadSignature(_)));
     }
 
     #[test]

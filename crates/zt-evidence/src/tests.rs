@@ -44,13 +44,12 @@ fn export(n: u64, batch: u64, from: u64, signer: impl Fn(u64) -> SigningKey) -> 
         });
         tree.push(record.leaf());
         if seq >= from {
-            body.push(
-                serde_json::to_string(&Line::Record {
-                    hash: record.hash.to_hex(),
-                    record: record.body,
-                })
-                .unwrap(),
-            );
+            // As the exporter does: the stored canonical text, verbatim.
+            body.push(format!(
+                "{{\"type\":\"record\",\"hash\":\"{}\",\"record\":{}}}",
+                record.hash.to_hex(),
+                record.canonical
+            ));
         }
         if (seq + 1) % batch == 0 || seq + 1 == n {
             let size = seq + 1;
@@ -123,6 +122,17 @@ fn an_untouched_log_verifies_across_a_key_rotation() {
         verdict(&lines, &keyring(&[&new])).0,
         FailureKind::UnknownKey
     );
+}
+
+#[test]
+fn record_lines_are_read_without_parsing_the_record() {
+    let k = key(1);
+    let lines = export(3, 2, 0, |_| k.clone());
+    let (hash, text) = crate::verify::record_line(&lines[1]).unwrap();
+    assert_eq!(crate::merkle::Hash::digest(text.as_bytes()).to_hex(), hash);
+    assert_eq!(crate::verify::skim_seq(&lines[1]), Some(0));
+    assert_eq!(crate::verify::skim_seq("{\"type\":\"record\"}"), None);
+    assert!(crate::verify::record_line(&lines[0]).is_none());
 }
 
 #[test]

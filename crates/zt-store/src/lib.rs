@@ -124,7 +124,9 @@ pub struct Store {
     location: Location,
 }
 
-/// The migrations, in order; a migration is one or more statements valid on both backends.
+/// The migrations, in order; a migration is one or more statements valid on both backends,
+/// where `{seq_key}` stands for the type of a sequence-number key: SQLite's `INTEGER PRIMARY
+/// KEY` (the rowid, so a record is stored once) or PostgreSQL's `BIGINT PRIMARY KEY`.
 const MIGRATIONS: &[&[&str]] = &[
     &["CREATE TABLE IF NOT EXISTS zt_policy_activations (
         id BIGINT NOT NULL PRIMARY KEY,
@@ -135,7 +137,7 @@ const MIGRATIONS: &[&[&str]] = &[
     &[
         "CREATE TABLE zt_meta (name TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL)",
         "CREATE TABLE zt_evidence_records (
-            seq BIGINT NOT NULL PRIMARY KEY,
+            seq {seq_key} NOT NULL,
             hash TEXT NOT NULL,
             body TEXT NOT NULL
         )",
@@ -205,7 +207,7 @@ impl Store {
     async fn migrate(&self) -> Result<(), StoreError> {
         let known = MIGRATIONS.len() as i64;
         macro_rules! run {
-            ($pool:expr, $lock:expr, $insert_version:expr) => {{
+            ($pool:expr, $lock:expr, $insert_version:expr, $seq_key:expr) => {{
                 let mut tx = $pool.begin().await?;
                 if let Some(lock) = $lock {
                     tx.execute(lock).await?;
@@ -223,7 +225,9 @@ impl Store {
                 }
                 for (i, statements) in MIGRATIONS.iter().enumerate().skip(found as usize) {
                     for statement in *statements {
-                        tx.execute(*statement).await?;
+                        // The templates are constants; only the sequence type differs.
+                        let sql = statement.replace("{seq_key}", $seq_key);
+                        tx.execute(sqlx::AssertSqlSafe(sql)).await?;
                     }
                     sqlx::query($insert_version)
                         .bind(i as i64 + 1)
@@ -237,13 +241,16 @@ impl Store {
             Backend::Sqlite(pool) => run!(
                 pool,
                 None::<&str>,
-                "INSERT INTO zt_schema_version (version) VALUES (?)"
+                "INSERT INTO zt_schema_version (version) VALUES (?)",
+                // The rowid itself: records are stored once, in sequence order.
+                "INTEGER PRIMARY KEY"
             ),
             // Replicas starting together must not migrate at once.
             Backend::Postgres(pool) => run!(
                 pool,
                 Some("SELECT pg_advisory_xact_lock(7247016)"),
-                "INSERT INTO zt_schema_version (version) VALUES ($1)"
+                "INSERT INTO zt_schema_version (version) VALUES ($1)",
+                "BIGINT PRIMARY KEY"
             ),
         }
         Ok(())

@@ -13,7 +13,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use zt_evidence::checkpoint::{Keyring, PublicKey};
 use zt_evidence::merkle::{CompactRange, Hash, leaf_hash};
-use zt_evidence::verify::{EXPORT_FORMAT, Line, Prefix, Verifier, parse_line};
+use zt_evidence::verify::{
+    EXPORT_FORMAT, Line, Prefix, Verifier, parse_line, record_line, skim_seq,
+};
 use zt_store::{Location, Store};
 
 /// Where the store is.
@@ -365,6 +367,13 @@ fn verify_file(file: &Path, keys: &Path) -> anyhow::Result<Verdict> {
             }
             continue;
         }
+        // Record lines are only skimmed here (pass 2 checks them); checkpoints are kept.
+        if line.starts_with("{\"type\":\"record\"") {
+            if let Some(seq) = skim_seq(&line) {
+                present.insert(seq);
+            }
+            continue;
+        }
         let skim: Skim = match serde_json::from_str(&line) {
             Ok(skim) => skim,
             Err(e) => {
@@ -402,19 +411,21 @@ fn verify_file(file: &Path, keys: &Path) -> anyhow::Result<Verdict> {
     let mut done = 0u64;
     for (i, line) in open()?.enumerate().skip(1) {
         let line = line.with_context(|| format!("cannot read `{}`", file.display()))?;
-        match parse_line(&line, i + 1) {
-            Ok(Line::Record { hash, record }) => {
-                if let Err(f) = verifier.record(&hash, &record) {
-                    bar.abandon();
-                    return Ok(Err(f));
-                }
-                done += 1;
-                if done.is_multiple_of(4096) {
-                    bar.set_position(done);
-                }
-            }
-            Ok(_) => {}
-            Err(f) => return Ok(Err(f)),
+        let checked = match record_line(&line) {
+            Some((hash, text)) => verifier.record_text(hash, text),
+            None => match parse_line(&line, i + 1) {
+                Ok(Line::Record { hash, record }) => verifier.record(&hash, &record),
+                Ok(_) => continue,
+                Err(f) => Err(f),
+            },
+        };
+        if let Err(f) = checked {
+            bar.abandon();
+            return Ok(Err(f));
+        }
+        done += 1;
+        if done.is_multiple_of(4096) {
+            bar.set_position(done);
         }
     }
     bar.finish_and_clear();
