@@ -10,20 +10,11 @@ set -euo pipefail
 connections=${1:-16}
 seconds=${2:-10}
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p ztinfra -p zt-loadgen >&2
-data=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$data"' EXIT
+. bench/lib.sh
+build_release
 pin_server=() pin_load=()
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
   pin_server=(taskset -c 0) pin_load=(taskset -c 1)
 fi
-"${pin_server[@]}" target/release/ztinfra serve --demo --no-watch --data-dir "$data" \
-  --listen 127.0.0.1:0 >"$data/out" 2>"$data/err" &
-server=$!
-for _ in $(seq 100); do
-  grep -q "listening on" "$data/out" 2>/dev/null && break
-  sleep 0.1
-done
-addr=$(sed -n 's#^ztinfra listening on http://##p' "$data/out")
-[ -n "$addr" ] || { cat "$data/err" >&2; exit 1; }
+start_server "${pin_server[@]}"
 "${pin_load[@]}" target/release/zt-loadgen --addr "$addr" --connections "$connections" --duration "$seconds"

@@ -7,18 +7,10 @@
 set -euo pipefail
 seconds=${1:-20}
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p ztinfra -p zt-loadgen >&2
+. bench/lib.sh
+build_release
 bin=target/release/ztinfra
-data=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$data"' EXIT
-"$bin" serve --demo --no-watch --data-dir "$data" --listen 127.0.0.1:0 >"$data/out" 2>"$data/err" &
-server=$!
-for _ in $(seq 100); do
-  grep -q "listening on" "$data/out" 2>/dev/null && break
-  sleep 0.1
-done
-addr=$(sed -n 's#^ztinfra listening on http://##p' "$data/out")
-[ -n "$addr" ] || { cat "$data/err" >&2; exit 1; }
+start_server
 target/release/zt-loadgen --addr "$addr" --connections 64 --duration "$seconds" --warmup 0 >&2
 kill -TERM "$server"; wait "$server" || true
 "$bin" evidence export --data-dir "$data" -o "$data/log.jsonl" 2>/dev/null
