@@ -42,6 +42,8 @@ pub enum EvidenceError {
     Store(#[from] StoreError),
     #[error("the evidence writer has stopped")]
     WriterStopped,
+    #[error("the records could not be committed: {0}")]
+    Commit(String),
     #[error(
         "the stored evidence log is inconsistent: {0}; run `ztinfra evidence export` and `ztinfra evidence verify` to find out more"
     )]
@@ -264,7 +266,7 @@ impl EvidenceLog {
         sent.map_err(|_| EvidenceError::WriterStopped)?;
         match answer.await {
             Ok(Ok(receipts)) => Ok(receipts),
-            Ok(Err(message)) => Err(EvidenceError::Inconsistent(message)),
+            Ok(Err(message)) => Err(EvidenceError::Commit(message)),
             Err(_) => Err(EvidenceError::WriterStopped),
         }
     }

@@ -310,6 +310,50 @@ fn a_rotated_key_keeps_the_whole_log_verifiable() {
     assert!(!String::from_utf8_lossy(&exported.stdout).contains(private.trim()));
 }
 
+#[test]
+fn a_stored_log_that_does_not_match_its_checkpoint_stops_start_up() {
+    let mut server = Server::start(&["--demo"]);
+    let c = client();
+    for i in 0..3 {
+        decide(
+            &c,
+            &server,
+            json!({"actor": "a", "action": "x", "resource": format!("r{i}")}),
+        );
+    }
+    assert!(server.terminate().success());
+    let data = Arc::clone(&server.data);
+    drop(server);
+    // Someone rewrites a stored record's hash behind the service's back.
+    let db = data.path().join("ztinfra.db");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE zt_evidence_records SET hash = ? WHERE seq = 1")
+            .bind("00".repeat(32))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    });
+    let output = std::process::Command::new(super::super::BIN)
+        .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("does not match the 3 stored records"),
+        "{stderr}"
+    );
+}
+
 /// Loads the server from several threads, SIGKILLs it mid-load, restarts it, and checks that
 /// every decision a client received is in the log, at its place, and that the log verifies.
 fn kill_9_loses_nothing_acknowledged(args: &[&str]) {
