@@ -165,14 +165,31 @@ async fn answer(
             evidence: None,
         });
     }
-    match app.evidence.append(pending, announced).await {
+    let recorded = app
+        .evidence
+        .append(pending, announced)
+        .await
+        .map_err(|e| crate::error_chain(&e))
+        .and_then(|receipts| {
+            // Every answer carries its own receipt, or none is allowed.
+            if receipts.len() == responses.len() {
+                Ok(receipts)
+            } else {
+                Err(format!(
+                    "{} receipts for {} decisions",
+                    receipts.len(),
+                    responses.len()
+                ))
+            }
+        });
+    match recorded {
         Ok(receipts) => {
             for (response, receipt) in responses.iter_mut().zip(receipts) {
                 response.evidence = Some(receipt);
             }
         }
         Err(e) => {
-            tracing::error!(error = %crate::error_chain(&e), "decisions denied: their evidence could not be recorded");
+            tracing::error!(error = %e, "decisions denied: their evidence could not be recorded");
             for response in &mut responses {
                 response.decision = Decision::Deny;
                 response.reasons = vec![Reason {
