@@ -2,7 +2,6 @@
 //! signing key. Export and key commands read the store directly (a running server may keep
 //! writing: SQLite readers do not block it); verify needs only the export and the public keys.
 
-use std::collections::HashSet;
 use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,12 +9,9 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Deserialize;
 use zt_evidence::checkpoint::{Keyring, PublicKey};
 use zt_evidence::merkle::{CompactRange, Hash, leaf_hash};
-use zt_evidence::verify::{
-    EXPORT_FORMAT, Line, Prefix, Verifier, parse_line, record_line, skim_seq,
-};
+use zt_evidence::verify::{EXPORT_FORMAT, Line, Prefix};
 use zt_store::{Location, Store};
 
 /// Where the store is.
@@ -102,16 +98,24 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn progress(len: u64, what: &str) -> ProgressBar {
+/// A progress display on standard error, when it is a terminal: a bar when the number of
+/// records is known, a counter otherwise.
+fn progress(len: Option<u64>, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new(len);
+    let (bar, template) = match len {
+        Some(len) => (
+            ProgressBar::new(len),
+            format!("{what} {{bar:40}} {{pos}}/{{len}} records ({{per_sec}}, {{eta}} left)"),
+        ),
+        None => (
+            ProgressBar::no_length(),
+            format!("{what} {{pos}} records ({{per_sec}})"),
+        ),
+    };
     bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "{what} {{bar:40}} {{pos}}/{{len}} records ({{per_sec}}, {{eta}} left)"
-        ))
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
 }
@@ -253,7 +257,7 @@ async fn export(
     writeln!(out, "{}", serde_json::to_string(&header)?)?;
     let checkpoints = store.evidence_checkpoints(from, end).await?;
     let mut checkpoints = checkpoints.into_iter().peekable();
-    let bar = progress(end - from, "exporting");
+    let bar = progress(Some(end - from), "exporting");
     let mut next = from;
     while next < end {
         let page = store.evidence_records(next, end, 10_000).await?;
@@ -282,23 +286,6 @@ async fn export(
     bar.finish_and_clear();
     eprintln!("exported records {from}..{end} of the log");
     Ok(())
-}
-
-/// Just enough of a line to find its type and a record's sequence number, without building
-/// the record.
-#[derive(Deserialize)]
-struct Skim {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    record: Option<SkimRecord>,
-    #[serde(default)]
-    note: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct SkimRecord {
-    seq: Option<u64>,
 }
 
 fn verify(file: &Path, keys: &Path) -> ExitCode {
@@ -345,97 +332,18 @@ fn verify_file(file: &Path, keys: &Path) -> anyhow::Result<Verdict> {
     )
     .with_context(|| format!("`{}` is not a keyring", keys.display()))?;
     let open = || -> anyhow::Result<_> {
-        Ok(BufReader::with_capacity(
+        let reader = BufReader::with_capacity(
             1 << 20,
             std::fs::File::open(file)
                 .with_context(|| format!("cannot read `{}`", file.display()))?,
-        )
-        .lines())
+        );
+        Ok(reader
+            .lines()
+            .map(|line| line.with_context(|| format!("cannot read `{}`", file.display()))))
     };
-
-    // Pass 1: the header, the checkpoints and which records are present.
-    let mut header = None;
-    let mut notes = Vec::new();
-    let mut present = HashSet::new();
-    for (i, line) in open()?.enumerate() {
-        let line = line.with_context(|| format!("cannot read `{}`", file.display()))?;
-        if i == 0 {
-            match parse_line(&line, 1) {
-                Ok(h @ Line::Header { .. }) => header = Some(h),
-                Ok(_) => return Ok(Err(malformed("the export does not start with a header"))),
-                Err(f) => return Ok(Err(f)),
-            }
-            continue;
-        }
-        // Record lines are only skimmed here (pass 2 checks them); checkpoints are kept.
-        if line.starts_with("{\"type\":\"record\"") {
-            if let Some(seq) = skim_seq(&line) {
-                present.insert(seq);
-            }
-            continue;
-        }
-        let skim: Skim = match serde_json::from_str(&line) {
-            Ok(skim) => skim,
-            Err(e) => {
-                return Ok(Err(malformed(&format!(
-                    "line {} is not an export line: {e}",
-                    i + 1
-                ))));
-            }
-        };
-        match (skim.kind.as_str(), skim.record, skim.note) {
-            ("record", Some(SkimRecord { seq: Some(seq) }), _) => {
-                present.insert(seq);
-            }
-            ("record", _, _) => {}
-            ("checkpoint", _, Some(note)) => notes.push(note),
-            (kind, _, _) => {
-                return Ok(Err(malformed(&format!(
-                    "line {}: unexpected `{kind}`",
-                    i + 1
-                ))));
-            }
-        }
-    }
-    let Some(header) = header else {
-        return Ok(Err(malformed("the export is empty")));
-    };
-    let total = present.len() as u64;
-    let mut verifier = match Verifier::new(&header, &notes, present, &keyring) {
-        Ok(v) => v,
-        Err(f) => return Ok(Err(f)),
-    };
-
-    // Pass 2: every record, in file order.
-    let bar = progress(total, "verifying");
-    let mut done = 0u64;
-    for (i, line) in open()?.enumerate().skip(1) {
-        let line = line.with_context(|| format!("cannot read `{}`", file.display()))?;
-        let checked = match record_line(&line) {
-            Some((hash, text)) => verifier.record_text(hash, text),
-            None => match parse_line(&line, i + 1) {
-                Ok(Line::Record { hash, record }) => verifier.record(&hash, &record),
-                Ok(_) => continue,
-                Err(f) => Err(f),
-            },
-        };
-        if let Err(f) = checked {
-            bar.abandon();
-            return Ok(Err(f));
-        }
-        done += 1;
-        if done.is_multiple_of(4096) {
-            bar.set_position(done);
-        }
-    }
+    let bar = progress(None, "verifying");
+    let verdict =
+        zt_evidence::verify::verify_export(open, &keyring, |done| bar.set_position(done))?;
     bar.finish_and_clear();
-    Ok(verifier.finish())
-}
-
-fn malformed(message: &str) -> zt_evidence::Failure {
-    zt_evidence::Failure {
-        kind: zt_evidence::FailureKind::Malformed,
-        seq: None,
-        message: message.to_owned(),
-    }
+    Ok(verdict)
 }
