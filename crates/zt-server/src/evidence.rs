@@ -84,7 +84,6 @@ struct Job {
 struct Shared {
     /// Decisions being made whose records are not yet handed to the writer.
     arriving: AtomicUsize,
-    origin: String,
     keyring: Keyring,
     store: Store,
     tree: RwLock<Tree>,
@@ -227,7 +226,6 @@ impl EvidenceLog {
 
         let shared = Arc::new(Shared {
             arriving: AtomicUsize::new(0),
-            origin,
             keyring,
             store,
             tree: RwLock::new(tree),
@@ -276,7 +274,7 @@ impl EvidenceLog {
     }
 
     pub fn origin(&self) -> &str {
-        &self.shared.origin
+        &self.shared.keyring.origin
     }
 
     pub fn checkpoint(&self) -> Arc<Durable> {
@@ -518,7 +516,7 @@ async fn commit(
         (before, size, tree.root(size)?)
     };
     let note = signer.sign_checkpoint(&Checkpoint {
-        origin: shared.origin.clone(),
+        origin: shared.keyring.origin.clone(),
         size,
         root,
     });

@@ -23,7 +23,7 @@ use zt_core::{Limits, PolicyError};
 use zt_store::{Location, Store, StoreError};
 
 use crate::api::AppState;
-use crate::policies::{Policies, PolicySource};
+use crate::policies::Policies;
 use crate::problem::Problem;
 
 /// The defaults of `ztinfra serve`.
@@ -114,15 +114,12 @@ impl App {
         )
         .await?;
         let metrics = telemetry::handle();
-        let policies = Policies::start(
-            PolicySource::Directory(config.policy_dir.clone()),
-            store.clone(),
-        )
-        .await
-        .map_err(|errors| ServerError::Policies {
-            dir: config.policy_dir.clone(),
-            errors,
-        })?;
+        let policies = Policies::start(config.policy_dir.clone(), store.clone())
+            .await
+            .map_err(|errors| ServerError::Policies {
+                dir: config.policy_dir.clone(),
+                errors,
+            })?;
         let policies = Arc::new(policies);
         let status = policies.status();
         tracing::info!(dir = %config.policy_dir.display(), version = %status.version, policies = status.policies, "policy set active");

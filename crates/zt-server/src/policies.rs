@@ -22,13 +22,6 @@ use crate::now_ms;
 /// The largest policy file read, so that a stray huge file cannot exhaust memory.
 pub const MAX_POLICY_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Where policies come from.
-#[derive(Debug, Clone)]
-pub enum PolicySource {
-    /// A directory, read at start, on change and on reload.
-    Directory(PathBuf),
-}
-
 /// Reads every policy, schema and test file under `dir` (recursively, skipping hidden entries),
 /// with paths relative to `dir`.
 pub fn read_policy_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyError> {
@@ -136,7 +129,8 @@ struct Active {
 /// The active set and how to reload it.
 #[derive(Debug)]
 pub struct Policies {
-    source: PolicySource,
+    /// The policy directory, read at start, on change and on reload.
+    dir: PathBuf,
     active: ArcSwap<Active>,
     last_error: std::sync::Mutex<Option<ReloadFailure>>,
     reloading: Mutex<()>,
@@ -155,10 +149,10 @@ pub struct Reloaded {
 impl Policies {
     /// Loads the initial set. Failing here fails start-up: a service never starts with a set
     /// that did not load.
-    pub async fn start(source: PolicySource, store: Store) -> Result<Self, Vec<PolicyError>> {
-        let engine = Self::read(&source).await?;
+    pub async fn start(dir: PathBuf, store: Store) -> Result<Self, Vec<PolicyError>> {
+        let engine = Self::read(&dir).await?;
         let policies = Self {
-            source,
+            dir,
             active: ArcSwap::from_pointee(Active {
                 engine: Arc::new(engine),
                 loaded_at_ms: now_ms(),
@@ -171,9 +165,8 @@ impl Policies {
         Ok(policies)
     }
 
-    async fn read(source: &PolicySource) -> Result<Engine, Vec<PolicyError>> {
-        let PolicySource::Directory(dir) = source;
-        let dir = dir.clone();
+    async fn read(dir: &Path) -> Result<Engine, Vec<PolicyError>> {
+        let dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || load_dir(&dir))
             .await
             .map_err(|e| {
@@ -196,11 +189,11 @@ impl Policies {
         f(&self.active.load().engine)
     }
 
-    /// Reloads from the source. On failure the active set stays, and the errors are kept for
+    /// Reloads from the directory. On failure the active set stays, and the errors are kept for
     /// `GET /v1/policies`.
     pub async fn reload(&self) -> Result<Reloaded, Vec<PolicyError>> {
         let _one_at_a_time = self.reloading.lock().await;
-        match Self::read(&self.source).await {
+        match Self::read(&self.dir).await {
             Ok(engine) => {
                 let previous = self.engine();
                 let changed = previous.version() != engine.version();
@@ -256,7 +249,7 @@ impl Policies {
     pub fn status(&self) -> PolicyStatus {
         let active = self.active.load();
         let set = active.engine.policies();
-        let PolicySource::Directory(dir) = &self.source;
+        let dir = &self.dir;
         PolicyStatus {
             version: set.version().to_owned(),
             source: dir.display().to_string(),
@@ -268,14 +261,14 @@ impl Policies {
         }
     }
 
-    /// Watches the source directory and reloads on change, after changes settle for `quiet`.
+    /// Watches the policy directory and reloads on change, after changes settle for `quiet`.
     /// The returned watcher must be kept alive.
     pub fn watch(
         self: &Arc<Self>,
         quiet: Duration,
     ) -> Result<notify::RecommendedWatcher, notify::Error> {
         use notify::Watcher;
-        let PolicySource::Directory(dir) = &self.source;
+        let dir = &self.dir;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {

@@ -49,6 +49,17 @@ fn sqlite_insert(rows: usize) -> &'static str {
         .map_or("", String::as_str)
 }
 
+/// Refuses a batch that does not start where the stored log ends (`next`: one past the last
+/// stored sequence number, `None` for an empty log).
+fn check_next(next: Option<i64>, expected: u64) -> Result<(), StoreError> {
+    let found = to_u64(next.unwrap_or(0))?;
+    if found == expected {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict { expected, found })
+    }
+}
+
 /// The advisory lock key serializing evidence writers on PostgreSQL.
 const APPEND_LOCK: i64 = 7_247_017;
 
@@ -168,13 +179,7 @@ impl Store {
                     sqlx::query_scalar("SELECT MAX(seq) + 1 FROM zt_evidence_records")
                         .fetch_one(&mut *tx)
                         .await?;
-                let found = to_u64(next.unwrap_or(0))?;
-                if found != first.seq {
-                    return Err(StoreError::Conflict {
-                        expected: first.seq,
-                        found,
-                    });
-                }
+                check_next(next, first.seq)?;
                 let mut rest = records;
                 while !rest.is_empty() {
                     let rows = 1usize << rest.len().min(SQLITE_CHUNK).ilog2();
@@ -203,13 +208,7 @@ impl Store {
                     sqlx::query_scalar("SELECT MAX(seq) + 1 FROM zt_evidence_records")
                         .fetch_one(&mut *tx)
                         .await?;
-                let found = to_u64(next.unwrap_or(0))?;
-                if found != first.seq {
-                    return Err(StoreError::Conflict {
-                        expected: first.seq,
-                        found,
-                    });
-                }
+                check_next(next, first.seq)?;
                 let seqs = records
                     .iter()
                     .map(|r| to_i64(r.seq))
