@@ -135,34 +135,129 @@ impl std::fmt::Display for FieldError {
 }
 
 /// A request that passed validation: its ids are within limits, its action name is a proper
-/// dotted name, and its context is already a Cedar context.
+/// dotted name, its principal and resource are typed Cedar entities, and its context is already
+/// a Cedar context.
+///
+/// Every interface (the ZT-Infra contract, AuthZEN, the `/actions` reference contract) turns
+/// its own wire shape into this one type, so the engine and the evidence log see one request.
 #[derive(Debug, Clone)]
 pub struct ValidRequest {
-    request: DecisionRequest,
+    /// The request as it enters the evidence record: the interface's own shape, as received
+    /// (defaults resolved, `null` members dropped).
+    record: Value,
+    principal: Party,
     action: ActionName,
+    resource: Party,
     cedar_context: cedar_policy::Context,
 }
 
+/// The principal or the resource of a valid request.
+#[derive(Debug, Clone)]
+pub(crate) struct Party {
+    pub(crate) uid: cedar_policy::EntityUid,
+    /// Attributes sent with the request. They override the attributes of the same name that
+    /// the entity store holds for this entity.
+    pub(crate) attrs: Option<std::collections::HashMap<String, cedar_policy::RestrictedExpression>>,
+}
+
+impl Party {
+    /// `type_name::"id"` with the attributes in `properties` (a JSON object already checked by
+    /// [`drop_nulls_and_check`]); `pointer` locates `properties` in the request for errors.
+    pub(crate) fn new(
+        type_name: cedar_policy::EntityTypeName,
+        id: &str,
+        properties: Option<&Map<String, Value>>,
+        pointer: &str,
+    ) -> Result<Self, FieldError> {
+        let uid = cedar_policy::EntityUid::from_type_name_and_id(
+            type_name,
+            cedar_policy::EntityId::new(id),
+        );
+        let attrs = match properties {
+            Some(properties) if !properties.is_empty() => {
+                let entity = cedar_policy::Entity::from_json_value(
+                    serde_json::json!({
+                        "uid": {"__entity": {"type": uid.type_name().to_string(), "id": id}},
+                        "attrs": properties,
+                        "parents": []
+                    }),
+                    None,
+                )
+                .map_err(|e| FieldError::new(pointer, e.to_string()))?;
+                Some(entity.into_inner().1)
+            }
+            _ => None,
+        };
+        Ok(Self { uid, attrs })
+    }
+}
+
+/// The Cedar type of the ZT-Infra contract's actors, `Agent`.
+pub const AGENT_TYPE: &str = "Agent";
+/// The Cedar type of the ZT-Infra contract's resources, `Resource`.
+pub const RESOURCE_TYPE: &str = "Resource";
+
+/// `Agent` and `Resource`, parsed once.
+static CONTRACT_TYPES: std::sync::LazyLock<
+    Result<(cedar_policy::EntityTypeName, cedar_policy::EntityTypeName), String>,
+> = std::sync::LazyLock::new(|| Ok((entity_type(AGENT_TYPE)?, entity_type(RESOURCE_TYPE)?)));
+
+/// Parses a Cedar entity type name, such as `user` or `Docs::Folder`.
+pub(crate) fn entity_type(name: &str) -> Result<cedar_policy::EntityTypeName, String> {
+    name.parse().map_err(|_| {
+        format!("`{name}` is not a Cedar entity type name (letters, digits and `_`, optionally namespaced with `::`)")
+    })
+}
+
 impl ValidRequest {
-    /// The request as received (with `null` context members dropped).
-    pub fn request(&self) -> &DecisionRequest {
-        &self.request
+    /// The request as it enters the evidence record.
+    pub fn record(&self) -> &Value {
+        &self.record
     }
 
+    /// The principal's id (without its type).
     pub fn actor(&self) -> &str {
-        &self.request.actor
+        self.principal.uid.id().unescaped()
     }
 
     pub fn action(&self) -> &ActionName {
         &self.action
     }
 
+    /// The resource's id (without its type).
     pub fn resource(&self) -> &str {
-        &self.request.resource
+        self.resource.uid.id().unescaped()
+    }
+
+    pub(crate) fn principal(&self) -> &Party {
+        &self.principal
+    }
+
+    pub(crate) fn resource_party(&self) -> &Party {
+        &self.resource
     }
 
     pub(crate) fn cedar_context(&self) -> &cedar_policy::Context {
         &self.cedar_context
+    }
+
+    /// Assembles a request from parts an interface has already checked.
+    pub(crate) fn from_parts(
+        record: Value,
+        principal: Party,
+        action: ActionName,
+        resource: Party,
+        context: Map<String, Value>,
+    ) -> Result<Self, FieldError> {
+        let cedar_context = cedar_policy::Context::from_json_value(Value::Object(context), None)
+            .map_err(|e| FieldError::new("/context", e.to_string()))?;
+        Ok(Self {
+            record,
+            principal,
+            action,
+            resource,
+            cedar_context,
+        })
     }
 }
 
@@ -252,20 +347,22 @@ impl DecisionRequest {
         let (Some(action), true) = (action, errors.is_empty()) else {
             return Err(errors);
         };
-        let cedar_context =
-            cedar_policy::Context::from_json_value(Value::Object(self.context.clone()), None)
-                .map_err(|e| vec![FieldError::new("/context", e.to_string())])?;
-        Ok(ValidRequest {
-            request: self,
-            action,
-            cedar_context,
-        })
+        let (agent, resource_type) = CONTRACT_TYPES
+            .clone()
+            .map_err(|e| vec![FieldError::new("", e)])?;
+        let principal = Party::new(agent, &self.actor, None, "/actor").map_err(|e| vec![e])?;
+        let resource =
+            Party::new(resource_type, &self.resource, None, "/resource").map_err(|e| vec![e])?;
+        let context = self.context.clone();
+        let record =
+            serde_json::to_value(&self).map_err(|e| vec![FieldError::new("", e.to_string())])?;
+        ValidRequest::from_parts(record, principal, action, resource, context).map_err(|e| vec![e])
     }
 }
 
 /// Walks a context object: drops `null` members (absent, for Cedar), and reports nesting
 /// deeper than the limit, non-integer numbers, and `null` inside arrays.
-fn drop_nulls_and_check(
+pub(crate) fn drop_nulls_and_check(
     object: &mut Map<String, Value>,
     pointer: &str,
     depth: usize,
@@ -329,7 +426,7 @@ fn check_value(
 }
 
 /// Escapes a key for use in a JSON pointer (RFC 6901).
-fn escape_pointer(key: &str) -> String {
+pub(crate) fn escape_pointer(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
@@ -487,10 +584,7 @@ mod tests {
         let valid = request(json!({"ticket": null, "env": "prod"}))
             .validate(&Limits::default())
             .unwrap();
-        assert_eq!(
-            Value::Object(valid.request().context.clone()),
-            json!({"env": "prod"})
-        );
+        assert_eq!(valid.record()["context"], json!({"env": "prod"}));
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! can cover that action, with the action's dotted ancestry as entities. Plans are built once
 //! per action name and cached in the engine, which is immutable and replaced whole on reload.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
@@ -21,21 +22,13 @@ use cedar_policy::{
     PolicySet, Request,
 };
 
-use crate::contract::{ActionName, Decision, Reason, ReasonKind, ValidRequest, Verdict};
+use crate::contract::{ActionName, Decision, Party, Reason, ReasonKind, ValidRequest, Verdict};
 use crate::policy::{ActionScope, LoadedSet, PolicyError, SourceFile};
 
 /// How many action plans an engine keeps before it starts over. Each plan holds references to
 /// the policies that apply to one action, so this bounds memory under a stream of distinct,
 /// perhaps hostile, action names.
 pub const DEFAULT_MAX_CACHED_PLANS: usize = 16_384;
-
-/// The Cedar entity types of the contract.
-#[derive(Debug)]
-struct Types {
-    agent: EntityTypeName,
-    action: EntityTypeName,
-    resource: EntityTypeName,
-}
 
 /// The policies that can apply to one action, ready to evaluate.
 #[derive(Debug)]
@@ -49,7 +42,7 @@ struct Plan {
 #[derive(Debug)]
 pub struct Engine {
     set: LoadedSet,
-    types: Types,
+    action_type: EntityTypeName,
     /// Policies with no action scope.
     any: Vec<usize>,
     /// Policies with `action == Action::"x"`, by `x`.
@@ -70,19 +63,12 @@ impl Engine {
 
     /// Indexes a loaded set.
     pub fn new(set: LoadedSet) -> Result<Self, PolicyError> {
-        let type_name = |name: &str| {
-            EntityTypeName::from_str(name).map_err(|e| PolicyError {
-                file: "<engine>".into(),
-                line: None,
-                column: None,
-                message: e.to_string(),
-            })
-        };
-        let types = Types {
-            agent: type_name("Agent")?,
-            action: type_name("Action")?,
-            resource: type_name("Resource")?,
-        };
+        let action_type = EntityTypeName::from_str("Action").map_err(|e| PolicyError {
+            file: "<engine>".into(),
+            line: None,
+            column: None,
+            message: e.to_string(),
+        })?;
         let mut any = Vec::new();
         let mut equal: HashMap<String, Vec<usize>> = HashMap::new();
         let mut within: HashMap<String, Vec<usize>> = HashMap::new();
@@ -99,7 +85,7 @@ impl Engine {
         }
         Ok(Self {
             set,
-            types,
+            action_type,
             any,
             equal,
             within,
@@ -131,27 +117,23 @@ impl Engine {
             Ok(plan) => plan,
             Err(e) => return self.deny_error(None, e),
         };
-        let principal = EntityUid::from_type_name_and_id(
-            self.types.agent.clone(),
-            EntityId::new(request.actor()),
-        );
-        let resource = EntityUid::from_type_name_and_id(
-            self.types.resource.clone(),
-            EntityId::new(request.resource()),
-        );
+        let entities = match self.entities_for(request, &plan) {
+            Ok(entities) => entities,
+            Err(e) => return self.deny_error(None, e),
+        };
         let cedar_request = match Request::new(
-            principal,
+            request.principal().uid.clone(),
             plan.action.clone(),
-            resource,
+            request.resource_party().uid.clone(),
             request.cedar_context().clone(),
             None,
         ) {
             Ok(r) => r,
             Err(e) => return self.deny_error(None, format!("request rejected by Cedar: {e}")),
         };
-        let response =
-            self.authorizer
-                .is_authorized(&cedar_request, &plan.policies, &plan.entities);
+        let response = self
+            .authorizer
+            .is_authorized(&cedar_request, &plan.policies, &entities);
 
         let mut errors = Vec::new();
         let mut forbid_failed = false;
@@ -234,6 +216,79 @@ impl Engine {
         )
     }
 
+    /// The entities a request is evaluated with: the action hierarchy of its plan, and, when
+    /// the entity store holds its principal or resource or the request sends attributes, those
+    /// two entities (stored attributes overridden by sent ones) and their stored ancestors.
+    fn entities_for<'a>(
+        &self,
+        request: &ValidRequest,
+        plan: &'a Plan,
+    ) -> Result<Cow<'a, Entities>, String> {
+        let stored = &self.set.entities.all;
+        let parties = [request.principal(), request.resource_party()];
+        let involved = |party: &&Party| party.attrs.is_some() || stored.get(&party.uid).is_some();
+        if !parties.iter().any(involved) {
+            return Ok(Cow::Borrowed(&plan.entities));
+        }
+        let mut extra: HashMap<EntityUid, Entity> = HashMap::new();
+        for party in parties {
+            let (mut attrs, parents) = match stored.get(&party.uid) {
+                Some(entity) => {
+                    let (_, attrs, parents) = entity.clone().into_inner();
+                    for ancestor in &parents {
+                        if let Some(found) = stored.get(ancestor) {
+                            extra
+                                .entry(ancestor.clone())
+                                .or_insert_with(|| found.clone());
+                        }
+                    }
+                    (attrs, parents)
+                }
+                None => (HashMap::new(), HashSet::new()),
+            };
+            if let Some(sent) = &party.attrs {
+                attrs.extend(sent.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            let entity = Entity::new(party.uid.clone(), attrs, parents)
+                .map_err(|e| format!("cannot build entity `{}`: {e}", party.uid))?;
+            extra.insert(party.uid.clone(), entity);
+        }
+        let all = plan.entities.iter().cloned().chain(extra.into_values());
+        Entities::from_entities(all, None)
+            .map(Cow::Owned)
+            .map_err(|e| format!("cannot assemble the request's entities: {e}"))
+    }
+
+    /// The stored entities of type `type_name`, in id order: the candidates of a subject or
+    /// resource search. Empty for a type the store does not hold.
+    pub fn entities_of_type(&self, type_name: &str) -> &[EntityUid] {
+        self.set
+            .entities
+            .by_type
+            .get(type_name)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The actions the schema declares for principals of type `principal` on resources of
+    /// type `resource`, by name: the candidates of an action search.
+    pub fn actions_for(&self, principal: &str, resource: &str) -> Vec<ActionName> {
+        let (Ok(principal), Ok(resource)) = (
+            EntityTypeName::from_str(principal),
+            EntityTypeName::from_str(resource),
+        ) else {
+            return Vec::new();
+        };
+        let mut names: Vec<ActionName> = self
+            .set
+            .schema
+            .actions_for_principal_and_resource(&principal, &resource)
+            .filter_map(|uid| ActionName::parse(uid.id().unescaped()).ok())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// The cached plan for `action`, built on first use.
     fn plan(&self, action: &ActionName) -> Result<Arc<Plan>, String> {
         if let Ok(plans) = self.plans.read()
@@ -269,7 +324,7 @@ impl Engine {
         }
 
         let uid = |name: &str| {
-            EntityUid::from_type_name_and_id(self.types.action.clone(), EntityId::new(name))
+            EntityUid::from_type_name_and_id(self.action_type.clone(), EntityId::new(name))
         };
         let entities = action.self_and_ancestors().map(|name| {
             let parent = ActionName::parse(name)
@@ -425,6 +480,86 @@ mod tests {
         assert_eq!(kinds, [ReasonKind::DefaultDeny, ReasonKind::Error]);
     }
 
+    fn fixture() -> Engine {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/authzen-fixture");
+        let files: Vec<SourceFile> = ["schema.cedarschema", "policies.cedar", "entities.json"]
+            .iter()
+            .map(|name| SourceFile {
+                path: (*name).into(),
+                text: std::fs::read_to_string(dir.join(name)).unwrap(),
+            })
+            .collect();
+        Engine::load(&files).unwrap()
+    }
+
+    fn authzen(engine: &Engine, request: Value) -> Decision {
+        let request = crate::authzen::Evaluation::from_object(request.as_object().unwrap())
+            .validate(&Limits::default())
+            .unwrap();
+        engine.decide(&request).decision
+    }
+
+    #[test]
+    fn stored_entities_decide_and_sent_properties_override_them() {
+        let e = fixture();
+        let ask = |subject: Value, action: Value, resource: Value| {
+            authzen(
+                &e,
+                json!({"subject": subject, "action": action, "resource": resource}),
+            )
+        };
+        let alice = json!({"type": "user", "id": "alice"});
+        let stranger = json!({"type": "user", "id": "mallory"});
+        let write = json!({"name": "write"});
+        let record2 = json!({"type": "record", "id": "record-2"});
+        // Group membership comes from the store: a stranger is in no group.
+        assert_eq!(
+            ask(alice.clone(), json!({"name": "read"}), record2.clone()),
+            Decision::Allow
+        );
+        assert_eq!(
+            ask(stranger, json!({"name": "read"}), record2.clone()),
+            Decision::Deny
+        );
+        // record-2 is archived in the store; a sent status overrides it.
+        assert_eq!(
+            ask(alice.clone(), write.clone(), record2.clone()),
+            Decision::Deny
+        );
+        let active =
+            json!({"type": "record", "id": "record-2", "properties": {"status": "active"}});
+        assert_eq!(ask(alice, write.clone(), active), Decision::Allow);
+        // bob is an admin in the store, and keeps his group when he sends properties.
+        let bob = json!({"type": "user", "id": "bob", "properties": {"department": "ops"}});
+        assert_eq!(ask(bob.clone(), write, record2.clone()), Decision::Allow);
+        assert_eq!(ask(bob, json!({"name": "read"}), record2), Decision::Allow);
+        // A sent attribute of the wrong type makes the policy error: no allow.
+        let odd = json!({"type": "user", "id": "bob", "properties": {"role": 1}});
+        let archived = json!({"type": "record", "id": "record-2"});
+        assert_eq!(ask(odd, json!({"name": "write"}), archived), Decision::Deny);
+    }
+
+    #[test]
+    fn search_candidates_come_from_the_store_and_the_schema() {
+        let e = fixture();
+        let ids: Vec<&str> = e
+            .entities_of_type("user")
+            .iter()
+            .map(|u| u.id().unescaped())
+            .collect();
+        assert_eq!(ids, ["alice", "bob"]);
+        assert!(e.entities_of_type("spaceship").is_empty());
+        let actions: Vec<String> = e
+            .actions_for("user", "record")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(actions, ["delete", "read", "write"]);
+        assert!(e.actions_for("record", "user").is_empty());
+        assert!(e.actions_for("not a type", "record").is_empty());
+    }
+
     #[test]
     fn the_plan_cache_is_bounded() {
         let mut e = engine("permit(principal, action, resource);");
@@ -446,9 +581,9 @@ mod tests {
         let name = ActionName::parse(action).unwrap();
         let plan = e.build_plan(&name).unwrap();
         let request = Request::new(
-            EntityUid::from_type_name_and_id(e.types.agent.clone(), EntityId::new(actor)),
+            format!("Agent::{actor:?}").parse().unwrap(),
             plan.action.clone(),
-            EntityUid::from_type_name_and_id(e.types.resource.clone(), EntityId::new("r-1")),
+            "Resource::\"r-1\"".parse().unwrap(),
             cedar_policy::Context::empty(),
             None,
         )

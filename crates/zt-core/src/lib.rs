@@ -7,6 +7,7 @@
 //! Architecture invariant: every decision path fails closed. [`Engine::decide`] returns a
 //! verdict for every [`ValidRequest`], and any error on the way is a deny.
 
+pub mod authzen;
 pub mod contract;
 pub mod engine;
 pub mod import;

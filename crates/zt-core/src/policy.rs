@@ -7,7 +7,7 @@ mod schema;
 
 use std::collections::{BTreeSet, HashMap};
 
-use cedar_policy::{ActionConstraint, Effect, PolicyId, ValidationMode, Validator};
+use cedar_policy::{ActionConstraint, Effect, EntityUid, PolicyId, ValidationMode, Validator};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -18,6 +18,9 @@ use crate::contract::ActionName;
 pub const ID_ANNOTATION: &str = "id";
 /// The annotation whose text becomes the reason of a decision the policy determines.
 pub const REASON_ANNOTATION: &str = "reason";
+
+/// The entity file that the entity API of the server writes, at the top of the directory.
+pub const ENTITIES_FILE: &str = "entities.json";
 
 /// One file of a policy directory, by its path relative to the directory (with `/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +41,9 @@ pub enum FileKind {
     SchemaJson,
     /// `*.tests.json`: policy test cases, run by `ztinfra policy check`.
     Tests,
+    /// `entities.json` or `*.entities.json`: the entity store, in Cedar's entity JSON format
+    /// (an array of `{"uid", "attrs", "parents"}`), checked against the schema.
+    Entities,
 }
 
 impl FileKind {
@@ -51,6 +57,11 @@ impl FileKind {
             Some(Self::Policies)
         } else if path.ends_with(".tests.json") {
             Some(Self::Tests)
+        } else if path == ENTITIES_FILE
+            || path.ends_with(".entities.json")
+            || path.ends_with(&format!("/{ENTITIES_FILE}"))
+        {
+            Some(Self::Entities)
         } else {
             None
         }
@@ -143,6 +154,9 @@ pub struct FileInfo {
     pub sha256: String,
     /// How many policies the file holds (0 for schema and test files).
     pub policies: usize,
+    /// How many entities the file holds (entity files only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entities: Option<usize>,
 }
 
 /// One loaded policy and what the engine needs to know of it.
@@ -161,6 +175,29 @@ pub struct LoadedSet {
     pub(crate) policies: Vec<LoadedPolicy>,
     pub(crate) by_id: HashMap<PolicyId, usize>,
     pub(crate) warnings: Vec<PolicyError>,
+    pub(crate) schema: cedar_policy::Schema,
+    pub(crate) entities: StoredEntities,
+}
+
+/// The entity store of a policy set: the entities of its entity files, with their ancestors
+/// computed, and indexed by type for the search APIs.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredEntities {
+    pub(crate) all: cedar_policy::Entities,
+    /// Non-action entities by type name, each list in id order.
+    pub(crate) by_type: HashMap<String, Vec<EntityUid>>,
+    /// The entities as read, without the action entities the schema adds.
+    pub(crate) json: Vec<serde_json::Value>,
+}
+
+impl StoredEntities {
+    fn empty() -> Self {
+        Self {
+            all: cedar_policy::Entities::empty(),
+            by_type: HashMap::new(),
+            json: Vec::new(),
+        }
+    }
 }
 
 impl LoadedSet {
@@ -178,6 +215,11 @@ impl LoadedSet {
 
     pub fn policy_count(&self) -> usize {
         self.policies.len()
+    }
+
+    /// The entities of the entity files, as read (Cedar entity JSON).
+    pub fn entities(&self) -> &[serde_json::Value] {
+        &self.entities.json
     }
 }
 
@@ -235,13 +277,14 @@ pub fn load(sources: &[SourceFile]) -> Result<LoadedSet, Vec<PolicyError>> {
                     )),
                 }
             }
-            FileKind::Tests => {}
+            FileKind::Tests | FileKind::Entities => {}
         }
         files.push(FileInfo {
             path: file.path.clone(),
             kind,
             sha256: sha256_hex(file.text.as_bytes()),
             policies: count,
+            entities: None,
         });
     }
 
@@ -257,7 +300,7 @@ pub fn load(sources: &[SourceFile]) -> Result<LoadedSet, Vec<PolicyError>> {
             errors.push(PolicyError::whole_file("<policies>", e.to_string()));
         }
     }
-    let validation = Validator::new(schema).validate(&set, ValidationMode::Strict);
+    let validation = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
     let locate = |id: &PolicyId| {
         origin
             .get(id)
@@ -282,6 +325,12 @@ pub fn load(sources: &[SourceFile]) -> Result<LoadedSet, Vec<PolicyError>> {
         })
         .collect();
 
+    let entity_files: Vec<&SourceFile> = sources
+        .iter()
+        .filter(|f| FileKind::of(&f.path) == Some(FileKind::Entities))
+        .collect();
+    let entities = load_entities(&entity_files, &schema, &mut files)?;
+
     let by_id = policies
         .iter()
         .enumerate()
@@ -293,7 +342,105 @@ pub fn load(sources: &[SourceFile]) -> Result<LoadedSet, Vec<PolicyError>> {
         policies,
         by_id,
         warnings,
+        schema,
+        entities,
     })
+}
+
+/// An error and its causes: Cedar keeps the useful part of an entity error (which attribute
+/// of which entity) in the cause.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Reads the entity files, each checked against the schema, into one store.
+fn load_entities(
+    sources: &[&SourceFile],
+    schema: &cedar_policy::Schema,
+    files: &mut [FileInfo],
+) -> Result<StoredEntities, Vec<PolicyError>> {
+    if sources.is_empty() {
+        return Ok(StoredEntities::empty());
+    }
+    let mut errors = Vec::new();
+    let mut json = Vec::new();
+    let mut entities = Vec::new();
+    let mut origin: HashMap<EntityUid, String> = HashMap::new();
+    for file in sources {
+        let items = match serde_json::from_str::<serde_json::Value>(&file.text) {
+            Ok(serde_json::Value::Array(items)) => items,
+            Ok(_) => {
+                errors.push(PolicyError::whole_file(
+                    &file.path,
+                    "an entity file holds a JSON array of entities (`{\"uid\": {\"type\", \"id\"}, \"attrs\": {...}, \"parents\": [...]}`)",
+                ));
+                continue;
+            }
+            Err(e) => {
+                errors.push(PolicyError {
+                    file: file.path.clone(),
+                    line: Some(e.line()),
+                    column: Some(e.column()),
+                    message: format!("malformed JSON: {e}"),
+                });
+                continue;
+            }
+        };
+        match cedar_policy::Entities::from_json_value(
+            serde_json::Value::Array(items.clone()),
+            Some(schema),
+        ) {
+            Ok(parsed) => {
+                let before = entities.len();
+                for entity in parsed.iter() {
+                    let uid = entity.uid();
+                    if uid.type_name().basename() == "Action" {
+                        continue;
+                    }
+                    if let Some(other) = origin.insert(uid.clone(), file.path.clone()) {
+                        errors.push(PolicyError::whole_file(
+                            &file.path,
+                            format!("entity `{uid}` is also in `{other}`: each entity is in one entity file"),
+                        ));
+                        continue;
+                    }
+                    entities.push(entity.clone());
+                }
+                if let Some(info) = files.iter_mut().find(|f| f.path == file.path) {
+                    info.entities = Some(entities.len() - before);
+                }
+                json.extend(items);
+            }
+            Err(e) => errors.push(PolicyError::whole_file(&file.path, with_causes(&e))),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut by_type: HashMap<String, Vec<EntityUid>> = HashMap::new();
+    for entity in &entities {
+        let uid = entity.uid();
+        by_type
+            .entry(uid.type_name().to_string())
+            .or_default()
+            .push(uid);
+    }
+    for uids in by_type.values_mut() {
+        uids.sort_by(|a, b| a.id().unescaped().cmp(b.id().unescaped()));
+    }
+    let all = cedar_policy::Entities::from_entities(entities, Some(schema))
+        .map_err(|e| vec![PolicyError::whole_file("<entities>", with_causes(&e))])?;
+    Ok(StoredEntities { all, by_type, json })
 }
 
 /// Parses one `.cedar` file and appends its policies, renamed to their public ids. Returns how

@@ -37,6 +37,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Cleared when shutdown begins, so that load balancers stop sending.
     pub ready: AtomicBool,
+    /// The service's public base URL (for AuthZEN metadata); `None`: from the `Host` header.
+    pub public_url: Option<String>,
 }
 
 /// The answer to a decision request.
@@ -52,6 +54,9 @@ pub struct DecisionResponse {
     /// not be made durable, and then the decision is `deny`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Receipt>,
+    /// The decision time, milliseconds since the Unix epoch (as recorded).
+    #[serde(skip)]
+    pub time_ms: i64,
 }
 
 /// A batch of decision requests.
@@ -88,7 +93,18 @@ pub struct Health {
         evidence_proof,
         evidence_consistency,
         evidence_checkpoint,
-        evidence_keys
+        evidence_keys,
+        entities,
+        replace_entities,
+        upsert_entities,
+        crate::authzen::evaluation,
+        crate::authzen::evaluations,
+        crate::authzen::search_subject,
+        crate::authzen::search_resource,
+        crate::authzen::search_action,
+        crate::authzen::metadata,
+        crate::reference::actions,
+        crate::reference::health
     ),
     components(schemas(
         DecisionRequest,
@@ -106,7 +122,17 @@ pub struct Health {
         Reloaded,
         zt_core::FileInfo,
         zt_core::FileKind,
-        Health
+        Health,
+        EntityList,
+        EntityEdit,
+        crate::authzen::AuthzenDecision,
+        crate::authzen::AuthzenDecisions,
+        crate::authzen::SearchResults,
+        crate::authzen::Page,
+        crate::reference::ActionAnswer,
+        crate::reference::Audit,
+        crate::reference::KmsSignature,
+        crate::reference::ReferenceHealth
     ))
 )]
 struct ApiDoc;
@@ -131,6 +157,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi_json))
+        .route(
+            "/v1/entities",
+            get(entities).put(replace_entities).post(upsert_entities),
+        )
+        .merge(crate::authzen::routes())
+        .merge(crate::reference::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -139,7 +171,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Records decisions in the evidence log and answers them once the records are durable. If
 /// the records cannot be made durable, every decision becomes a deny without evidence: nothing
 /// is allowed that is not on record.
-async fn answer(
+pub(crate) async fn answer(
     app: &AppState,
     decided: Vec<(&ValidRequest, Verdict)>,
     announced: Option<crate::evidence::Announcement>,
@@ -152,7 +184,7 @@ async fn answer(
         pending.push(PendingRecord {
             time_ms,
             decision_id: decision_id.clone(),
-            request: serde_json::to_value(request.request()).unwrap_or_default(),
+            request: request.record().clone(),
             decision: verdict.decision.as_str().to_owned(),
             reasons: serde_json::to_value(&verdict.reasons).unwrap_or_default(),
             policy_version: verdict.policy_version.clone(),
@@ -163,6 +195,7 @@ async fn answer(
             reasons: verdict.reasons,
             policy_version: verdict.policy_version,
             evidence: None,
+            time_ms,
         });
     }
     let recorded = app
@@ -504,4 +537,119 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
         "method not allowed",
         format!("`{method}` is not allowed on `{}`", uri.path()),
     )
+}
+
+/// The entity store of the active policy set.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EntityList {
+    /// `sha256:<hex>` of the active policy set, entity files included.
+    #[serde(default)]
+    pub version: String,
+    /// Entities in Cedar's entity JSON format: `{"uid": {"type", "id"}, "attrs", "parents"}`.
+    #[schema(value_type = Vec<Object>)]
+    pub entities: Vec<serde_json::Value>,
+}
+
+/// Entities to write to the entity file.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EntityEdit {
+    /// Entities in Cedar's entity JSON format.
+    #[schema(value_type = Vec<Object>)]
+    pub entities: Vec<serde_json::Value>,
+}
+
+/// Every entity of the entity store (all entity files of the policy directory).
+#[utoipa::path(get, path = "/v1/entities", responses((status = 200, body = EntityList)))]
+async fn entities(State(app): State<Arc<AppState>>) -> Json<EntityList> {
+    app.policies.with_engine(|engine| {
+        Json(EntityList {
+            version: engine.version().to_owned(),
+            entities: engine.policies().entities().to_vec(),
+        })
+    })
+}
+
+fn entity_edit_problem(e: crate::policies::EntityEditError) -> Problem {
+    use crate::policies::EntityEditError;
+    match e {
+        EntityEditError::Invalid(detail) => Problem::invalid(detail, Vec::new()),
+        EntityEditError::Rejected(errors) => Problem {
+            policy_errors: errors.clone(),
+            ..Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-entities",
+                "invalid entities",
+                format!(
+                    "the policy set does not load with these entities; nothing was changed. First: {}",
+                    errors.first().map(ToString::to_string).unwrap_or_default()
+                ),
+            )
+        },
+        other @ EntityEditError::Io { .. } => {
+            tracing::error!(error = %other, "entity edit failed");
+            Problem::internal("the entity file could not be written")
+        }
+    }
+}
+
+/// Replace the entity file (`entities.json` in the policy directory) and reload. The set is
+/// checked with the new entities first; if it does not load, nothing changes.
+#[utoipa::path(
+    put, path = "/v1/entities",
+    request_body = EntityEdit,
+    responses(
+        (status = 200, body = Reloaded),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The entities do not match the schema; every error is listed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn replace_entities(
+    State(app): State<Arc<AppState>>,
+    JsonBody(edit): JsonBody<EntityEdit>,
+) -> Result<Json<Reloaded>, Problem> {
+    app.policies
+        .edit_entities(move |_| Ok(edit.entities))
+        .await
+        .map(Json)
+        .map_err(entity_edit_problem)
+}
+
+/// The `(type, id)` of an entity in Cedar's entity JSON format.
+fn entity_key(entity: &serde_json::Value) -> Option<(String, String)> {
+    let uid = entity.get("uid")?;
+    let uid = uid.get("__entity").unwrap_or(uid);
+    Some((
+        uid.get("type")?.as_str()?.to_owned(),
+        uid.get("id")?.as_str()?.to_owned(),
+    ))
+}
+
+/// Add entities to the entity file, replacing those with the same type and id, and reload.
+#[utoipa::path(
+    post, path = "/v1/entities",
+    request_body = EntityEdit,
+    responses(
+        (status = 200, body = Reloaded),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The entities do not match the schema; every error is listed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn upsert_entities(
+    State(app): State<Arc<AppState>>,
+    JsonBody(edit): JsonBody<EntityEdit>,
+) -> Result<Json<Reloaded>, Problem> {
+    app.policies
+        .edit_entities(move |mut current| {
+            for (i, entity) in edit.entities.into_iter().enumerate() {
+                let key = entity_key(&entity).ok_or_else(|| {
+                    format!("`/entities/{i}` has no `uid` with string `type` and `id`")
+                })?;
+                current.retain(|e| entity_key(e).as_ref() != Some(&key));
+                current.push(entity);
+            }
+            Ok(current)
+        })
+        .await
+        .map(Json)
+        .map_err(entity_edit_problem)
 }

@@ -62,6 +62,9 @@ pub struct Receipt {
     pub hash: String,
     /// The size of the first signed checkpoint that includes the record.
     pub checkpoint_size: u64,
+    /// SHA-256 (hex) of the record before it (all zeros for the first).
+    #[serde(skip)]
+    pub prev_hash: String,
 }
 
 /// The latest durable checkpoint.
@@ -88,6 +91,7 @@ struct Shared {
     store: Store,
     tree: RwLock<Tree>,
     durable: ArcSwap<Durable>,
+    signer: Arc<Signer>,
 }
 
 /// The service's handle on the log.
@@ -230,6 +234,7 @@ impl EvidenceLog {
             store,
             tree: RwLock::new(tree),
             durable: ArcSwap::from_pointee(durable),
+            signer: Arc::clone(&signer),
         });
         let (jobs, rx) = mpsc::channel(4096);
         tokio::spawn(writer(
@@ -267,6 +272,19 @@ impl EvidenceLog {
             Ok(Err(message)) => Err(EvidenceError::Commit(message)),
             Err(_) => Err(EvidenceError::WriterStopped),
         }
+    }
+
+    /// Signs the 32 bytes of a record hash (given in hex) with the log's signing key, for
+    /// interfaces that answer every decision with its own signature (the `/actions` reference
+    /// contract). Returns the key id and the base64 signature.
+    pub fn sign_record_hash(&self, hash_hex: &str) -> Option<(String, String)> {
+        use base64::Engine as _;
+        let hash = Hash::from_hex(hash_hex)?;
+        let signature = self.shared.signer.sign(&hash.0);
+        Some((
+            self.shared.signer.info().key_id.clone(),
+            base64::engine::general_purpose::STANDARD.encode(signature.to_bytes()),
+        ))
     }
 
     pub fn keyring(&self) -> &Keyring {
@@ -544,6 +562,7 @@ async fn commit(
         }
         return Err(e.into());
     }
+    let mut prev = chain.last_hash;
     *chain = next;
     shared.durable.store(Arc::new(Durable {
         tree_size: size,
@@ -552,10 +571,15 @@ async fn commit(
     }));
     Ok(sealed
         .into_iter()
-        .map(|r| Receipt {
-            seq: r.seq,
-            hash: r.hash.to_hex(),
-            checkpoint_size: size,
+        .map(|r| {
+            let receipt = Receipt {
+                seq: r.seq,
+                hash: r.hash.to_hex(),
+                checkpoint_size: size,
+                prev_hash: prev.to_hex(),
+            };
+            prev = r.hash;
+            receipt
         })
         .collect())
 }

@@ -4,11 +4,13 @@
 //! core stays pure.
 
 pub mod api;
+pub mod authzen;
 pub mod body;
 pub mod evidence;
 pub mod keys;
 pub mod policies;
 pub mod problem;
+pub mod reference;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -49,6 +51,9 @@ pub struct Config {
     pub watch: bool,
     /// Most records in one evidence commit.
     pub max_evidence_batch: usize,
+    /// The public base URL (`https://pdp.example.com`), for AuthZEN metadata; `None`: taken
+    /// from each request's `Host` header, as `http://<host>`.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +151,7 @@ impl App {
                 evidence,
                 metrics,
                 ready: AtomicBool::new(true),
+                public_url: config.public_url.clone(),
             }),
             max_body_bytes: config.max_body_bytes,
             _watcher: watcher,
@@ -155,6 +161,7 @@ impl App {
     pub fn router(&self) -> axum::Router {
         api::router(Arc::clone(&self.state))
             .layer(DefaultBodyLimit::max(self.max_body_bytes))
+            .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
             .layer(CatchPanicLayer::custom(
                 |_: Box<dyn std::any::Any + Send>| {
                     use axum::response::IntoResponse;

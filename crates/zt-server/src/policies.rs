@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio::sync::Mutex;
 use utoipa::ToSchema;
+use zt_core::policy::ENTITIES_FILE;
 use zt_core::{Engine, FileInfo, FileKind, PolicyError, SourceFile};
 use zt_store::{Activation, Store};
 
@@ -88,6 +89,50 @@ pub fn read_policy_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyError> {
     Ok(files)
 }
 
+fn write_entities(
+    dir: &Path,
+    edit: impl FnOnce(Vec<serde_json::Value>) -> Result<Vec<serde_json::Value>, String>,
+) -> Result<(), EntityEditError> {
+    use std::io::Write as _;
+    let path = dir.join(ENTITIES_FILE);
+    let io = |e: std::io::Error| EntityEditError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut files = read_policy_dir(dir).map_err(|e| EntityEditError::Rejected(vec![e]))?;
+    let current = match files.iter().find(|f| f.path == ENTITIES_FILE) {
+        None => Vec::new(),
+        Some(file) => match serde_json::from_str(&file.text) {
+            Ok(serde_json::Value::Array(items)) => items,
+            _ => {
+                return Err(EntityEditError::Invalid(format!(
+                    "`{ENTITIES_FILE}` does not hold a JSON array; fix or replace it first"
+                )));
+            }
+        },
+    };
+    let edited = edit(current).map_err(EntityEditError::Invalid)?;
+    let mut text = serde_json::to_string_pretty(&edited)
+        .map_err(|e| EntityEditError::Invalid(e.to_string()))?;
+    text.push('\n');
+    files.retain(|f| f.path != ENTITIES_FILE);
+    files.push(SourceFile {
+        path: ENTITIES_FILE.into(),
+        text: text.clone(),
+    });
+    Engine::load(&files).map_err(EntityEditError::Rejected)?;
+
+    let temporary = dir.join(format!(".{ENTITIES_FILE}.tmp"));
+    let mut file = std::fs::File::create(&temporary).map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&temporary, &path).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(())
+}
+
 /// Reads and loads the set in `dir`.
 pub fn load_dir(dir: &Path) -> Result<Engine, Vec<PolicyError>> {
     let files = read_policy_dir(dir).map_err(|e| vec![e])?;
@@ -134,7 +179,23 @@ pub struct Policies {
     active: ArcSwap<Active>,
     last_error: std::sync::Mutex<Option<ReloadFailure>>,
     reloading: Mutex<()>,
+    /// Held while the entity file is read, edited and written back.
+    editing: Mutex<()>,
     store: Store,
+}
+
+/// Why an edit of the entity store was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum EntityEditError {
+    /// The body is not an array of entities in Cedar's entity JSON format.
+    #[error("{0}")]
+    Invalid(String),
+    /// The policy set would not load with the edited entities; nothing was written.
+    #[error("the policy set would not load with these entities")]
+    Rejected(Vec<PolicyError>),
+    /// The entity file could not be read or written.
+    #[error("cannot update `{path}`: {message}")]
+    Io { path: String, message: String },
 }
 
 /// The result of a reload that succeeded.
@@ -159,6 +220,7 @@ impl Policies {
             }),
             last_error: std::sync::Mutex::new(None),
             reloading: Mutex::new(()),
+            editing: Mutex::new(()),
             store,
         };
         policies.record(&policies.engine()).await;
@@ -232,6 +294,28 @@ impl Policies {
                 Err(errors)
             }
         }
+    }
+
+    /// Edits the entity file (`entities.json` at the top of the policy directory): `edit`
+    /// gets its entities (none if the file does not exist) and returns the new ones. The
+    /// edited set is loaded in memory first; only if it loads is the file replaced (written
+    /// beside it, synced, then renamed over it) and the set reloaded.
+    pub async fn edit_entities(
+        &self,
+        edit: impl FnOnce(Vec<serde_json::Value>) -> Result<Vec<serde_json::Value>, String>
+        + Send
+        + 'static,
+    ) -> Result<Reloaded, EntityEditError> {
+        let _one_at_a_time = self.editing.lock().await;
+        let dir = self.dir.clone();
+        let written = tokio::task::spawn_blocking(move || write_entities(&dir, edit))
+            .await
+            .map_err(|e| EntityEditError::Io {
+                path: ENTITIES_FILE.into(),
+                message: e.to_string(),
+            })?;
+        written?;
+        self.reload().await.map_err(EntityEditError::Rejected)
     }
 
     async fn record(&self, engine: &Engine) {

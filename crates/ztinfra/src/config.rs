@@ -31,7 +31,7 @@ const DEMO_FILES: &[(&str, &str)] = &[
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
+    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
 )]
 pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8181].
@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// Longest actor, action or resource, in bytes [default: 1024].
     #[arg(long, env = "ZTINFRA_MAX_ID_BYTES")]
     max_id_bytes: Option<usize>,
+    /// The public base URL of the service, such as https://pdp.example.com, named in the AuthZEN
+    /// metadata [default: http://<Host header of each request>].
+    #[arg(long, env = "ZTINFRA_PUBLIC_URL")]
+    public_url: Option<String>,
     /// A TOML config file.
     #[arg(long, env = "ZTINFRA_CONFIG")]
     config: Option<PathBuf>,
@@ -88,6 +92,7 @@ struct FileConfig {
     max_batch: Option<usize>,
     max_context_depth: Option<usize>,
     max_id_bytes: Option<usize>,
+    public_url: Option<String>,
 }
 
 /// Resolved settings.
@@ -156,6 +161,11 @@ impl Settings {
                 bail!("`{name}` must be at least 1");
             }
         }
+        let public_url = args
+            .public_url
+            .or(file.public_url)
+            .map(|url| check_public_url(&url))
+            .transpose()?;
         if demo {
             write_demo(&policy_dir)?;
         } else if !policy_dir.exists() {
@@ -177,12 +187,35 @@ impl Settings {
                 max_body_bytes,
                 watch: !(args.no_watch || file.watch == Some(false)),
                 max_evidence_batch: defaults::MAX_EVIDENCE_BATCH,
+                public_url,
             },
             log_format: args
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
         })
+    }
+}
+
+/// A base URL: `http://` or `https://`, a host, perhaps a path; no query, fragment or
+/// trailing slash (one is removed).
+fn check_public_url(url: &str) -> anyhow::Result<String> {
+    let trimmed = url.trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"));
+    match rest {
+        Some(rest)
+            if !rest.is_empty()
+                && !rest.starts_with('/')
+                && !rest.contains(['?', '#'])
+                && !rest.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            Ok(trimmed.to_owned())
+        }
+        _ => bail!(
+            "`public_url` must be an http:// or https:// base URL without query or fragment, such as `https://pdp.example.com`; got `{url}`"
+        ),
     }
 }
 

@@ -126,6 +126,7 @@ fn client() -> http::sync::Client {
 }
 
 mod end_to_end {
+    mod authzen;
     mod evidence;
 }
 
@@ -140,6 +141,7 @@ mod http {
         pub struct Response {
             pub status: u16,
             pub content_type: String,
+            pub headers: reqwest::header::HeaderMap,
             pub body: Vec<u8>,
         }
 
@@ -179,10 +181,12 @@ mod http {
                         .get("content-type")
                         .map(|v| v.to_str().unwrap().to_owned())
                         .unwrap_or_default();
+                    let headers = response.headers().clone();
                     let body = response.bytes().await?.to_vec();
                     Ok(Response {
                         status,
                         content_type,
+                        headers,
                         body,
                     })
                 })

@@ -12,6 +12,11 @@
 //! can carry (an action name is never empty). Without it, a set whose policies name no action
 //! would declare no action at all, and the validator would have nothing to type-check a policy
 //! that applies to every action against.
+//!
+//! A schema written for other entity types only (for example AuthZEN's `user` and `record`)
+//! does not declare `Agent` and `Resource`. Then nothing is generated: the schema declares its
+//! actions itself, each with the principal and resource types it applies to, and a policy
+//! naming an undeclared action is an error.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,7 +40,7 @@ pub const TYPE_CHECK_ACTION: &str = "";
 
 const BUILT_IN_NAME: &str = "<built-in schema>";
 const WHOLE_SCHEMA: &str = "<schema>";
-const SCHEMA_HELP: &str = "a ZT-Infra schema declares entity types `Agent` and `Resource` and a common type `Context` (a record); actions are declared automatically from the policies";
+const SCHEMA_HELP: &str = "a schema for the ZT-Infra contract declares entity types `Agent` and `Resource` and a common type `Context` (a record), and its actions are declared automatically from the policies; a schema without `Agent` and `Resource` declares its actions itself";
 
 pub(super) fn parse_fragment(
     text: &str,
@@ -68,11 +73,21 @@ pub(super) fn build(
     }
     let mut errors = Vec::new();
     let mut declared = BTreeSet::new();
+    let mut entity_types = BTreeSet::new();
     for (file, fragment) in &fragments {
-        declared_actions(file, fragment, &mut declared, &mut errors);
+        declared_actions(
+            file,
+            fragment,
+            &mut declared,
+            &mut entity_types,
+            &mut errors,
+        );
     }
     if !errors.is_empty() {
         return Err(errors);
+    }
+    if !(entity_types.contains("Agent") && entity_types.contains("Resource")) {
+        return link(fragments);
     }
 
     let mut needed: BTreeSet<&str> = BTreeSet::new();
@@ -94,7 +109,10 @@ pub(super) fn build(
         .map_err(|e| vec![PolicyError::from_diagnostic(WHOLE_SCHEMA, None, &e)])?;
         fragments.push(("<generated actions>".to_owned(), fragment));
     }
+    link(fragments)
+}
 
+fn link(fragments: Vec<(String, SchemaFragment)>) -> Result<Schema, Vec<PolicyError>> {
     Schema::from_schema_fragments(fragments.into_iter().map(|(_, f)| f)).map_err(|e| {
         let mut error = PolicyError::from_diagnostic(WHOLE_SCHEMA, None, &e);
         error.message.push_str(&format!(" ({SCHEMA_HELP})"));
@@ -118,11 +136,12 @@ fn action_declaration(parent: Option<&str>) -> Value {
 }
 
 /// Collects the actions a fragment declares, checking that each is in the empty namespace and
-/// a member of its dotted parent only.
+/// a member of its dotted parent only, and the entity types it declares in the empty namespace.
 fn declared_actions(
     file: &str,
     fragment: &SchemaFragment,
     declared: &mut BTreeSet<ActionName>,
+    entity_types: &mut BTreeSet<String>,
     errors: &mut Vec<PolicyError>,
 ) {
     let value: Value = match fragment
@@ -140,6 +159,11 @@ fn declared_actions(
         return;
     };
     for (namespace, body) in namespaces {
+        if namespace.is_empty()
+            && let Some(types) = body.get("entityTypes").and_then(Value::as_object)
+        {
+            entity_types.extend(types.keys().cloned());
+        }
         let Some(actions) = body.get("actions").and_then(Value::as_object) else {
             continue;
         };
@@ -236,6 +260,51 @@ mod tests {
         let errs = load(&[file("s.cedarschema", bad)]).unwrap_err();
         assert!(
             errs[0].message.contains("dotted parent (`a` only)"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_schema_without_agent_declares_its_own_actions() {
+        let schema =
+            "entity user; entity doc;\naction view appliesTo { principal: user, resource: doc };";
+        let ok = "permit(principal, action == Action::\"view\", resource);";
+        assert!(load(&[file("s.cedarschema", schema), file("p.cedar", ok)]).is_ok());
+        // Nothing is generated for it: an undeclared action is an error.
+        let undeclared = "permit(principal, action == Action::\"edit\", resource);";
+        let errs = load(&[file("s.cedarschema", schema), file("p.cedar", undeclared)]).unwrap_err();
+        assert!(errs[0].message.contains("edit"), "{errs:?}");
+    }
+
+    #[test]
+    fn entity_files_are_checked_against_the_schema() {
+        let schema = "entity user { role: String }; entity doc;\naction view appliesTo { principal: user, resource: doc };";
+        let good =
+            r#"[{"uid": {"type": "user", "id": "a"}, "attrs": {"role": "x"}, "parents": []}]"#;
+        let set = load(&[file("s.cedarschema", schema), file("entities.json", good)]).unwrap();
+        assert_eq!(set.entities().len(), 1);
+        assert_eq!(set.files()[0].entities, Some(1));
+        let wrong =
+            r#"[{"uid": {"type": "user", "id": "a"}, "attrs": {"role": 1}, "parents": []}]"#;
+        let errs = load(&[
+            file("s.cedarschema", schema),
+            file("x.entities.json", wrong),
+        ])
+        .unwrap_err();
+        assert_eq!(errs[0].file, "x.entities.json");
+        assert!(errs[0].message.contains("role"), "{errs:?}");
+        let errs = load(&[file("s.cedarschema", schema), file("entities.json", "{")]).unwrap_err();
+        assert_eq!(errs[0].line, Some(1));
+        // The same entity in two files.
+        let errs = load(&[
+            file("s.cedarschema", schema),
+            file("entities.json", good),
+            file("more.entities.json", good),
+        ])
+        .unwrap_err();
+        assert_eq!(errs[0].file, "more.entities.json");
+        assert!(
+            errs[0].message.contains("also in `entities.json`"),
             "{errs:?}"
         );
     }

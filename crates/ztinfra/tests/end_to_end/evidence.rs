@@ -12,7 +12,7 @@ use zt_evidence::merkle::{Hash, verify_inclusion};
 
 use super::super::{Server, client, decide, run};
 
-fn export(server_data: &std::path::Path, extra: &[&str], out: &std::path::Path) {
+pub(super) fn export(server_data: &std::path::Path, extra: &[&str], out: &std::path::Path) {
     let mut args = vec![
         "evidence",
         "export",
@@ -31,7 +31,7 @@ fn export(server_data: &std::path::Path, extra: &[&str], out: &std::path::Path) 
     );
 }
 
-fn verify(export: &std::path::Path, keys: &std::path::Path) -> (i32, String) {
+pub(super) fn verify(export: &std::path::Path, keys: &std::path::Path) -> (i32, String) {
     let output = run(&[
         "evidence",
         "verify",
