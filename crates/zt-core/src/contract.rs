@@ -353,10 +353,15 @@ impl DecisionRequest {
         let principal = Party::new(agent, &self.actor, None, "/actor").map_err(|e| vec![e])?;
         let resource =
             Party::new(resource_type, &self.resource, None, "/resource").map_err(|e| vec![e])?;
-        let context = self.context.clone();
-        let record =
-            serde_json::to_value(&self).map_err(|e| vec![FieldError::new("", e.to_string())])?;
-        ValidRequest::from_parts(record, principal, action, resource, context).map_err(|e| vec![e])
+        // The record is built from the request's own fields, moved, in the wire shape.
+        let context = self.context;
+        let mut record = Map::with_capacity(4);
+        record.insert("actor".into(), Value::String(self.actor));
+        record.insert("action".into(), Value::String(self.action));
+        record.insert("resource".into(), Value::String(self.resource));
+        record.insert("context".into(), Value::Object(context.clone()));
+        ValidRequest::from_parts(Value::Object(record), principal, action, resource, context)
+            .map_err(|e| vec![e])
     }
 }
 

@@ -1,10 +1,18 @@
-//! `zt-loadgen`: a closed-loop HTTP load generator for ZT-Infra's decision endpoint.
+//! `zt-loadgen`: an HTTP load generator for ZT-Infra's decision endpoints.
 //!
-//! Each of `--connections` workers keeps one HTTP/1.1 keep-alive connection and sends the next
-//! request as soon as the previous answer arrives, cycling through a mix of allowed and denied
-//! requests. After `--warmup`, it records each request's latency in an HDR histogram for
-//! `--duration`, then prints p50/p99/p99.9/max and decisions per second. Only loopback
-//! addresses are accepted: this tool is for benchmarks on the machine itself.
+//! Each of `--connections` workers keeps one HTTP/1.1 keep-alive connection, cycling through a
+//! mix of allowed and denied requests of the demo policy set (`--mix`: the contract's
+//! `/v1/decide`, AuthZEN's `/access/v1/evaluation`, or the reference `/actions`).
+//!
+//! - Closed loop (default): each worker sends its next request as soon as the previous answer
+//!   arrives; latency is from send to answer.
+//! - Open loop (`--rate R`): requests are scheduled at a fixed R per second, whatever the
+//!   server does, and handed to the first free worker; latency is from the *scheduled* time to
+//!   the answer, so time spent queued behind a slow server counts (no coordinated omission).
+//!
+//! After `--warmup`, latencies go into an HDR histogram for `--duration`; the tool prints
+//! p50/p99/p99.9/max and decisions per second. Only loopback addresses are accepted: this tool
+//! is for benchmarks on the machine itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,9 +43,39 @@ struct Args {
     /// Runtime worker threads for the generator.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// The path to post to.
-    #[arg(long, default_value = "/v1/decide")]
-    path: String,
+    /// The request mix, and with it the endpoint.
+    #[arg(long, value_enum, default_value_t = Mix::Decide)]
+    mix: Mix,
+    /// Open loop: requests per second, scheduled at fixed intervals. Without it, closed loop.
+    #[arg(long)]
+    rate: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Mix {
+    /// `POST /v1/decide`
+    Decide,
+    /// `POST /access/v1/evaluation`
+    Authzen,
+    /// `POST /actions` (answers 403 on deny, counted as an answer, not an error)
+    Actions,
+}
+
+impl Mix {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Decide => "/v1/decide",
+            Self::Authzen => "/access/v1/evaluation",
+            Self::Actions => "/actions",
+        }
+    }
+
+    fn bodies(self) -> &'static [&'static str] {
+        match self {
+            Self::Decide | Self::Actions => BODIES,
+            Self::Authzen => AUTHZEN_BODIES,
+        }
+    }
 }
 
 /// The request mix: allowed and denied decisions of the demo policy set.
@@ -48,6 +86,17 @@ const BODIES: &[&str] = &[
     r#"{"actor":"demo-agent","action":"aws.iam.create_user","resource":"u-1"}"#,
 ];
 
+/// The same mix as AuthZEN evaluations.
+const AUTHZEN_BODIES: &[&str] = &[
+    r#"{"subject":{"type":"Agent","id":"demo-agent"},"action":{"name":"aws.ec2.describe_instances"},"resource":{"type":"Resource","id":"i-1"},"context":{"env":"prod"}}"#,
+    r#"{"subject":{"type":"Agent","id":"demo-agent"},"action":{"name":"aws.ec2.terminate_instances"},"resource":{"type":"Resource","id":"i-2"},"context":{"env":"staging"}}"#,
+    r#"{"subject":{"type":"Agent","id":"demo-agent"},"action":{"name":"aws.ec2.terminate_instances"},"resource":{"type":"Resource","id":"i-3"}}"#,
+    r#"{"subject":{"type":"Agent","id":"demo-agent"},"action":{"name":"aws.iam.create_user"},"resource":{"type":"Resource","id":"u-1"}}"#,
+];
+
+/// One request to send: its index in the mix and, in open loop, when it was due.
+type Ticket = (usize, Option<Instant>);
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !args.addr.ip().is_loopback() {
@@ -56,8 +105,8 @@ fn main() -> anyhow::Result<()> {
             args.addr
         );
     }
-    if args.connections == 0 || args.duration == 0 {
-        bail!("`--connections` and `--duration` must be at least 1");
+    if args.connections == 0 || args.duration == 0 || args.rate == Some(0) {
+        bail!("`--connections`, `--duration` and `--rate` must be at least 1");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
@@ -70,14 +119,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
+    let bodies = args.mix.bodies();
+    // Open loop: one scheduler hands out tickets; workers take them as they come free.
+    let (tickets, queue) = tokio::sync::mpsc::channel::<Ticket>(1 << 20);
+    let queue = Arc::new(tokio::sync::Mutex::new(queue));
+    let open_loop = args.rate.is_some();
     let mut workers = Vec::new();
     for worker in 0..args.connections {
-        let (measuring, stop, errors) = (
+        let (measuring, stop, errors, queue) = (
             Arc::clone(&measuring),
             Arc::clone(&stop),
             Arc::clone(&errors),
+            Arc::clone(&queue),
         );
-        let uri = format!("http://{}{}", args.addr, args.path);
+        let uri = format!("http://{}{}", args.addr, args.mix.path());
         let addr = args.addr;
         workers.push(tokio::spawn(async move {
             let mut histogram =
@@ -90,19 +145,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
             tokio::spawn(connection);
             let mut i = worker;
-            while !stop.load(Ordering::Relaxed) {
-                let body = BODIES.get(i % BODIES.len()).copied().unwrap_or("{}");
-                i += 1;
+            loop {
+                let (index, due) = if open_loop {
+                    let next = queue.lock().await.recv().await;
+                    match next {
+                        Some(_) if stop.load(Ordering::Relaxed) => break,
+                        Some(ticket) => ticket,
+                        None => break,
+                    }
+                } else {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    i += 1;
+                    (i, None)
+                };
+                let body = bodies.get(index % bodies.len()).copied().unwrap_or("{}");
                 let request = hyper::Request::post(uri.as_str())
                     .header("content-type", "application/json")
                     .header("host", addr.to_string())
                     .body(Full::new(Bytes::from_static(body.as_bytes())))?;
-                let started = Instant::now();
+                let started = due.unwrap_or_else(Instant::now);
                 let response = sender.send_request(request).await?;
-                let ok = response.status().is_success();
+                let status = response.status();
                 response.into_body().collect().await?;
                 let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-                if !ok {
+                // `/actions` answers a deny with 403: an answer, not an error.
+                if !(status.is_success() || status == hyper::StatusCode::FORBIDDEN) {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
                 if measuring.load(Ordering::Relaxed) {
@@ -112,6 +181,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
             anyhow::Ok(histogram)
         }));
     }
+    let scheduler = args.rate.map(|rate| {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut sent: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                // Timers tick in milliseconds: hand out every request due by now, each
+                // stamped with the time it was due.
+                let now = Instant::now();
+                loop {
+                    let due =
+                        start + Duration::from_nanos(sent.saturating_mul(1_000_000_000) / rate);
+                    if due > now {
+                        break;
+                    }
+                    let index = usize::try_from(sent).unwrap_or_default();
+                    if tickets.send((index, Some(due))).await.is_err() {
+                        return;
+                    }
+                    sent += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    });
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
@@ -119,6 +213,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
+    if let Some(scheduler) = scheduler {
+        // Dropping the scheduler's sender ends the workers once the queue drains.
+        scheduler.await?;
+    }
 
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for worker in workers {
@@ -126,8 +224,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let count = total.len();
     let us = |q: f64| total.value_at_quantile(q);
+    let offered = args
+        .rate
+        .map_or_else(|| "closed-loop".to_owned(), |r| format!("{r}/s"));
     println!(
-        "connections={} duration={:.1}s requests={} errors={} decisions/s={:.0} p50={}us p99={}us p99.9={}us max={}us",
+        "mix={:?} offered={offered} connections={} duration={:.1}s requests={} errors={} decisions/s={:.0} p50={}us p99={}us p99.9={}us max={}us",
+        args.mix,
         args.connections,
         elapsed.as_secs_f64(),
         count,

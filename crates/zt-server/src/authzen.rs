@@ -182,10 +182,10 @@ pub(crate) async fn evaluations(
     State(app): State<Arc<AppState>>,
     body: Result<JsonBody<Map<String, Value>>, Problem>,
 ) -> Result<Response, Problem> {
-    let body = object(body)?;
-    let items = match body.get("evaluations") {
+    let mut body = object(body)?;
+    let items = match body.remove("evaluations") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items.clone(),
+        Some(Value::Array(items)) => items,
         Some(_) => {
             return Err(Problem::invalid_fields(vec![FieldError::new(
                 "/evaluations",
@@ -210,6 +210,27 @@ pub(crate) async fn evaluations(
     }
     let semantic = Semantic::of(&body).map_err(|e| Problem::invalid_fields(vec![e]))?;
     let defaults = Evaluation::from_object(&body);
+    // A default that is present must be well formed: that is a fault of the whole payload,
+    // not of the items that would inherit it.
+    let mut errors = Vec::new();
+    let limits = &app.limits;
+    for (pointer, value) in [
+        ("/subject", &defaults.subject),
+        ("/resource", &defaults.resource),
+    ] {
+        if value.is_some() {
+            authzen::entity(pointer, value.clone(), Need::Id, limits, &mut errors);
+        }
+    }
+    if defaults.action.is_some() {
+        authzen::action("/action", defaults.action.clone(), limits, &mut errors);
+    }
+    if defaults.context.as_ref().is_some_and(|c| !c.is_object()) {
+        errors.push(FieldError::new("/context", "must be an object"));
+    }
+    if !errors.is_empty() {
+        return Err(Problem::invalid_fields(errors));
+    }
 
     // Decide in order, stopping where the semantic says; record what was decided.
     let engine = app.policies.engine();

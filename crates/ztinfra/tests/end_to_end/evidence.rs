@@ -522,13 +522,33 @@ fn a_decision_that_cannot_be_recorded_is_denied() {
     let allowed =
         json!({"actor": "demo-agent", "action": "aws.ec2.describe_instances", "resource": "i-1"});
     assert_eq!(decide(&c, &server, allowed.clone())["decision"], "allow");
+    let authzen = json!({
+        "subject": {"type": "Agent", "id": "demo-agent"},
+        "action": {"name": "aws.ec2.describe_instances"},
+        "resource": {"type": "Resource", "id": "i-1"},
+    });
+    let evaluate = || c.post_json(&server.url("/access/v1/evaluation"), &authzen);
+    assert_eq!(evaluate().json()["decision"], true);
+    assert_eq!(c.post_json(&server.url("/actions"), &allowed).status, 200);
     // The evidence table goes away under the running server.
     let schema = scoped.rsplit("%3D").next().unwrap();
     psql(&url, &format!("DROP TABLE {schema}.zt_evidence_records"));
-    let answer = decide(&c, &server, allowed);
+    let answer = decide(&c, &server, allowed.clone());
     assert_eq!(answer["decision"], "deny", "{answer}");
     assert_eq!(answer["reasons"][0]["kind"], "error");
     assert!(answer["evidence"].is_null());
+    // Every interface fails closed the same way: the reference contract answers 403 with no
+    // audit, AuthZEN answers `false`.
+    let response = c.post_json(&server.url("/actions"), &allowed);
+    assert_eq!(response.status, 403);
+    let answer = response.json();
+    assert_eq!(
+        (answer["ok"].clone(), answer["audit"].clone()),
+        (json!(false), Value::Null)
+    );
+    let response = evaluate();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.json()["decision"], false);
     assert!(
         server.logs().contains("evidence commit failed"),
         "{}",
