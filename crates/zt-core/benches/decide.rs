@@ -165,3 +165,20 @@ fn authzen_evaluate(bencher: Bencher, properties: bool) {
         verdict
     });
 }
+
+/// The decision alone, for a validated AuthZEN evaluation against the fixture (stored principal
+/// and resource, no sent properties): what assembling the request's entities costs.
+#[divan::bench]
+fn authzen_decide(bencher: Bencher) {
+    let engine = fixture();
+    let body = json!({
+        "subject": {"type": "user", "id": "bob"},
+        "action": {"name": "write"},
+        "resource": {"type": "record", "id": "record-2"},
+    });
+    let request = zt_core::authzen::Evaluation::from_object(body.as_object().unwrap())
+        .validate(&Limits::default())
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(engine.decide(&request).decision, zt_core::Decision::Allow);
+    bencher.bench(|| engine.decide(&request));
+}

@@ -219,8 +219,10 @@ impl Engine {
     /// The entities a request is evaluated with: the action hierarchy of its plan, and, when
     /// the entity store holds its principal or resource or the request sends attributes, those
     /// two entities (stored attributes overridden by sent ones) and their stored ancestors.
+    /// Without sent attributes, that is the whole store when it declares the action (the
+    /// schema's action entities follow the same dotted hierarchy as a plan's).
     fn entities_for<'a>(
-        &self,
+        &'a self,
         request: &ValidRequest,
         plan: &'a Plan,
     ) -> Result<Cow<'a, Entities>, String> {
@@ -230,27 +232,38 @@ impl Engine {
         if !parties.iter().any(involved) {
             return Ok(Cow::Borrowed(&plan.entities));
         }
+        // The store holds the schema's action entities too: when it holds this action and
+        // nothing is sent, the store is the request's entity set as it is.
+        if parties.iter().all(|p| p.attrs.is_none()) && stored.get(&plan.action).is_some() {
+            return Ok(Cow::Borrowed(stored));
+        }
         let mut extra: HashMap<EntityUid, Entity> = HashMap::new();
         for party in parties {
-            let (mut attrs, parents) = match stored.get(&party.uid) {
-                Some(entity) => {
-                    let (_, attrs, parents) = entity.clone().into_inner();
-                    for ancestor in &parents {
-                        if let Some(found) = stored.get(ancestor) {
-                            extra
-                                .entry(ancestor.clone())
-                                .or_insert_with(|| found.clone());
-                        }
-                    }
-                    (attrs, parents)
+            let found = stored.get(&party.uid);
+            for ancestor in stored.ancestors(&party.uid).into_iter().flatten() {
+                if let Some(entity) = stored.get(ancestor) {
+                    extra
+                        .entry(ancestor.clone())
+                        .or_insert_with(|| entity.clone());
                 }
-                None => (HashMap::new(), HashSet::new()),
-            };
-            if let Some(sent) = &party.attrs {
-                attrs.extend(sent.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
-            let entity = Entity::new(party.uid.clone(), attrs, parents)
-                .map_err(|e| format!("cannot build entity `{}`: {e}", party.uid))?;
+            let entity = match (found, &party.attrs) {
+                // The stored entity as it is: no conversion of its attributes.
+                (Some(entity), None) => entity.clone(),
+                (found, sent) => {
+                    let (mut attrs, parents): (HashMap<_, _>, HashSet<_>) = found
+                        .map(|e| {
+                            let (_, attrs, parents) = e.clone().into_inner();
+                            (attrs, parents)
+                        })
+                        .unwrap_or_default();
+                    if let Some(sent) = sent {
+                        attrs.extend(sent.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    }
+                    Entity::new(party.uid.clone(), attrs, parents)
+                        .map_err(|e| format!("cannot build entity `{}`: {e}", party.uid))?
+                }
+            };
             extra.insert(party.uid.clone(), entity);
         }
         let all = plan.entities.iter().cloned().chain(extra.into_values());
