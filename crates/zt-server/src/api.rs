@@ -168,11 +168,30 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Which endpoint decides, and when its handler began: the labels and clock of the decision
+/// metrics.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin {
+    pub endpoint: &'static str,
+    pub started: Instant,
+}
+
+impl Origin {
+    pub fn now(endpoint: &'static str) -> Self {
+        Self {
+            endpoint,
+            started: Instant::now(),
+        }
+    }
+}
+
 /// Records decisions in the evidence log and answers them once the records are durable. If
 /// the records cannot be made durable, every decision becomes a deny without evidence: nothing
-/// is allowed that is not on record.
+/// is allowed that is not on record. Every interface decides through here, so each answered
+/// decision is also counted in the metrics, under its endpoint.
 pub(crate) async fn answer(
     app: &AppState,
+    origin: Origin,
     decided: Vec<(&ValidRequest, Verdict)>,
     announced: Option<crate::evidence::Announcement>,
 ) -> Vec<DecisionResponse> {
@@ -234,13 +253,27 @@ pub(crate) async fn answer(
             }
         }
     }
+    for response in &responses {
+        metrics::counter!("ztinfra_decisions_total", "decision" => response.decision.as_str(), "endpoint" => origin.endpoint)
+            .increment(1);
+        metrics::histogram!("ztinfra_decision_duration_seconds").record(origin.started.elapsed());
+    }
     responses
 }
 
-fn record(decision: Decision, endpoint: &'static str, started: Instant) {
-    metrics::counter!("ztinfra_decisions_total", "decision" => decision.as_str(), "endpoint" => endpoint)
-        .increment(1);
-    metrics::histogram!("ztinfra_decision_duration_seconds").record(started.elapsed());
+/// Decides one valid request and answers it once its record is durable (see [`answer`]).
+pub(crate) async fn answer_one(
+    app: &AppState,
+    origin: Origin,
+    request: &ValidRequest,
+    announced: crate::evidence::Announcement,
+) -> Result<DecisionResponse, Problem> {
+    let verdict = app.policies.with_engine(|engine| engine.decide(request));
+    tracing::debug!(endpoint = origin.endpoint, actor = request.actor(), action = %request.action(), decision = %verdict.decision, "decided");
+    answer(app, origin, vec![(request, verdict)], Some(announced))
+        .await
+        .pop()
+        .ok_or_else(|| Problem::internal("no answer was produced"))
 }
 
 /// Decide one request.
@@ -258,19 +291,14 @@ async fn decide(
     State(app): State<Arc<AppState>>,
     JsonBody(request): JsonBody<DecisionRequest>,
 ) -> Result<Json<DecisionResponse>, Problem> {
-    let started = Instant::now();
+    let origin = Origin::now("decide");
     let announced = app.evidence.announce();
     let request = request
         .validate(&app.limits)
         .map_err(Problem::invalid_fields)?;
-    let verdict = app.policies.with_engine(|engine| engine.decide(&request));
-    tracing::debug!(actor = request.actor(), action = %request.action(), decision = %verdict.decision, "decided");
-    let response = answer(&app, vec![(&request, verdict)], Some(announced))
+    answer_one(&app, origin, &request, announced)
         .await
-        .pop()
-        .ok_or_else(|| Problem::internal("no answer was produced"))?;
-    record(response.decision, "decide", started);
-    Ok(Json(response))
+        .map(Json)
 }
 
 /// Decide several requests at once, answered in order.
@@ -286,7 +314,7 @@ async fn decide_batch(
     State(app): State<Arc<AppState>>,
     JsonBody(batch): JsonBody<BatchRequest>,
 ) -> Result<Json<BatchResponse>, Problem> {
-    let started = Instant::now();
+    let origin = Origin::now("batch");
     if batch.requests.len() > app.limits.max_batch {
         return Err(Problem::invalid_fields(vec![FieldError::new(
             "/requests",
@@ -313,10 +341,7 @@ async fn decide_batch(
     }
     let engine = app.policies.engine();
     let decided = valid.iter().map(|r| (r, engine.decide(r))).collect();
-    let decisions = answer(&app, decided, None).await;
-    for d in &decisions {
-        record(d.decision, "batch", started);
-    }
+    let decisions = answer(&app, origin, decided, None).await;
     Ok(Json(BatchResponse { decisions }))
 }
 

@@ -24,7 +24,7 @@ use utoipa::ToSchema;
 use zt_core::authzen::{self, Evaluation, Need};
 use zt_core::{Decision, FieldError};
 
-use crate::api::{AppState, DecisionResponse, answer};
+use crate::api::{AppState, DecisionResponse, Origin, answer, answer_one};
 use crate::body::JsonBody;
 use crate::problem::Problem;
 
@@ -109,17 +109,15 @@ pub(crate) async fn evaluation(
     State(app): State<Arc<AppState>>,
     body: Result<JsonBody<Map<String, Value>>, Problem>,
 ) -> Result<Json<AuthzenDecision>, Problem> {
+    let origin = Origin::now("authzen.evaluation");
     let body = object(body)?;
     let announced = app.evidence.announce();
     let request = Evaluation::from_object(&body)
         .validate(&app.limits)
         .map_err(Problem::invalid_fields)?;
-    let verdict = app.policies.with_engine(|engine| engine.decide(&request));
-    answer(&app, vec![(&request, verdict)], Some(announced))
+    answer_one(&app, origin, &request, announced)
         .await
-        .pop()
         .map(|answered| Json(answered.into()))
-        .ok_or_else(|| Problem::internal("no answer was produced"))
 }
 
 /// The `evaluations_semantic` option of a batch.
@@ -182,6 +180,7 @@ pub(crate) async fn evaluations(
     State(app): State<Arc<AppState>>,
     body: Result<JsonBody<Map<String, Value>>, Problem>,
 ) -> Result<Response, Problem> {
+    let origin = Origin::now("authzen.evaluations");
     let mut body = object(body)?;
     let items = match body.remove("evaluations") {
         None | Some(Value::Null) => Vec::new(),
@@ -266,7 +265,7 @@ pub(crate) async fn evaluations(
         }
     }
     let decided = valid.iter().zip(verdicts).collect();
-    let mut answered: Vec<Option<AuthzenDecision>> = answer(&app, decided, None)
+    let mut answered: Vec<Option<AuthzenDecision>> = answer(&app, origin, decided, None)
         .await
         .into_iter()
         .map(|a| Some(AuthzenDecision::from(a)))
@@ -298,6 +297,15 @@ impl Target {
             Self::Subject => "subject",
             Self::Resource => "resource",
             Self::Action => "action",
+        }
+    }
+
+    /// The metrics label of the search endpoint.
+    fn endpoint(self) -> &'static str {
+        match self {
+            Self::Subject => "authzen.search.subject",
+            Self::Resource => "authzen.search.resource",
+            Self::Action => "authzen.search.action",
         }
     }
 }
@@ -449,6 +457,7 @@ async fn search(
     body: Map<String, Value>,
     target: Target,
 ) -> Result<Json<SearchResults>, Problem> {
+    let started = std::time::Instant::now();
     let limits = &app.limits;
     let mut errors = Vec::new();
     let need = |t: Target| {
@@ -552,7 +561,11 @@ async fn search(
     }
     drop(engine);
     // Only what the evidence log recorded as allowed is a result.
-    let answered = answer(app, requests.iter().zip(verdicts).collect(), None).await;
+    let origin = Origin {
+        endpoint: target.endpoint(),
+        started,
+    };
+    let answered = answer(app, origin, requests.iter().zip(verdicts).collect(), None).await;
     let results: Vec<Value> = found
         .into_iter()
         .zip(answered)

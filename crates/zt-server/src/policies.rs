@@ -89,10 +89,11 @@ pub fn read_policy_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyError> {
     Ok(files)
 }
 
+/// Writes the edited entity file and returns the set loaded with it.
 fn write_entities(
     dir: &Path,
     edit: impl FnOnce(Vec<serde_json::Value>) -> Result<Vec<serde_json::Value>, String>,
-) -> Result<(), EntityEditError> {
+) -> Result<Engine, EntityEditError> {
     use std::io::Write as _;
     let path = dir.join(ENTITIES_FILE);
     let io = |e: std::io::Error| EntityEditError::Io {
@@ -120,7 +121,7 @@ fn write_entities(
         path: ENTITIES_FILE.into(),
         text: text.clone(),
     });
-    Engine::load(&files).map_err(EntityEditError::Rejected)?;
+    let engine = Engine::load(&files).map_err(EntityEditError::Rejected)?;
 
     let temporary = dir.join(format!(".{ENTITIES_FILE}.tmp"));
     let mut file = std::fs::File::create(&temporary).map_err(io)?;
@@ -130,7 +131,7 @@ fn write_entities(
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io)?;
-    Ok(())
+    Ok(engine)
 }
 
 /// Reads and loads the set in `dir`.
@@ -178,9 +179,8 @@ pub struct Policies {
     dir: PathBuf,
     active: ArcSwap<Active>,
     last_error: std::sync::Mutex<Option<ReloadFailure>>,
+    /// Held by a reload, and by an entity edit from reading the file to activating the set.
     reloading: Mutex<()>,
-    /// Held while the entity file is read, edited and written back.
-    editing: Mutex<()>,
     store: Store,
 }
 
@@ -220,7 +220,6 @@ impl Policies {
             }),
             last_error: std::sync::Mutex::new(None),
             reloading: Mutex::new(()),
-            editing: Mutex::new(()),
             store,
         };
         policies.record(&policies.engine()).await;
@@ -255,7 +254,17 @@ impl Policies {
     /// `GET /v1/policies`.
     pub async fn reload(&self) -> Result<Reloaded, Vec<PolicyError>> {
         let _one_at_a_time = self.reloading.lock().await;
-        match Self::read(&self.dir).await {
+        let loaded = Self::read(&self.dir).await;
+        self.activate(loaded).await
+    }
+
+    /// Makes a freshly loaded set active, or reports why it did not load. The caller holds
+    /// `reloading`.
+    async fn activate(
+        &self,
+        loaded: Result<Engine, Vec<PolicyError>>,
+    ) -> Result<Reloaded, Vec<PolicyError>> {
+        match loaded {
             Ok(engine) => {
                 let previous = self.engine();
                 let changed = previous.version() != engine.version();
@@ -299,23 +308,25 @@ impl Policies {
     /// Edits the entity file (`entities.json` at the top of the policy directory): `edit`
     /// gets its entities (none if the file does not exist) and returns the new ones. The
     /// edited set is loaded in memory first; only if it loads is the file replaced (written
-    /// beside it, synced, then renamed over it) and the set reloaded.
+    /// beside it, synced, then renamed over it) and that set made active. Edits and reloads
+    /// take turns, so a reload that read the files before the edit cannot activate after it.
     pub async fn edit_entities(
         &self,
         edit: impl FnOnce(Vec<serde_json::Value>) -> Result<Vec<serde_json::Value>, String>
         + Send
         + 'static,
     ) -> Result<Reloaded, EntityEditError> {
-        let _one_at_a_time = self.editing.lock().await;
+        let _one_at_a_time = self.reloading.lock().await;
         let dir = self.dir.clone();
-        let written = tokio::task::spawn_blocking(move || write_entities(&dir, edit))
+        let engine = tokio::task::spawn_blocking(move || write_entities(&dir, edit))
             .await
             .map_err(|e| EntityEditError::Io {
                 path: ENTITIES_FILE.into(),
                 message: e.to_string(),
-            })?;
-        written?;
-        self.reload().await.map_err(EntityEditError::Rejected)
+            })??;
+        self.activate(Ok(engine))
+            .await
+            .map_err(EntityEditError::Rejected)
     }
 
     async fn record(&self, engine: &Engine) {

@@ -23,7 +23,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use zt_core::{Decision, DecisionRequest};
 
-use crate::api::{AppState, answer};
+use crate::api::{AppState, Origin, answer_one};
 use crate::body::JsonBody;
 use crate::evidence::Receipt;
 use crate::problem::Problem;
@@ -92,15 +92,12 @@ pub(crate) async fn actions(
     State(app): State<Arc<AppState>>,
     JsonBody(request): JsonBody<DecisionRequest>,
 ) -> Result<Response, Problem> {
+    let origin = Origin::now("actions");
     let announced = app.evidence.announce();
     let request = request
         .validate(&app.limits)
         .map_err(Problem::invalid_fields)?;
-    let verdict = app.policies.with_engine(|engine| engine.decide(&request));
-    let answered = answer(&app, vec![(&request, verdict)], Some(announced))
-        .await
-        .pop()
-        .ok_or_else(|| Problem::internal("no answer was produced"))?;
+    let answered = answer_one(&app, origin, &request, announced).await?;
     let mut decision = answered.decision;
     let audit = answered.evidence.as_ref().and_then(|receipt| {
         let (key_id, signature) = app.evidence.sign_record_hash(&receipt.hash)?;

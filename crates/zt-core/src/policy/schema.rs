@@ -75,7 +75,7 @@ pub(super) fn build(
     let mut declared = BTreeSet::new();
     let mut entity_types = BTreeSet::new();
     for (file, fragment) in &fragments {
-        declared_actions(
+        declarations(
             file,
             fragment,
             &mut declared,
@@ -137,7 +137,7 @@ fn action_declaration(parent: Option<&str>) -> Value {
 
 /// Collects the actions a fragment declares, checking that each is in the empty namespace and
 /// a member of its dotted parent only, and the entity types it declares in the empty namespace.
-fn declared_actions(
+fn declarations(
     file: &str,
     fragment: &SchemaFragment,
     declared: &mut BTreeSet<ActionName>,

@@ -298,6 +298,21 @@ fn authzen_certification_scenario_passes_at_every_level() {
         assert_eq!(metadata[key], server.url(path), "{key}");
     }
 
+    // Every interface counts its decisions in the metrics, under its own endpoint.
+    let metrics = String::from_utf8(c.get(&server.url("/metrics")).body).unwrap();
+    for endpoint in [
+        "authzen.evaluation",
+        "authzen.evaluations",
+        "authzen.search.subject",
+        "authzen.search.resource",
+        "authzen.search.action",
+    ] {
+        assert!(
+            metrics.contains(&format!("endpoint=\"{endpoint}\"")),
+            "no decisions counted for {endpoint}"
+        );
+    }
+
     // Every AuthZEN decision is on record, and the log verifies offline.
     let size = c.get(&server.url("/v1/evidence/checkpoint")).json()["tree_size"]
         .as_u64()
