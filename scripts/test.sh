@@ -8,3 +8,15 @@ cd "$(dirname "$0")/.."
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --all-targets --locked
+
+# The MCP gateway end to end, against parts this project did not write: the official Python MCP
+# SDK as the client and real MCP servers from PyPI and npm, at the versions pinned in
+# crates/zt-mcp/tests/peers. They install into target/mcp-venv and that folder's node_modules.
+cargo build --locked -p ztinfra
+peers=crates/zt-mcp/tests/peers
+if [ ! -x target/mcp-venv/bin/python ]; then
+  python3 -m venv target/mcp-venv
+fi
+target/mcp-venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$peers/requirements.txt"
+npm ci --prefix "$peers" --no-audit --no-fund --loglevel=error
+ZTINFRA_BIN="$PWD/target/debug/ztinfra" target/mcp-venv/bin/python -m pytest -q -p no:cacheprovider crates/zt-mcp/tests

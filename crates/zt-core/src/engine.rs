@@ -302,6 +302,38 @@ impl Engine {
         names
     }
 
+    /// Whether some permit policy could ever allow this request's principal to take its
+    /// action, whatever the resource, context and conditions: a policy whose action scope
+    /// covers the action and whose principal scope can match the principal (through the
+    /// stored entity hierarchy for `principal in ...`). An over-approximation, used to hide
+    /// what can never be allowed (the MCP gateway's tool list); `true` decides nothing.
+    pub fn could_allow(&self, request: &ValidRequest) -> bool {
+        use cedar_policy::PrincipalConstraint;
+        let Ok(plan) = self.plan(request.action()) else {
+            return false;
+        };
+        let principal = &request.principal().uid;
+        let stored = &self.set.entities.all;
+        let within = |group: &EntityUid| {
+            group == principal
+                || stored
+                    .ancestors(principal)
+                    .is_some_and(|mut ancestors| ancestors.any(|a| a == group))
+        };
+        plan.policies
+            .policies()
+            .filter(|p| p.effect() == Effect::Permit)
+            .any(|p| match p.principal_constraint() {
+                PrincipalConstraint::Any => true,
+                PrincipalConstraint::Eq(uid) => &uid == principal,
+                PrincipalConstraint::Is(type_name) => &type_name == principal.type_name(),
+                PrincipalConstraint::In(group) => within(&group),
+                PrincipalConstraint::IsIn(type_name, group) => {
+                    &type_name == principal.type_name() && within(&group)
+                }
+            })
+    }
+
     /// The cached plan for `action`, built on first use.
     fn plan(&self, action: &ActionName) -> Result<Arc<Plan>, String> {
         if let Ok(plans) = self.plans.read()
@@ -405,6 +437,34 @@ mod tests {
         assert_eq!(verdict.reasons.len(), 1);
         assert_eq!(verdict.reasons[0].kind, ReasonKind::DefaultDeny);
         assert!(verdict.reasons[0].message.contains("deny by default"));
+    }
+
+    #[test]
+    fn could_allow_follows_action_and_principal_scopes_only() {
+        let e = engine(
+            "permit(principal, action == Action::\"mcp.fs.read\", resource) when { false };\n\
+             permit(principal == Agent::\"writer\", action in Action::\"mcp.fs.write\", resource);\n\
+             permit(principal is Agent, action == Action::\"mcp.time.now\", resource);\n\
+             forbid(principal, action, resource);",
+        );
+        let probe = |actor: &str, action: &str| {
+            let request = DecisionRequest {
+                actor: actor.into(),
+                action: action.into(),
+                resource: "fs".into(),
+                context: Default::default(),
+            }
+            .validate(&Limits::default())
+            .unwrap();
+            e.could_allow(&request)
+        };
+        // Conditions are not evaluated: a permit that could apply counts, even `when { false }`.
+        assert!(probe("anyone", "mcp.fs.read"));
+        assert!(probe("writer", "mcp.fs.write.file"));
+        assert!(!probe("reader", "mcp.fs.write.file"));
+        assert!(probe("reader", "mcp.time.now"));
+        assert!(!probe("reader", "mcp.time.later"));
+        assert!(!probe("reader", "mcp.shell.exec"));
     }
 
     #[test]

@@ -174,6 +174,35 @@ impl App {
         &self.state.policies
     }
 
+    /// Decides one request in process, as `POST /v1/decide` would, counting it under
+    /// `endpoint` in the metrics: the answer comes once its evidence is durable. For adapters
+    /// (the MCP gateway) that embed the service instead of calling it over HTTP.
+    pub async fn decide(
+        &self,
+        request: zt_core::DecisionRequest,
+        endpoint: &'static str,
+    ) -> Result<api::DecisionResponse, Vec<zt_core::FieldError>> {
+        let origin = api::Origin::now(endpoint);
+        let announced = self.state.evidence.announce();
+        let request = request.validate(&self.state.limits)?;
+        api::answer_one(&self.state, origin, &request, announced)
+            .await
+            .map_err(|problem| vec![zt_core::FieldError::new("", problem.detail)])
+    }
+
+    /// Whether the active policy set could ever allow this request's actor to take its action
+    /// (see [`zt_core::Engine::could_allow`]); an invalid request never could.
+    pub fn could_allow(&self, request: zt_core::DecisionRequest) -> bool {
+        request
+            .validate(&self.state.limits)
+            .is_ok_and(|request| self.state.policies.with_engine(|e| e.could_allow(&request)))
+    }
+
+    /// Closes the store, after the last decision.
+    pub async fn close(&self) {
+        self.state.store.close().await;
+    }
+
     /// Serves on `listener` until `shutdown` resolves, then finishes in-flight requests.
     pub async fn serve(
         self,

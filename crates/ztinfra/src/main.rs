@@ -3,6 +3,7 @@
 mod config;
 mod decide;
 mod evidence;
+mod mcp;
 mod policy;
 
 use std::process::ExitCode;
@@ -36,6 +37,9 @@ enum Command {
     /// Manage the evidence signing key.
     #[command(subcommand)]
     Keys(evidence::KeysCommand),
+    /// Stand between an MCP client and MCP servers: every tools/call is decided first.
+    #[command(name = "mcp-gateway")]
+    McpGateway(Box<mcp::GatewayArgs>),
 }
 
 /// How logs are written (to standard error).
@@ -46,9 +50,9 @@ pub enum LogFormat {
     Json,
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ZTINFRA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -70,7 +74,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_logging(settings.log_format);
+            init_logging(settings.log_format, "info");
             match run_serve(settings) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -83,6 +87,11 @@ fn main() -> ExitCode {
         Command::Policy(command) => policy::run(command),
         Command::Evidence(command) => evidence::run_evidence(command),
         Command::Keys(command) => evidence::run_keys(command),
+        Command::McpGateway(args) => {
+            // Standard output is the MCP channel in stdio mode: logs go to standard error.
+            init_logging(LogFormat::Text, "info,rmcp=warn");
+            mcp::run(*args)
+        }
     }
 }
 

@@ -1,0 +1,134 @@
+//! Where the gateway's decisions are made: in process, with the same engine, policies and
+//! evidence log as `ztinfra serve`, or by a remote ZT-Infra service over HTTP.
+//!
+//! Architecture invariant: a decision that cannot be obtained is a deny. Every failure to reach
+//! or understand the decision service becomes [`Outcome::Denied`] with an error reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use zt_core::{Decision, DecisionRequest, FieldError, Reason, ReasonKind};
+use zt_server::api::DecisionResponse;
+
+/// The decision point behind the gateway.
+#[derive(Debug, Clone)]
+pub enum Decider {
+    /// The embedded service: policies, engine and evidence log in this process.
+    InProcess(Arc<zt_server::App>),
+    /// A ZT-Infra service, asked at `POST <base>/v1/decide`.
+    Remote {
+        base: String,
+        client: reqwest::Client,
+    },
+}
+
+/// The answer to one decision request.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A decision, with its id and evidence when the service gave them.
+    Decided(DecisionResponse),
+    /// The request itself is invalid (bad tool name, oversize argument): the call is malformed.
+    Invalid(Vec<FieldError>),
+}
+
+/// How long a remote decision may take before the call is denied.
+pub const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Decider {
+    /// A remote decider for the service at `base` (`http://host:port`).
+    pub fn remote(base: &str) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(REMOTE_TIMEOUT)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self::Remote {
+            base: base.trim_end_matches('/').to_owned(),
+            client,
+        })
+    }
+
+    /// Decides `request`. Never fails open: what cannot be decided is denied.
+    pub async fn decide(&self, request: DecisionRequest) -> Outcome {
+        match self {
+            Self::InProcess(app) => match app.decide(request, "mcp").await {
+                Ok(response) => Outcome::Decided(response),
+                Err(errors) => Outcome::Invalid(errors),
+            },
+            Self::Remote { base, client } => remote(client, base, &request).await,
+        }
+    }
+
+    /// Whether the policies could ever allow this request's actor to take its action. A
+    /// remote service is not asked (there is no such query yet): every tool could be.
+    pub fn could_allow(&self, request: DecisionRequest) -> bool {
+        match self {
+            Self::InProcess(app) => app.could_allow(request),
+            Self::Remote { .. } => true,
+        }
+    }
+}
+
+async fn remote(client: &reqwest::Client, base: &str, request: &DecisionRequest) -> Outcome {
+    let url = format!("{base}/v1/decide");
+    let deny = |why: String| {
+        tracing::warn!(url = %url, error = %why, "no decision from the decision service; denied");
+        Outcome::Decided(denied(format!(
+            "no decision could be obtained from the decision service: {why}; denied (fail closed)"
+        )))
+    };
+    let response = match client.post(&url).json(request).send().await {
+        Ok(response) => response,
+        Err(e) => return deny(zt_server::error_chain(&e)),
+    };
+    let status = response.status();
+    let body = match response.bytes().await {
+        Ok(body) => body,
+        Err(e) => return deny(zt_server::error_chain(&e)),
+    };
+    if status.is_success() {
+        return match serde_json::from_slice::<DecisionResponse>(&body) {
+            Ok(decided) => Outcome::Decided(decided),
+            Err(e) => deny(format!("its answer is not a decision: {e}")),
+        };
+    }
+    if status == reqwest::StatusCode::BAD_REQUEST
+        && let Ok(problem) = serde_json::from_slice::<Value>(&body)
+    {
+        let errors: Vec<FieldError> = problem
+            .get("errors")
+            .and_then(|e| serde_json::from_value(e.clone()).ok())
+            .unwrap_or_default();
+        if !errors.is_empty() {
+            return Outcome::Invalid(errors);
+        }
+    }
+    deny(format!("it answered HTTP {status}"))
+}
+
+/// A deny made by the gateway itself, without a decision id or evidence.
+pub fn denied(message: String) -> DecisionResponse {
+    DecisionResponse {
+        decision: Decision::Deny,
+        decision_id: String::new(),
+        reasons: vec![Reason {
+            kind: ReasonKind::Error,
+            policy: None,
+            message,
+        }],
+        policy_version: String::new(),
+        evidence: None,
+        time_ms: 0,
+    }
+}
+
+/// The decision as the client sees it in `structuredContent`.
+pub fn to_json(response: &DecisionResponse) -> Value {
+    json!({
+        "decision": response.decision,
+        "decision_id": (!response.decision_id.is_empty()).then_some(&response.decision_id),
+        "reasons": response.reasons,
+        "policy_version": (!response.policy_version.is_empty()).then_some(&response.policy_version),
+        "evidence": response.evidence,
+    })
+}

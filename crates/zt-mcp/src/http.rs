@@ -1,0 +1,160 @@
+//! Streamable HTTP mode: each upstream server at `/mcp/<name>`, every request authenticated by
+//! its session token (`Authorization: Bearer ...`), and the OAuth protected resource metadata
+//! (RFC 9728) the MCP authorization specification asks for.
+//!
+//! Architecture invariant: no request reaches an MCP session without a verified token; the
+//! verified actor travels with the request to the gateway, which decides as that actor.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use serde_json::json;
+
+use crate::GatewayError;
+use crate::config::GatewayConfig;
+use crate::gateway::{Caller, Gateway, Identity, Policy, Upstream};
+
+/// What the authentication layer of one server's path needs.
+#[derive(Debug)]
+struct Guard {
+    config: Arc<GatewayConfig>,
+    /// Where the server's protected resource metadata is.
+    metadata_url: String,
+}
+
+/// Serves every upstream on `listen` until `shutdown` resolves.
+pub async fn serve(
+    config: &GatewayConfig,
+    listen: SocketAddr,
+    upstreams: Vec<Arc<Upstream>>,
+    policy: Arc<Policy>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let (listener, addr) = zt_server::bind(listen).await?;
+    let base = config.public_url.as_deref().map_or_else(
+        || format!("http://{addr}"),
+        |u| u.trim_end_matches('/').to_owned(),
+    );
+    let shared = Arc::new(config.clone());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut allowed_hosts = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if let Some(authority) = base
+        .split_once("://")
+        .map(|(_, rest)| rest.split('/').next().unwrap_or(rest))
+    {
+        allowed_hosts.push(authority.to_owned());
+        if let Some((host, _port)) = authority.rsplit_once(':') {
+            allowed_hosts.push(host.to_owned());
+        }
+    }
+    let mut router = Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+    for upstream in upstreams {
+        let name = upstream.name.clone();
+        let resource = format!("{base}/mcp/{name}");
+        let metadata_path = format!("/.well-known/oauth-protected-resource/mcp/{name}");
+        let metadata = json!({
+            "resource": resource,
+            "resource_name": format!("ZT-Infra MCP gateway: {name}"),
+            "bearer_methods_supported": ["header"],
+            "authorization_servers": config.authorization_servers,
+        });
+        let guard = Arc::new(Guard {
+            config: Arc::clone(&shared),
+            metadata_url: format!("{base}{metadata_path}"),
+        });
+        let gateway = Gateway::new(upstream, Arc::clone(&policy), Identity::PerRequest);
+        let service = StreamableHttpService::new(
+            move || Ok(gateway.clone()),
+            Arc::new(LocalSessionManager::default()),
+            StreamableHttpServerConfig::default()
+                .with_cancellation_token(cancel.child_token())
+                .with_allowed_hosts(allowed_hosts.clone()),
+        );
+        let mcp = Router::new()
+            .fallback_service(service)
+            .layer(axum::middleware::from_fn_with_state(guard, authenticate));
+        router = router.nest(&format!("/mcp/{name}"), mcp).route(
+            &metadata_path,
+            axum::routing::get(move || {
+                let metadata = metadata.clone();
+                async move { axum::Json(metadata) }
+            }),
+        );
+    }
+    tracing::info!(%addr, "MCP gateway listening");
+    // One line on standard output, for scripts and tests that listen on port 0.
+    println!("ztinfra mcp-gateway listening on http://{addr}");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            cancel.cancel();
+        })
+        .await
+        .map_err(|e| GatewayError::Session(e.to_string()))
+}
+
+/// Lets a request through only with a known session token, carrying its actor along.
+async fn authenticate(
+    State(guard): State<Arc<Guard>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(token) = presented else {
+        return unauthorized(&guard, None);
+    };
+    match guard.config.actor_for_token(token) {
+        Some(actor) => {
+            request.extensions_mut().insert(Caller {
+                actor: actor.to_owned(),
+            });
+            next.run(request).await
+        }
+        None => unauthorized(&guard, Some("the session token is not recognized")),
+    }
+}
+
+/// 401 with the challenge that points the client at the protected resource metadata.
+fn unauthorized(guard: &Guard, error: Option<&str>) -> Response {
+    let mut challenge = format!("Bearer resource_metadata=\"{}\"", guard.metadata_url);
+    if let Some(description) = error {
+        challenge.push_str(&format!(
+            ", error=\"invalid_token\", error_description=\"{description}\""
+        ));
+    }
+    let body = json!({
+        "type": "urn:zt-infra:problem:unauthorized",
+        "title": "unauthorized",
+        "status": 401,
+        "detail": error.unwrap_or("a session token is required: `Authorization: Bearer <token>`"),
+    });
+    let mut response = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        headers.insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}

@@ -1,0 +1,326 @@
+"""End-to-end tests of `ztinfra mcp-gateway` with parts this project did not write.
+
+The client is the official Python MCP SDK; the upstream servers are real MCP servers from the
+registries: `mcp-server-time` (PyPI, stdio), `@modelcontextprotocol/server-filesystem` (npm,
+stdio) and `@modelcontextprotocol/server-everything` (npm, streamable HTTP). The gateway binary
+is the one `cargo build` made. `scripts/test.sh` installs the pinned peers and runs this file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+from mcp.client.client import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
+
+ROOT = Path(__file__).resolve().parents[3]
+PEERS = Path(__file__).resolve().parent / "peers"
+ZTINFRA = Path(os.environ.get("ZTINFRA_BIN", ROOT / "target" / "debug" / "ztinfra"))
+POLICIES = ROOT / "examples" / "mcp" / "policies"
+NODE_BIN = PEERS / "node_modules" / ".bin"
+
+# A test token (never a real credential) and the actor the gateway config maps it to.
+TEST_TOKEN = "zt-test-token-not-a-secret"
+TEST_TOKEN_SHA256 = hashlib.sha256(TEST_TOKEN.encode()).hexdigest()
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def gateway_params(tmp_path: Path, *extra: str, command: list[str] | None = None, env: dict | None = None):
+    """A stdio gateway in front of `command`, deciding in process with the example policies."""
+    args = ["mcp-gateway", "--policies", str(POLICIES), "--data-dir", str(tmp_path / "data"), *extra]
+    if command is not None:
+        args += ["--", *command]
+    return StdioServerParameters(command=str(ZTINFRA), args=args, env={**os.environ, **(env or {})})
+
+
+TIME_SERVER = [sys.executable, "-m", "mcp_server_time", "--local-timezone", "UTC"]
+
+
+def fs_config(tmp_path: Path, root: Path, **top: str) -> Path:
+    """A gateway config for the filesystem server: `write_file` acts on its `path`."""
+    lines = [f"{k} = {json.dumps(v)}" for k, v in top.items()]
+    lines += [
+        "[[server]]",
+        'name = "fs"',
+        f"command = {json.dumps([str(NODE_BIN / 'mcp-server-filesystem'), str(root)])}",
+        'tools.write_file.resource = "/path"',
+        'tools.read_text_file.resource = "/path"',
+        "[[client]]",
+        f'token_sha256 = "{TEST_TOKEN_SHA256}"',
+        'actor = "demo-agent"',
+    ]
+    path = tmp_path / "gateway.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def export_and_verify(data_dir: Path) -> list[dict]:
+    """Exports the gateway's evidence log, verifies it offline, and returns its records."""
+    keys = subprocess.run([ZTINFRA, "keys", "export", "--data-dir", data_dir], check=True, capture_output=True, text=True)
+    (data_dir / "keys.json").write_text(keys.stdout)
+    export = data_dir / "log.jsonl"
+    subprocess.run([ZTINFRA, "evidence", "export", "--data-dir", data_dir, "-o", export], check=True, capture_output=True)
+    verdict = subprocess.run(
+        [ZTINFRA, "evidence", "verify", export, "--keys", data_dir / "keys.json"], capture_output=True, text=True
+    )
+    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+    lines = [json.loads(line) for line in export.read_text().splitlines() if line.strip()]
+    return [line["record"] for line in lines if line["type"] == "record"]
+
+
+def text_of(result) -> str:
+    return "\n".join(block.text for block in result.content if getattr(block, "text", None) is not None)
+
+
+async def test_stdio_allows_denies_hides_and_leaves_verifiable_evidence(tmp_path):
+    params = gateway_params(tmp_path, "--server-name", "time", "--actor", "demo-agent", command=TIME_SERVER)
+    async with Client(params) as client:
+        tools = [t.name for t in (await client.list_tools()).tools]
+        # convert_time exists upstream, but no policy could ever permit it: hidden.
+        assert tools == ["get_current_time"]
+
+        allowed = await client.call_tool("get_current_time", {"timezone": "Europe/Paris"})
+        assert not allowed.is_error
+        answer = json.loads(text_of(allowed))
+        assert answer["timezone"] == "Europe/Paris"
+        assert answer["datetime"].endswith(("+01:00", "+02:00"))
+
+        denied = await client.call_tool(
+            "convert_time", {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}
+        )
+        assert denied.is_error
+        decision = denied.structured_content
+        assert decision["decision"] == "deny"
+        assert decision["action"] == "mcp.time.convert_time"
+        assert decision["reasons"][0]["kind"] == "default_deny"
+        assert "denied by policy" in text_of(denied)
+        assert decision["decision_id"] in text_of(denied)
+        seq = decision["evidence"]["seq"]
+
+    records = export_and_verify(tmp_path / "data")
+    assert [r["request"]["action"] for r in records] == ["mcp.time.get_current_time", "mcp.time.convert_time"]
+    assert [r["decision"] for r in records] == ["allow", "deny"]
+    # The denied call's record holds its request, with the digest of its (canonical) arguments.
+    record = records[seq]
+    assert record["decision_id"] == decision["decision_id"]
+    assert record["request"]["actor"] == "demo-agent"
+    digest = hashlib.sha256(b'{"source_timezone":"UTC","target_timezone":"Asia/Tokyo","time":"12:00"}').hexdigest()
+    assert record["request"]["context"]["mcp"]["arguments_sha256"] == digest
+
+
+async def test_annotate_mode_lists_never_allowed_tools_marked(tmp_path):
+    params = gateway_params(
+        tmp_path, "--server-name", "time", "--actor", "demo-agent", "--tools-list", "annotate", command=TIME_SERVER
+    )
+    async with Client(params) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert set(tools) == {"get_current_time", "convert_time"}
+        assert tools["convert_time"].description.startswith("[never allowed by policy")
+        assert tools["convert_time"].meta["io.zt-infra/could-allow"] is False
+        assert not (tools["get_current_time"].meta or {}).get("io.zt-infra/could-allow") is False
+
+
+async def test_a_denied_call_never_reaches_the_server(tmp_path):
+    root = tmp_path / "files"
+    (root / "scratch").mkdir(parents=True)
+    (root / "notes.txt").write_text("hello from the test\n")
+    params = gateway_params(tmp_path, "--config", str(fs_config(tmp_path, root, actor="demo-agent")))
+    async with Client(params) as client:
+        read = await client.call_tool("read_text_file", {"path": str(root / "notes.txt")})
+        assert not read.is_error, text_of(read)
+        assert "hello from the test" in text_of(read)
+
+        # Allowed: under scratch/, the server writes the file.
+        ok = await client.call_tool("write_file", {"path": str(root / "scratch" / "a.txt"), "content": "allowed"})
+        assert not ok.is_error, text_of(ok)
+        assert (root / "scratch" / "a.txt").read_text() == "allowed"
+
+        # Denied: elsewhere, and the file never appears.
+        target = root / "outside.txt"
+        denied = await client.call_tool("write_file", {"path": str(target), "content": "must not be written"})
+        assert denied.is_error
+        assert denied.structured_content["decision"] == "deny"
+        assert denied.structured_content["resource"] == str(target)
+        assert not target.exists()
+
+        # Malformed: the mapped argument is missing: JSON-RPC invalid params, nothing written.
+        with pytest.raises(MCPError) as error:
+            await client.call_tool("write_file", {"content": "no path"})
+        assert error.value.error.code == -32602
+        assert "/path" in error.value.error.message
+
+        tools = {t.name for t in (await client.list_tools()).tools}
+        assert {"read_text_file", "write_file", "list_directory"} <= tools
+        assert "move_file" not in tools and "create_directory" not in tools
+
+
+async def test_session_token_on_stdio_picks_the_actor(tmp_path):
+    root = tmp_path / "files"
+    (root / "scratch").mkdir(parents=True)
+    # No configured actor: the token stands for demo-agent, the only one allowed to write.
+    config = fs_config(tmp_path, root)
+    params = gateway_params(tmp_path, "--config", str(config), env={"ZTINFRA_SESSION_TOKEN": TEST_TOKEN})
+    async with Client(params) as client:
+        ok = await client.call_tool("write_file", {"path": str(root / "scratch" / "t.txt"), "content": "x"})
+        assert not ok.is_error, text_of(ok)
+    # An unknown token: the gateway refuses to start, and says why.
+    started = subprocess.run(
+        [ZTINFRA, "mcp-gateway", "--config", config, "--policies", POLICIES, "--data-dir", tmp_path / "d2"],
+        env={**os.environ, "ZTINFRA_SESSION_TOKEN": "wrong"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode != 0
+    assert "ZTINFRA_SESSION_TOKEN is not a configured client token" in started.stderr
+    assert "wrong" not in started.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"process exited with {process.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+@contextmanager
+def running(args: list, port: int, env: dict | None = None):
+    process = subprocess.Popen(
+        [str(a) for a in args], env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        wait_for_port(port, process)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+async def test_fail_closed_when_the_control_plane_is_down(tmp_path):
+    root = tmp_path / "files"
+    (root / "scratch").mkdir(parents=True)
+    port = free_port()
+    serve = [ZTINFRA, "serve", "--listen", f"127.0.0.1:{port}", "--policies", POLICIES, "--data-dir", tmp_path / "pdp"]
+    config = fs_config(tmp_path, root, actor="demo-agent", decide_url=f"http://127.0.0.1:{port}")
+    params = StdioServerParameters(command=str(ZTINFRA), args=["mcp-gateway", "--config", str(config)])
+    with running(serve, port) as server:
+        async with Client(params) as client:
+            ok = await client.call_tool("write_file", {"path": str(root / "scratch" / "up.txt"), "content": "pdp up"})
+            assert not ok.is_error, text_of(ok)
+            assert (root / "scratch" / "up.txt").read_text() == "pdp up"
+
+            server.send_signal(signal.SIGKILL)
+            server.wait()
+            down = await client.call_tool("write_file", {"path": str(root / "scratch" / "down.txt"), "content": "pdp down"})
+            assert down.is_error
+            assert down.structured_content["decision"] == "deny"
+            assert "no decision could be obtained" in text_of(down)
+            assert not (root / "scratch" / "down.txt").exists()
+    # The remote service's log holds the decision made while it was up, and verifies.
+    records = export_and_verify(tmp_path / "pdp")
+    assert [(r["request"]["action"], r["decision"]) for r in records] == [("mcp.fs.write_file", "allow")]
+
+
+@asynccontextmanager
+async def http_client(url: str, token: str | None):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with Client(streamable_http_client(url, http_client=create_mcp_http_client(headers=headers))) as client:
+        yield client
+
+
+async def test_streamable_http_gateway_in_front_of_a_streamable_http_server(tmp_path):
+    upstream_port, gateway_port = free_port(), free_port()
+    everything = [NODE_BIN / "mcp-server-everything", "streamableHttp"]
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"""
+listen = "127.0.0.1:{gateway_port}"
+policies = "{POLICIES}"
+data_dir = "{tmp_path / 'data'}"
+[[server]]
+name = "everything"
+url = "http://127.0.0.1:{upstream_port}/mcp"
+[[client]]
+token_sha256 = "{TEST_TOKEN_SHA256}"
+actor = "demo-agent"
+"""
+    )
+    with running(everything, upstream_port, env={"PORT": str(upstream_port)}):
+        with running([ZTINFRA, "mcp-gateway", "--config", config], gateway_port):
+            base = f"http://127.0.0.1:{gateway_port}"
+            url = f"{base}/mcp/everything"
+
+            # No token, or a wrong one: 401 with the challenge that names the metadata.
+            async with httpx2.AsyncClient() as raw:
+                body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+                for headers, error in [({}, None), ({"Authorization": "Bearer wrong"}, "invalid_token")]:
+                    response = await raw.post(url, json=body, headers={**headers, "Accept": "application/json, text/event-stream"})
+                    assert response.status_code == 401
+                    challenge = response.headers["www-authenticate"]
+                    assert f'resource_metadata="{base}/.well-known/oauth-protected-resource/mcp/everything"' in challenge
+                    assert (error is None) == ("invalid_token" not in challenge)
+                    assert response.headers["content-type"] == "application/problem+json"
+                metadata = (await raw.get(f"{base}/.well-known/oauth-protected-resource/mcp/everything")).json()
+                assert metadata["resource"] == url
+                assert metadata["bearer_methods_supported"] == ["header"]
+
+            async with http_client(url, TEST_TOKEN) as client:
+                tools = sorted(t.name for t in (await client.list_tools()).tools)
+                assert tools == ["echo", "get-sum"]
+                echoed = await client.call_tool("echo", {"message": "through the gateway"})
+                assert not echoed.is_error
+                assert "through the gateway" in text_of(echoed)
+                total = await client.call_tool("get-sum", {"a": 2, "b": 40})
+                assert "42" in text_of(total)
+                denied = await client.call_tool("get-env", {})
+                assert denied.is_error
+                assert denied.structured_content["decision"] == "deny"
+                assert denied.structured_content["action"] == "mcp.everything.get-env"
+                # Resources pass through.
+                resources = await client.list_resources()
+                assert len(resources.resources) > 0
+    records = export_and_verify(tmp_path / "data")
+    assert [r["request"]["action"] for r in records] == [
+        "mcp.everything.echo",
+        "mcp.everything.get-sum",
+        "mcp.everything.get-env",
+    ]
+    assert records[2]["decision_id"] == denied.structured_content["decision_id"]
+    assert records[0]["request"]["actor"] == "demo-agent"
