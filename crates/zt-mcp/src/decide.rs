@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use zt_core::{Decision, DecisionRequest, FieldError, Reason, ReasonKind};
-use zt_server::api::DecisionResponse;
+use zt_server::api::{DecisionResponse, PossibleActions, PossibleQuery};
 
 /// The decision point behind the gateway.
 #[derive(Debug, Clone)]
@@ -59,13 +59,34 @@ impl Decider {
         }
     }
 
-    /// Whether the policies could ever allow this request's actor to take its action. A
-    /// remote service is not asked (there is no such query yet): every tool could be.
-    pub fn could_allow(&self, request: DecisionRequest) -> bool {
-        match self {
-            Self::InProcess(app) => app.could_allow(request),
-            Self::Remote { .. } => true,
-        }
+    /// The actions among `actions` that the policies could ever allow `actor` to take. Fails
+    /// closed: when the answer cannot be obtained, none could.
+    pub async fn possible(&self, actor: &str, actions: Vec<String>) -> Vec<String> {
+        let query = PossibleQuery {
+            actor: actor.to_owned(),
+            actions,
+        };
+        let answer = match self {
+            Self::InProcess(app) => app.possible_actions(query).map_err(|errors| {
+                let detail: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                detail.join("; ")
+            }),
+            Self::Remote { base, client } => {
+                let url = format!("{base}/v1/actions/possible");
+                match client.post(&url).json(&query).send().await {
+                    Ok(response) if response.status().is_success() => response
+                        .json::<PossibleActions>()
+                        .await
+                        .map_err(|e| format!("its answer is not a list of actions: {e}")),
+                    Ok(response) => Err(format!("it answered HTTP {}", response.status())),
+                    Err(e) => Err(zt_server::error_chain(&e)),
+                }
+            }
+        };
+        answer.map(|possible| possible.actions).unwrap_or_else(|e| {
+            tracing::warn!(actor, error = %e, "cannot tell which tools could be allowed; listing none");
+            Vec::new()
+        })
     }
 }
 

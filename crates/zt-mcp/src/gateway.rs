@@ -7,7 +7,7 @@
 //! touching the upstream.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use rmcp::model::{
@@ -178,14 +178,26 @@ impl Gateway {
         })
     }
 
-    /// Whether `actor` could ever be allowed to call `tool`.
-    fn could_call(&self, actor: &str, tool: &str) -> bool {
-        self.policy.decider.could_allow(DecisionRequest {
-            actor: actor.to_owned(),
-            action: self.action(tool),
-            resource: self.upstream.name.clone(),
-            context: Map::new(),
-        })
+    /// The tools among `tools` that `actor` could ever be allowed to call.
+    async fn callable(&self, actor: &str, tools: &[rmcp::model::Tool]) -> BTreeSet<String> {
+        // A name that is no valid action can never be decided, so never allowed.
+        let actions: Vec<String> = tools
+            .iter()
+            .map(|tool| self.action(&tool.name))
+            .filter(|action| zt_core::ActionName::parse(action).is_ok())
+            .collect();
+        let possible: BTreeSet<String> = self
+            .policy
+            .decider
+            .possible(actor, actions)
+            .await
+            .into_iter()
+            .collect();
+        tools
+            .iter()
+            .filter(|tool| possible.contains(&self.action(&tool.name)))
+            .map(|tool| tool.name.to_string())
+            .collect()
     }
 }
 
@@ -322,13 +334,14 @@ impl ServerHandler for Gateway {
             .list_tools(request)
             .await
             .map_err(|e| upstream_error(&self.upstream.name, e))?;
+        let callable = self.callable(&actor, &listed.tools).await;
         match self.policy.tools_list {
             ToolsList::Hide => listed
                 .tools
-                .retain(|tool| self.could_call(&actor, &tool.name)),
+                .retain(|tool| callable.contains(tool.name.as_ref())),
             ToolsList::Annotate => {
                 for tool in &mut listed.tools {
-                    if !self.could_call(&actor, &tool.name) {
+                    if !callable.contains(tool.name.as_ref()) {
                         let note = "[never allowed by policy for this caller]";
                         tool.description = Some(Cow::Owned(match &tool.description {
                             Some(d) => format!("{note} {d}"),

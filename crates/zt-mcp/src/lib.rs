@@ -116,6 +116,13 @@ pub async fn connect(server: &ServerConfig) -> Result<Upstream, GatewayError> {
             .split_first()
             .ok_or_else(|| spawn_error("no command".into()))?;
         let mut command = tokio::process::Command::new(program);
+        // The server inherits the environment, except the gateway's own settings: the session
+        // token and a store URL with its password are not the tool's business.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ZTINFRA_") {
+                command.env_remove(key);
+            }
+        }
         command.args(args).envs(&server.env);
         let (transport, _stderr) = rmcp::transport::TokioChildProcess::builder(command)
             .stderr(std::process::Stdio::inherit())

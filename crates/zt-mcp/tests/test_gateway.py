@@ -197,6 +197,41 @@ async def test_session_token_on_stdio_picks_the_actor(tmp_path):
     assert "wrong" not in started.stderr
 
 
+async def test_the_upstream_server_does_not_see_the_gateways_secrets(tmp_path):
+    # A policy set that lets one actor read the upstream's environment (server-everything's
+    # get-env tool), run with a session token and a store URL in the gateway's environment.
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    for file in POLICIES.iterdir():
+        (policies / file.name).write_text(file.read_text())
+    (policies / "env.cedar").write_text(
+        'permit(principal == Agent::"demo-agent", action == Action::"mcp.everything.get-env", resource);\n'
+    )
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"""
+[[server]]
+name = "everything"
+command = [{json.dumps(str(NODE_BIN / "mcp-server-everything"))}, "stdio"]
+[[client]]
+token_sha256 = "{TEST_TOKEN_SHA256}"
+actor = "demo-agent"
+"""
+    )
+    params = StdioServerParameters(
+        command=str(ZTINFRA),
+        args=["mcp-gateway", "--config", str(config), "--policies", str(policies), "--data-dir", str(tmp_path / "d")],
+        env={**os.environ, "ZTINFRA_SESSION_TOKEN": TEST_TOKEN, "ZTINFRA_LOG": "info", "VISIBLE_TO_TOOLS": "yes"},
+    )
+    async with Client(params) as client:
+        result = await client.call_tool("get-env", {})
+        assert not result.is_error, text_of(result)
+        env = text_of(result)
+        assert "VISIBLE_TO_TOOLS" in env
+        assert TEST_TOKEN not in env
+        assert "ZTINFRA_" not in env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -245,9 +280,15 @@ async def test_fail_closed_when_the_control_plane_is_down(tmp_path):
             ok = await client.call_tool("write_file", {"path": str(root / "scratch" / "up.txt"), "content": "pdp up"})
             assert not ok.is_error, text_of(ok)
             assert (root / "scratch" / "up.txt").read_text() == "pdp up"
+            # The remote service says which tools could ever be allowed.
+            tools = {t.name for t in (await client.list_tools()).tools}
+            assert {"read_text_file", "write_file", "list_directory"} <= tools
+            assert "move_file" not in tools
 
             server.send_signal(signal.SIGKILL)
             server.wait()
+            # Without it, no tool could be: the list is empty.
+            assert (await client.list_tools()).tools == []
             down = await client.call_tool("write_file", {"path": str(root / "scratch" / "down.txt"), "content": "pdp down"})
             assert down.is_error
             assert down.structured_content["decision"] == "deny"

@@ -85,6 +85,7 @@ pub struct Health {
     paths(
         decide,
         decide_batch,
+        possible_actions,
         policies,
         reload,
         healthz,
@@ -111,6 +112,8 @@ pub struct Health {
         DecisionResponse,
         BatchRequest,
         BatchResponse,
+        PossibleQuery,
+        PossibleActions,
         Decision,
         Reason,
         ReasonKind,
@@ -146,6 +149,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/decide", post(decide))
         .route("/v1/decide/batch", post(decide_batch))
+        .route("/v1/actions/possible", post(possible_actions))
         .route("/v1/policies", get(policies))
         .route("/v1/policies/reload", post(reload))
         .route("/v1/evidence/checkpoint", get(evidence_checkpoint))
@@ -343,6 +347,89 @@ async fn decide_batch(
     let decided = valid.iter().map(|r| (r, engine.decide(r))).collect();
     let decisions = answer(&app, origin, decided, None).await;
     Ok(Json(BatchResponse { decisions }))
+}
+
+/// Most actions one possible-actions query may ask about.
+pub const MAX_POSSIBLE_ACTIONS: usize = 1000;
+
+/// Which of some actions an actor could ever be allowed to take.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"actor": "demo-agent", "actions": ["mcp.time.get_current_time", "mcp.time.convert_time"]}))]
+pub struct PossibleQuery {
+    pub actor: String,
+    pub actions: Vec<String>,
+}
+
+/// The actions of a query that some permit policy could allow the actor, in query order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PossibleActions {
+    pub actions: Vec<String>,
+}
+
+/// The actions some permit policy of the active set could allow `actor` to take, whatever the
+/// resource, context and conditions (see [`zt_core::Engine::could_allow`]). Not a decision:
+/// nothing is recorded, and an action listed here is still decided when attempted.
+pub(crate) fn possible(
+    app: &AppState,
+    query: PossibleQuery,
+) -> Result<PossibleActions, Vec<FieldError>> {
+    if query.actions.len() > MAX_POSSIBLE_ACTIONS {
+        return Err(vec![FieldError::new(
+            "/actions",
+            format!(
+                "holds {} actions; the limit is {MAX_POSSIBLE_ACTIONS}",
+                query.actions.len()
+            ),
+        )]);
+    }
+    let engine = app.policies.engine();
+    let mut errors = Vec::new();
+    let mut actions = Vec::new();
+    for (i, action) in query.actions.into_iter().enumerate() {
+        let request = DecisionRequest {
+            actor: query.actor.clone(),
+            action,
+            // Scopes only are read: any valid resource will do.
+            resource: "*".into(),
+            context: serde_json::Map::new(),
+        };
+        match request.validate(&app.limits) {
+            Ok(request) => {
+                if engine.could_allow(&request) {
+                    actions.push(request.action().to_string());
+                }
+            }
+            Err(errs) => errors.extend(errs.into_iter().map(|e| match e.pointer.as_str() {
+                "/action" => FieldError::new(format!("/actions/{i}"), e.detail),
+                _ => e,
+            })),
+        }
+    }
+    errors.dedup_by(|a, b| a.pointer == b.pointer && a.detail == b.detail);
+    if errors.is_empty() {
+        Ok(PossibleActions { actions })
+    } else {
+        Err(errors)
+    }
+}
+
+/// Which of some actions an actor could ever be allowed to take: for tool discovery (the MCP
+/// gateway hides the rest). Not a decision, and not recorded.
+#[utoipa::path(
+    post, path = "/v1/actions/possible",
+    request_body = PossibleQuery,
+    responses(
+        (status = 200, description = "The actions some permit policy could allow, in query order", body = PossibleActions),
+        (status = 400, description = "Malformed query, an invalid actor or action (named by pointer), or more actions than the limit", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn possible_actions(
+    State(app): State<Arc<AppState>>,
+    JsonBody(query): JsonBody<PossibleQuery>,
+) -> Result<Json<PossibleActions>, Problem> {
+    possible(&app, query)
+        .map(Json)
+        .map_err(Problem::invalid_fields)
 }
 
 /// The active policy set: version, files, warnings, and the last reload error if any.

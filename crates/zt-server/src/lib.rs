@@ -190,12 +190,13 @@ impl App {
             .map_err(|problem| vec![zt_core::FieldError::new("", problem.detail)])
     }
 
-    /// Whether the active policy set could ever allow this request's actor to take its action
-    /// (see [`zt_core::Engine::could_allow`]); an invalid request never could.
-    pub fn could_allow(&self, request: zt_core::DecisionRequest) -> bool {
-        request
-            .validate(&self.state.limits)
-            .is_ok_and(|request| self.state.policies.with_engine(|e| e.could_allow(&request)))
+    /// The actions the active policy set could ever allow an actor to take, as
+    /// `POST /v1/actions/possible` answers.
+    pub fn possible_actions(
+        &self,
+        query: api::PossibleQuery,
+    ) -> Result<api::PossibleActions, Vec<zt_core::FieldError>> {
+        api::possible(&self.state, query)
     }
 
     /// Closes the store, after the last decision.

@@ -454,6 +454,55 @@ fn batches_answer_in_order_within_the_limit() {
 }
 
 #[test]
+fn possible_actions_follow_policy_scopes_and_record_nothing() {
+    let server = Server::start(&["--demo"]);
+    let c = client();
+    let url = server.url("/v1/actions/possible");
+    let actions = [
+        "aws.ec2.describe_instances",
+        "aws.iam.create_user",
+        "aws.s3.get_object",
+        "aws.ec2.terminate_instances",
+        "aws.s3.delete_object",
+    ];
+    let possible = |actor: &str| {
+        let response = c.post_json(&url, &json!({"actor": actor, "actions": actions}));
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+        response.json()["actions"].clone()
+    };
+    // `staging-ec2` names demo-agent: it could terminate (in staging); nobody could touch IAM
+    // beyond what a permit scope covers, and no permit covers s3 deletes.
+    assert_eq!(
+        possible("demo-agent"),
+        json!([
+            "aws.ec2.describe_instances",
+            "aws.s3.get_object",
+            "aws.ec2.terminate_instances"
+        ])
+    );
+    assert_eq!(
+        possible("other-agent"),
+        json!(["aws.ec2.describe_instances", "aws.s3.get_object"])
+    );
+    // Not a decision: the evidence log stays empty.
+    let checkpoint = c.get(&server.url("/v1/evidence/checkpoint")).json();
+    assert_eq!(checkpoint["tree_size"], 0, "{checkpoint}");
+
+    let bad = c.post_json(&url, &json!({"actor": "a", "actions": ["ok", "a..b"]}));
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["errors"][0]["pointer"], "/actions/1");
+    let too_many: Vec<String> = (0..1001).map(|i| format!("a{i}")).collect();
+    let bad = c.post_json(&url, &json!({"actor": "a", "actions": too_many}));
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["errors"][0]["pointer"], "/actions");
+}
+
+#[test]
 fn a_broken_policy_keeps_the_previous_set_and_is_reported() {
     let policies = tempfile::tempdir().unwrap();
     let file = policies.path().join("p.cedar");
