@@ -232,6 +232,36 @@ actor = "demo-agent"
         assert "ZTINFRA_" not in env
 
 
+async def test_resource_reads_pass_through_or_are_decided(tmp_path):
+    everything = [str(NODE_BIN / "mcp-server-everything"), "stdio"]
+    for decided in (False, True):
+        flags = ["--server-name", "everything", "--actor", "demo-agent"]
+        if decided:
+            flags.append("--decide-resource-reads")
+        data = tmp_path / ("decided" if decided else "open")
+        params = gateway_params(data, *flags, command=everything)
+        async with Client(params) as client:
+            resources = (await client.list_resources()).resources
+            assert resources, "server-everything lists resources"
+            uri = str(resources[0].uri)
+            if not decided:
+                read = await client.read_resource(uri)
+                assert read.contents and str(read.contents[0].uri) == uri
+                continue
+            # No policy permits mcp.everything.resources.read: denied, with the decision.
+            with pytest.raises(MCPError) as error:
+                await client.read_resource(uri)
+            assert error.value.error.code == -32003
+            assert "mcp.everything.resources.read" in error.value.error.message
+            assert error.value.error.data["decision"] == "deny"
+            assert error.value.error.data["resource"] == uri
+        if decided:
+            records = export_and_verify(data / "data")
+            assert [(r["request"]["action"], r["request"]["resource"]) for r in records] == [
+                ("mcp.everything.resources.read", uri)
+            ]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
