@@ -123,6 +123,58 @@ fn cedar_whole_set(bencher: Bencher, n: usize) {
     bencher.bench(|| authorizer.is_authorized(&request, &set, &entities));
 }
 
+/// The whole in-process path from the wire's strings and JSON to a decision, as a caller of the
+/// engine has it: `DecisionRequest::validate` then `Engine::decide`. Compare with
+/// `raw_cedar_end_to_end`, the same work done with bare Cedar (issue 6: overhead under 1.5x).
+#[divan::bench(args = [1, 10, 1000])]
+fn zt_end_to_end(bencher: Bencher, n: usize) {
+    let engine = engine(n);
+    let limits = Limits::default();
+    bencher
+        .with_inputs(|| request("svc0.op0"))
+        .bench_values(|r| {
+            let valid = r.validate(&limits).unwrap_or_else(|e| panic!("{e:?}"));
+            engine.decide(&valid).decision
+        });
+}
+
+/// Bare Cedar from the same strings and JSON: entity uids parsed, the context converted, the
+/// request built with the action's hierarchy as entities, `is_authorized` over the whole set.
+#[divan::bench(args = [1, 10, 1000])]
+fn raw_cedar_end_to_end(bencher: Bencher, n: usize) {
+    use cedar_policy::{Authorizer, Context, Entities, Entity, EntityUid, PolicySet, Request};
+    let set = PolicySet::from_str(&policies(n)).unwrap_or_else(|e| panic!("{e:?}"));
+    let authorizer = Authorizer::new();
+    let uid = |s: &str| EntityUid::from_str(s).unwrap_or_else(|e| panic!("{e:?}"));
+    bencher
+        .with_inputs(|| request("svc0.op0"))
+        .bench_values(|r| {
+            let action = uid(&format!("Action::\"{}\"", r.action));
+            let parent = uid("Action::\"svc0\"");
+            let entities = Entities::from_entities(
+                [
+                    Entity::new_no_attrs(action.clone(), [parent.clone()].into_iter().collect()),
+                    Entity::new_no_attrs(parent, Default::default()),
+                ],
+                None,
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+            let context = Context::from_json_value(serde_json::Value::Object(r.context), None)
+                .unwrap_or_else(|e| panic!("{e:?}"));
+            let request = Request::new(
+                uid(&format!("Agent::\"{}\"", r.actor)),
+                action,
+                uid(&format!("Resource::\"{}\"", r.resource)),
+                context,
+                None,
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+            authorizer
+                .is_authorized(&request, &set, &entities)
+                .decision()
+        });
+}
+
 /// The AuthZEN certification fixture: its entity store puts the principal in a group and gives
 /// the resource an attribute, so every request is evaluated with stored entities; `properties`
 /// adds attributes sent with the request on top.

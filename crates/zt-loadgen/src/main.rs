@@ -49,6 +49,16 @@ struct Args {
     /// Open loop: requests per second, scheduled at fixed intervals. Without it, closed loop.
     #[arg(long)]
     rate: Option<u64>,
+    /// Send these bodies instead of a built-in mix: a file of JSON documents, one per line,
+    /// cycled in order (for other workloads and other decision points).
+    #[arg(long, requires = "path")]
+    bodies: Option<std::path::PathBuf>,
+    /// The endpoint path for `--bodies`, such as `/v1/decide`.
+    #[arg(long, requires = "bodies")]
+    path: Option<String>,
+    /// Print the result as one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -94,6 +104,9 @@ const AUTHZEN_BODIES: &[&str] = &[
     r#"{"subject":{"type":"Agent","id":"demo-agent"},"action":{"name":"aws.iam.create_user"},"resource":{"type":"Resource","id":"u-1"}}"#,
 ];
 
+/// How long before a request is due the scheduler stops sleeping and starts yielding.
+const SPIN: Duration = Duration::from_micros(300);
+
 /// One request to send: its index in the mix and, in open loop, when it was due.
 type Ticket = (usize, Option<Instant>);
 
@@ -119,20 +132,45 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
-    let bodies = args.mix.bodies();
+    let bodies: Arc<Vec<Bytes>> = Arc::new(match &args.bodies {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read `{}`", file.display()))?;
+            let lines: Vec<Bytes> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| Bytes::from(l.to_owned()))
+                .collect();
+            if lines.is_empty() {
+                bail!("`{}` holds no request bodies", file.display());
+            }
+            lines
+        }
+        None => args
+            .mix
+            .bodies()
+            .iter()
+            .map(|b| Bytes::from_static(b.as_bytes()))
+            .collect(),
+    });
+    let path = args
+        .path
+        .clone()
+        .unwrap_or_else(|| args.mix.path().to_owned());
     // Open loop: one scheduler hands out tickets; workers take them as they come free.
     let (tickets, queue) = tokio::sync::mpsc::channel::<Ticket>(1 << 20);
     let queue = Arc::new(tokio::sync::Mutex::new(queue));
     let open_loop = args.rate.is_some();
     let mut workers = Vec::new();
     for worker in 0..args.connections {
-        let (measuring, stop, errors, queue) = (
+        let (measuring, stop, errors, queue, bodies) = (
             Arc::clone(&measuring),
             Arc::clone(&stop),
             Arc::clone(&errors),
             Arc::clone(&queue),
+            Arc::clone(&bodies),
         );
-        let uri = format!("http://{}{}", args.addr, args.mix.path());
+        let uri = format!("http://{}{}", args.addr, path);
         let addr = args.addr;
         workers.push(tokio::spawn(async move {
             let mut histogram =
@@ -160,11 +198,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     i += 1;
                     (i, None)
                 };
-                let body = bodies.get(index % bodies.len()).copied().unwrap_or("{}");
+                let body = bodies
+                    .get(index % bodies.len())
+                    .cloned()
+                    .unwrap_or_default();
                 let request = hyper::Request::post(uri.as_str())
                     .header("content-type", "application/json")
                     .header("host", addr.to_string())
-                    .body(Full::new(Bytes::from_static(body.as_bytes())))?;
+                    .body(Full::new(body))?;
                 let started = due.unwrap_or_else(Instant::now);
                 let response = sender.send_request(request).await?;
                 let status = response.status();
@@ -181,28 +222,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
             anyhow::Ok(histogram)
         }));
     }
+    // The scheduler is a thread of its own, sleeping until each request is due: tokio's timer
+    // wheel ticks in milliseconds, and a request handed out a millisecond late would be
+    // measured a millisecond slow.
     let scheduler = args.rate.map(|rate| {
         let stop = Arc::clone(&stop);
-        tokio::spawn(async move {
+        std::thread::spawn(move || {
             let start = Instant::now();
             let mut sent: u64 = 0;
             while !stop.load(Ordering::Relaxed) {
-                // Timers tick in milliseconds: hand out every request due by now, each
-                // stamped with the time it was due.
+                let due = start + Duration::from_nanos(sent.saturating_mul(1_000_000_000) / rate);
+                // Sleep until shortly before, then yield until due: a thread woken from sleep
+                // (and, in a VM, its idle CPU) can be late by more than the latencies measured.
                 let now = Instant::now();
-                loop {
-                    let due =
-                        start + Duration::from_nanos(sent.saturating_mul(1_000_000_000) / rate);
-                    if due > now {
-                        break;
-                    }
-                    let index = usize::try_from(sent).unwrap_or_default();
-                    if tickets.send((index, Some(due))).await.is_err() {
-                        return;
-                    }
-                    sent += 1;
+                if due > now + SPIN {
+                    std::thread::sleep(due - now - SPIN);
                 }
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                while Instant::now() < due {
+                    std::thread::yield_now();
+                }
+                let index = usize::try_from(sent).unwrap_or_default();
+                if tickets.blocking_send((index, Some(due))).is_err() {
+                    return;
+                }
+                sent += 1;
             }
         })
     });
@@ -215,7 +258,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     if let Some(scheduler) = scheduler {
         // Dropping the scheduler's sender ends the workers once the queue drains.
-        scheduler.await?;
+        tokio::task::spawn_blocking(move || scheduler.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the scheduler thread panicked"))?;
     }
 
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -227,6 +272,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let offered = args
         .rate
         .map_or_else(|| "closed-loop".to_owned(), |r| format!("{r}/s"));
+    if args.json {
+        println!(
+            "{{\"offered\":{},\"connections\":{},\"seconds\":{:.3},\"requests\":{},\"errors\":{},\"per_second\":{:.1},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
+            args.rate.unwrap_or(0),
+            args.connections,
+            elapsed.as_secs_f64(),
+            count,
+            errors.load(Ordering::Relaxed),
+            count as f64 / elapsed.as_secs_f64(),
+            us(0.5),
+            us(0.99),
+            us(0.999),
+            total.max()
+        );
+        return Ok(());
+    }
     println!(
         "mix={:?} offered={offered} connections={} duration={:.1}s requests={} errors={} decisions/s={:.0} p50={}us p99={}us p99.9={}us max={}us",
         args.mix,

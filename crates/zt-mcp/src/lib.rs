@@ -84,6 +84,7 @@ pub async fn decider(config: &GatewayConfig) -> Result<decide::Decider, GatewayE
         max_body_bytes: zt_server::defaults::MAX_BODY_BYTES,
         watch: true,
         max_evidence_batch: zt_server::defaults::MAX_EVIDENCE_BATCH,
+        record_evidence: true,
         public_url: None,
     };
     let app = zt_server::App::start(&server).await?;

@@ -34,6 +34,8 @@ pub struct AppState {
     pub limits: Limits,
     pub store: Store,
     pub evidence: EvidenceLog,
+    /// Off only for benchmarks: see [`crate::Config::record_evidence`].
+    pub record_evidence: bool,
     pub metrics: Option<PrometheusHandle>,
     /// Cleared when shutdown begins, so that load balancers stop sending.
     pub ready: AtomicBool,
@@ -221,6 +223,11 @@ pub(crate) async fn answer(
             time_ms,
         });
     }
+    if !app.record_evidence {
+        drop((pending, announced));
+        count(origin, &responses);
+        return responses;
+    }
     let recorded = app
         .evidence
         .append(pending, announced)
@@ -257,12 +264,17 @@ pub(crate) async fn answer(
             }
         }
     }
-    for response in &responses {
+    count(origin, &responses);
+    responses
+}
+
+/// Counts answered decisions in the metrics, under their endpoint.
+fn count(origin: Origin, responses: &[DecisionResponse]) {
+    for response in responses {
         metrics::counter!("ztinfra_decisions_total", "decision" => response.decision.as_str(), "endpoint" => origin.endpoint)
             .increment(1);
         metrics::histogram!("ztinfra_decision_duration_seconds").record(origin.started.elapsed());
     }
-    responses
 }
 
 /// Decides one valid request and answers it once its record is durable (see [`answer`]).

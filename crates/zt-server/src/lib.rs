@@ -51,6 +51,9 @@ pub struct Config {
     pub watch: bool,
     /// Most records in one evidence commit.
     pub max_evidence_batch: usize,
+    /// `false` only to measure what evidence costs (`--unsafe-no-evidence`): decisions are then
+    /// answered without being recorded.
+    pub record_evidence: bool,
     /// The public base URL (`https://pdp.example.com`), for AuthZEN metadata; `None`: taken
     /// from each request's `Host` header, as `http://<host>`.
     pub public_url: Option<String>,
@@ -118,6 +121,11 @@ impl App {
             config.max_evidence_batch,
         )
         .await?;
+        if !config.record_evidence {
+            tracing::warn!(
+                "evidence is OFF (--unsafe-no-evidence): decisions are not recorded; for benchmarks only"
+            );
+        }
         let metrics = telemetry::handle();
         let policies = Policies::start(config.policy_dir.clone(), store.clone())
             .await
@@ -149,6 +157,7 @@ impl App {
                 limits: config.limits,
                 store,
                 evidence,
+                record_evidence: config.record_evidence,
                 metrics,
                 ready: AtomicBool::new(true),
                 public_url: config.public_url.clone(),

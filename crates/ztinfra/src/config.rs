@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// A TOML config file.
     #[arg(long, env = "ZTINFRA_CONFIG")]
     config: Option<PathBuf>,
+    /// Benchmarks only: answer decisions without recording evidence, to measure what evidence
+    /// costs. Never in production: nothing is on record. (A flag only, not a config key.)
+    #[arg(long)]
+    unsafe_no_evidence: bool,
 }
 
 /// The config file: the same settings as the flags.
@@ -187,6 +191,7 @@ impl Settings {
                 max_body_bytes,
                 watch: !(args.no_watch || file.watch == Some(false)),
                 max_evidence_batch: defaults::MAX_EVIDENCE_BATCH,
+                record_evidence: !args.unsafe_no_evidence,
                 public_url,
             },
             log_format: args
