@@ -293,8 +293,10 @@ def peak_rss_mb(pid: int) -> float:
 
 def load(port: int, system: System, bodies: Path, rate: int, seconds: int, warmup: int) -> dict:
     pin = ["taskset", "-c", "1"] if shutil.which("taskset") and os.cpu_count() >= 2 else []
+    # Rate 0: closed loop, each connection sending as soon as it has its answer.
+    pace = ["--rate", str(rate)] if rate else []
     out = subprocess.run(
-        [*pin, str(LOADGEN), "--addr", f"127.0.0.1:{port}", "--connections", str(CONNECTIONS), "--rate", str(rate),
+        [*pin, str(LOADGEN), "--addr", f"127.0.0.1:{port}", "--connections", str(CONNECTIONS), *pace,
          "--duration", str(seconds), "--warmup", str(warmup), "--path", system.path, "--bodies", str(bodies), "--json"],
         capture_output=True, text=True, timeout=seconds + warmup + 120,
     )
@@ -316,6 +318,7 @@ class Row:
     system: str
     workload: str
     capacity: dict = field(default_factory=dict)  # p99 limit (us) -> highest rate meeting it
+    saturation: float = 0  # closed loop, CONNECTIONS clients: decisions/s, median of three
     p50: float = 0
     p99: float = 0
     p999: float = 0
@@ -327,27 +330,37 @@ class Row:
 
 def capacities(probe) -> dict:
     """The highest offered rate whose p99 meets each limit: geometric steps up from 250/s, then
-    three bisection steps between the last rate that met a limit and the first that did not."""
+    three bisection steps between the last rate that met a limit and the first that did not. A
+    short probe's p99 is one stall away from failing on a shared virtual machine, so a failed
+    probe is tried once more, and the search goes on past one failed rate: a limit counts as
+    exceeded at the second failed rate in a row."""
     passed = {limit: 0 for limit in LIMITS_US}
     failed: dict[int, int] = {}
+    misses = {limit: 0 for limit in LIMITS_US}
+
+    def meets(rate: int, limit: int, result: dict) -> bool:
+        return passes(result, rate, limit) or passes(probe(rate), rate, limit)
+
     rate = 250
     while len(failed) < len(LIMITS_US) and rate <= 200_000:
         result = probe(rate)
         for limit in LIMITS_US:
             if limit in failed:
                 continue
-            if passes(result, rate, limit):
-                passed[limit] = rate
+            if meets(rate, limit, result):
+                passed[limit], misses[limit] = rate, 0
             else:
-                failed[limit] = rate
+                misses[limit] += 1
+                if misses[limit] >= 2:
+                    failed[limit] = rate
         rate = int(rate * 1.5)
     for limit in LIMITS_US:
         low, high = passed[limit], failed.get(limit)
         for _ in range(3):
-            if high is None or high - low < max(50, low // 20):
+            if high is None or high <= low or high - low < max(50, low // 20):
                 break
             mid = (low + high) // 2
-            if passes(probe(mid), mid, limit):
+            if meets(mid, limit, probe(mid)):
                 low = mid
             else:
                 high = mid
@@ -391,15 +404,16 @@ def measure(system: System, workload: Workload, smoke: bool) -> Row:
                 row.p50, row.p99 = result["p50_us"] / 1000, result["p99_us"] / 1000
                 row.note = f"smoke: {result['requests']} requests at 200/s"
                 return row
-            row.capacity = capacities(lambda rate: load(port, system, bodies, rate, 3, 1))
+            row.capacity = capacities(lambda rate: load(port, system, bodies, rate, 2, 1))
+            row.saturation = statistics.median(load(port, system, bodies, 0, 3, 1)["per_second"] for _ in range(3))
             runs, cpu = [], []
             for _ in range(3):
                 before = cpu_seconds(server.pid)
-                result = load(port, system, bodies, FIXED_RATE, 5, 1)
+                result = load(port, system, bodies, FIXED_RATE, 4, 1)
                 used = cpu_seconds(server.pid) - before
                 runs.append(result)
                 # The CPU window includes the warm-up second; so does the count.
-                cpu.append(used / (result["per_second"] * 6) * 1000 * 1000)
+                cpu.append(used / (result["per_second"] * 5) * 1000 * 1000)
             pick = lambda key: statistics.median(r[key] for r in runs) / 1000
             row.p50, row.p99, row.p999, row.max = pick("p50_us"), pick("p99_us"), pick("p999_us"), pick("max_us")
             row.cpu_ms_per_1k = statistics.median(cpu)
@@ -416,20 +430,24 @@ def measure(system: System, workload: Workload, smoke: bool) -> Row:
 
 def table(rows: list[Row]) -> str:
     base = {r.workload: r.capacity for r in rows if r.system == "ztinfra"}
+    top = {r.workload: r.saturation for r in rows if r.system == "ztinfra"}
     lines = [
         "| workload | system | decisions/s at p99 < 2 ms | ztinfra / system | decisions/s at p99 < 10 ms | ztinfra / system "
+        f"| saturated, {CONNECTIONS} clients: decisions/s | ztinfra / system "
         f"| at {FIXED_RATE:,}/s: p50 ms | p99 ms | p99.9 ms | max ms | CPU ms per 1k | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.note:
-            lines.append(f"| {r.workload} | {r.system} | {r.note} | | | | {r.p50:.2f} | {r.p99:.2f} | | | | |")
+            lines.append(f"| {r.workload} | {r.system} | {r.note} | | | | | | {r.p50:.2f} | {r.p99:.2f} | | | | |")
             continue
         cells = []
         for limit in LIMITS_US:
             mine, zt = r.capacity.get(limit, 0), base.get(r.workload, {}).get(limit, 0)
-            ratio = f"{zt / mine:.2f}x" if mine and zt else ("—" if r.system == "ztinfra" else f"{zt:,} / 0")
-            cells += [f"{mine:,}" if mine else "none ≥ 250/s", ratio if r.system != "ztinfra" else "—"]
+            ratio = f"{zt / mine:.2f}x" if mine and zt else "—"
+            cells += [f"{mine:,}" if mine else "none", ratio if r.system != "ztinfra" else "—"]
+        zt = top.get(r.workload, 0)
+        cells += [f"{r.saturation:,.0f}", f"{zt / r.saturation:.2f}x" if r.system != "ztinfra" and r.saturation else "—"]
         lines.append(
             f"| {r.workload} | {r.system} | {' | '.join(cells)} | {r.p50:.2f} | {r.p99:.2f} | {r.p999:.2f} | "
             f"{r.max:.2f} | {r.cpu_ms_per_1k:.0f} | {r.rss_mb:.0f} |"
