@@ -67,7 +67,6 @@ class Workload:
     requests: list[Request]
     cedar: list[str]  # Cedar policies over Agent/Action/Resource
     cerbos_rules: list[dict]  # rules of one Cerbos resource policy (kind "resource")
-    cerbos_roles: list[str] = field(default_factory=lambda: ["agent"])
 
 
 def w1() -> Workload:

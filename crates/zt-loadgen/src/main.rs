@@ -268,40 +268,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         total.add(worker.await??)?;
     }
     let count = total.len();
-    let us = |q: f64| total.value_at_quantile(q);
-    let offered = args
-        .rate
-        .map_or_else(|| "closed-loop".to_owned(), |r| format!("{r}/s"));
+    let failed = errors.load(Ordering::Relaxed);
+    let seconds = elapsed.as_secs_f64();
+    let per_second = count as f64 / seconds;
+    let [p50, p99, p999] = [0.5, 0.99, 0.999].map(|q| total.value_at_quantile(q));
+    let max = total.max();
     if args.json {
         println!(
-            "{{\"offered\":{},\"connections\":{},\"seconds\":{:.3},\"requests\":{},\"errors\":{},\"per_second\":{:.1},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
+            "{{\"offered\":{},\"connections\":{},\"seconds\":{seconds:.3},\"requests\":{count},\"errors\":{failed},\"per_second\":{per_second:.1},\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999},\"max_us\":{max}}}",
             args.rate.unwrap_or(0),
             args.connections,
-            elapsed.as_secs_f64(),
-            count,
-            errors.load(Ordering::Relaxed),
-            count as f64 / elapsed.as_secs_f64(),
-            us(0.5),
-            us(0.99),
-            us(0.999),
-            total.max()
         );
         return Ok(());
     }
+    let offered = args
+        .rate
+        .map_or_else(|| "closed-loop".to_owned(), |r| format!("{r}/s"));
     println!(
-        "mix={:?} offered={offered} connections={} duration={:.1}s requests={} errors={} decisions/s={:.0} p50={}us p99={}us p99.9={}us max={}us",
-        args.mix,
-        args.connections,
-        elapsed.as_secs_f64(),
-        count,
-        errors.load(Ordering::Relaxed),
-        count as f64 / elapsed.as_secs_f64(),
-        us(0.5),
-        us(0.99),
-        us(0.999),
-        total.max()
+        "mix={:?} offered={offered} connections={} duration={seconds:.1}s requests={count} errors={failed} decisions/s={per_second:.0} p50={p50}us p99={p99}us p99.9={p999}us max={max}us",
+        args.mix, args.connections,
     );
-    if errors.load(Ordering::Relaxed) > 0 {
+    if failed > 0 {
         bail!("some requests failed");
     }
     Ok(())

@@ -67,10 +67,9 @@ impl Decider {
             actions,
         };
         let answer = match self {
-            Self::InProcess(app) => app.possible_actions(query).map_err(|errors| {
-                let detail: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                detail.join("; ")
-            }),
+            Self::InProcess(app) => app
+                .possible_actions(query)
+                .map_err(|errors| crate::gateway::joined(&errors)),
             Self::Remote { base, client } => {
                 let url = format!("{base}/v1/actions/possible");
                 match client.post(&url).json(&query).send().await {

@@ -214,6 +214,12 @@ pub fn sanitize(name: &str) -> String {
         .collect()
 }
 
+/// Field errors as one line.
+pub(crate) fn joined(errors: &[zt_core::FieldError]) -> String {
+    let detail: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    detail.join("; ")
+}
+
 /// `/owner` → `owner`, `/a/b` → `a.b`.
 fn field_name(pointer: &str) -> String {
     pointer.trim_start_matches('/').replace('/', ".")
@@ -273,6 +279,33 @@ fn refusal(
     (text, structured)
 }
 
+/// A list request forwarded as it is. A result from a server that negotiated an older protocol
+/// lacks what 2026-07-28 clients require (`resultType`, `ttlMs`, `cacheScope`): the defaults
+/// fill in, and a result the upstream may have tailored to the gateway is not shared.
+macro_rules! forward_list {
+    ($method:ident, $result:ty) => {
+        async fn $method(
+            &self,
+            request: Option<PaginatedRequestParams>,
+            _context: RequestContext<RoleServer>,
+        ) -> Result<$result, McpError> {
+            self.upstream
+                .peer()
+                .$method(request)
+                .await
+                .map(|mut listed| {
+                    listed.result_type.get_or_insert(ResultType::COMPLETE);
+                    listed.ttl_ms.get_or_insert(0);
+                    listed
+                        .cache_scope
+                        .get_or_insert(rmcp::model::CacheScope::Private);
+                    listed
+                })
+                .map_err(|e| upstream_error(&self.upstream.name, e))
+        }
+    };
+}
+
 impl ServerHandler for Gateway {
     fn get_info(&self) -> ServerConfig {
         self.upstream.info.clone()
@@ -294,9 +327,8 @@ impl ServerHandler for Gateway {
         let decided = match self.policy.decider.decide(decision_request).await {
             Outcome::Decided(decided) => decided,
             Outcome::Invalid(errors) => {
-                let detail: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 return Err(McpError::invalid_params(
-                    format!("the call cannot be decided: {}", detail.join("; ")),
+                    format!("the call cannot be decided: {}", joined(&errors)),
                     None,
                 ));
             }
@@ -382,8 +414,7 @@ impl ServerHandler for Gateway {
             let decided = match self.policy.decider.decide(decision_request).await {
                 Outcome::Decided(decided) => decided,
                 Outcome::Invalid(errors) => {
-                    let detail: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                    return Err(McpError::invalid_params(detail.join("; "), None));
+                    return Err(McpError::invalid_params(joined(&errors), None));
                 }
             };
             if decided.decision != Decision::Allow {
@@ -404,65 +435,11 @@ impl ServerHandler for Gateway {
             .map_err(|e| upstream_error(&self.upstream.name, e))
     }
 
-    async fn list_resources(
-        &self,
-        request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
-    ) -> Result<ListResourcesResult, McpError> {
-        self.upstream
-            .peer()
-            .list_resources(request)
-            .await
-            .map(|mut listed| {
-                listed.result_type.get_or_insert(ResultType::COMPLETE);
-                listed.ttl_ms.get_or_insert(0);
-                listed
-                    .cache_scope
-                    .get_or_insert(rmcp::model::CacheScope::Private);
-                listed
-            })
-            .map_err(|e| upstream_error(&self.upstream.name, e))
-    }
+    forward_list!(list_resources, ListResourcesResult);
 
-    async fn list_resource_templates(
-        &self,
-        request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
-    ) -> Result<ListResourceTemplatesResult, McpError> {
-        self.upstream
-            .peer()
-            .list_resource_templates(request)
-            .await
-            .map(|mut listed| {
-                listed.result_type.get_or_insert(ResultType::COMPLETE);
-                listed.ttl_ms.get_or_insert(0);
-                listed
-                    .cache_scope
-                    .get_or_insert(rmcp::model::CacheScope::Private);
-                listed
-            })
-            .map_err(|e| upstream_error(&self.upstream.name, e))
-    }
+    forward_list!(list_resource_templates, ListResourceTemplatesResult);
 
-    async fn list_prompts(
-        &self,
-        request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
-    ) -> Result<ListPromptsResult, McpError> {
-        self.upstream
-            .peer()
-            .list_prompts(request)
-            .await
-            .map(|mut listed| {
-                listed.result_type.get_or_insert(ResultType::COMPLETE);
-                listed.ttl_ms.get_or_insert(0);
-                listed
-                    .cache_scope
-                    .get_or_insert(rmcp::model::CacheScope::Private);
-                listed
-            })
-            .map_err(|e| upstream_error(&self.upstream.name, e))
-    }
+    forward_list!(list_prompts, ListPromptsResult);
 
     async fn get_prompt(
         &self,
