@@ -1,6 +1,6 @@
 """Side-by-side benchmark of ZT-Infra and peer decision points, in one run on this machine.
 
-    bench/compare.sh [--smoke] [--workloads W1,W2,W3,W4] [--systems NAME,...] [--write]
+    bench/compare.sh [--smoke] [--workloads W1,W2,W3,W4,W5] [--systems NAME,...] [--write]
 
 Systems: `ztinfra` (durable, signed evidence on), `ztinfra-no-evidence` (`--unsafe-no-evidence`,
 to measure what evidence costs), `cedar-agent` (Cedar over HTTP, no audit), `cerbos-audit`
@@ -15,7 +15,9 @@ the scheduled send time into an HDR histogram) to CPU 1. The highest offered rat
 under 2 ms, and under 10 ms, is searched with short probes (3 s after 1 s of warm-up); then three
 runs of 5 s at a fixed 1,000/s give medians of p50, p99, p99.9 and max, CPU milliseconds per 1,000
 decisions (from /proc) and the server's peak RSS. The table prints ratios against ZT-Infra with
-evidence on; `--write` puts it in BENCHMARKS.md.
+evidence on; `--write` puts it in BENCHMARKS.md. W5 replaces the policy set twice a second
+throughout (ztinfra: file rewritten, then POST /v1/policies/reload; cedar-agent: PUT /v1/policies;
+Cerbos: its directory watch), and a failed reload fails the run.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -67,6 +70,7 @@ class Workload:
     requests: list[Request]
     cedar: list[str]  # Cedar policies over Agent/Action/Resource
     cerbos_rules: list[dict]  # rules of one Cerbos resource policy (kind "resource")
+    reload_every: float = 0.0  # seconds between policy reloads while measuring (W5); 0: none
 
 
 def w1() -> Workload:
@@ -127,7 +131,16 @@ def w4() -> Workload:
     )
 
 
-WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4}
+def w5() -> Workload:
+    # W2's 1,000 policies and requests, with the whole set replaced twice a second while the load
+    # runs: every system parses, validates and swaps in the set (the same policies each time, so
+    # the answers do not change and are still checked).
+    base = w2()
+    return Workload("W5", "W2 with its 1,000-policy set reloaded every 0.5 s under load", base.requests,
+                    base.cedar, base.cerbos_rules, reload_every=0.5)
+
+
+WORKLOADS = {"W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,10 +153,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def post(url: str, body: bytes) -> tuple[int, dict]:
+def replace_file(path: Path, text: str) -> None:
+    """Writes a file atomically, so that a watcher never reads half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+class Reloader(threading.Thread):
+    """Reloads a system's policies every `every` seconds until stopped (W5)."""
+
+    def __init__(self, system: System, workload: Workload, port: int, work: Path):
+        super().__init__(daemon=True)
+        self.args = (workload, port, work)
+        self.system, self.every = system, workload.reload_every
+        self.done, self.error = 0, None
+        self.halt = threading.Event()
+
+    def run(self):
+        while not self.halt.wait(self.every):
+            try:
+                self.system.reload(*self.args, self.done + 1)
+                self.done += 1
+            except Exception as e:  # reported by stop()
+                self.error = e
+                return
+
+    def stop(self) -> int:
+        self.halt.set()
+        self.join()
+        if self.error is not None:
+            raise RuntimeError(f"{self.system.name}: a policy reload failed: {self.error}")
+        return self.done
+
+
+def post(url: str, body: bytes, timeout: float = 10) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
@@ -167,6 +214,10 @@ class System:
         raise NotImplementedError
 
     def allowed(self, status: int, answer: dict) -> bool:
+        raise NotImplementedError
+
+    def reload(self, workload: Workload, port: int, work: Path, generation: int) -> None:
+        """Replaces the policy set with an equivalent one (its text differs by `generation`)."""
         raise NotImplementedError
 
 
@@ -198,6 +249,14 @@ class ZtInfra(System):
     def allowed(self, status, answer):
         return status == 200 and answer.get("decision") == "allow"
 
+    def reload(self, workload, port, work, generation):
+        text = "\n".join(workload.cedar) + f"\n// generation {generation}\n"
+        replace_file(work / "policies" / "bench.cedar", text)
+        # A debug build (the smoke run) takes seconds to validate 1,000 policies.
+        status, answer = post(f"http://127.0.0.1:{port}/v1/policies/reload", b"", timeout=120)
+        if status != 200:
+            raise RuntimeError(f"ztinfra reload answered {status}: {answer}")
+
 
 class ZtInfraNoEvidence(ZtInfra):
     name = "ztinfra-no-evidence"
@@ -227,6 +286,15 @@ class CedarAgent(System):
     def allowed(self, status, answer):
         return status == 200 and answer.get("decision") == "Allow"
 
+    def reload(self, workload, port, work, generation):
+        policies = [{"id": f"p{i}-{generation}", "content": text} for i, text in enumerate(workload.cedar)]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/policies", method="PUT",
+                                         data=json.dumps(policies).encode(),
+                                         headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            if response.status != 200:
+                raise RuntimeError(f"cedar-agent reload answered {response.status}")
+
 
 class Cerbos(System):
     name = "cerbos"
@@ -243,11 +311,12 @@ class Cerbos(System):
                   "resourcePolicy": {"version": "default", "resource": "resource", "rules": workload.cerbos_rules}}
         # JSON is YAML: Cerbos reads it as a .yaml file.
         (policies / "resource.yaml").write_text(json.dumps(policy))
+        self.watch = workload.reload_every > 0
 
     def command(self, port, work):
         config = {
             "server": {"httpListenAddr": f"127.0.0.1:{port}", "grpcListenAddr": f"127.0.0.1:{free_port()}"},
-            "storage": {"driver": "disk", "disk": {"directory": str(work / "policies"), "watchForChanges": False}},
+            "storage": {"driver": "disk", "disk": {"directory": str(work / "policies"), "watchForChanges": self.watch}},
             "audit": {"enabled": self.audit, "accessLogsEnabled": False, "decisionLogsEnabled": self.audit,
                       "backend": "local", "local": {"storagePath": str(work / "audit")}},
         }
@@ -264,6 +333,13 @@ class Cerbos(System):
             return status == 200 and "EFFECT_ALLOW" in answer["results"][0]["actions"].values()
         except (KeyError, IndexError, AttributeError):
             return False
+
+
+    def reload(self, workload, port, work, generation):
+        # Cerbos has no reload call without its admin API: it watches the directory.
+        policy = {"apiVersion": "api.cerbos.dev/v1", "metadata": {"annotations": {"generation": str(generation)}},
+                  "resourcePolicy": {"version": "default", "resource": "resource", "rules": workload.cerbos_rules}}
+        replace_file(work / "policies" / "resource.yaml", json.dumps(policy))
 
 
 class CerbosAudit(Cerbos):
@@ -324,6 +400,7 @@ class Row:
     max: float = 0
     cpu_ms_per_1k: float = 0
     rss_mb: float = 0
+    reloads: int = 0  # policy reloads done while measuring (W5)
     note: str = ""
 
 
@@ -396,8 +473,14 @@ def measure(system: System, workload: Workload, smoke: bool) -> Row:
                 if system.allowed(status, answer) != r.allow:
                     raise RuntimeError(f"{system.name} answered {status} {json.dumps(answer)[:300]} to "
                                        f"{r.actor} {r.action}; expected {'allow' if r.allow else 'deny'}")
+            reloader = Reloader(system, workload, port, work) if workload.reload_every else None
+            if reloader:
+                reloader.start()
             if smoke:
                 result = load(port, system, bodies, 200, 1, 0)
+                row.reloads = reloader.stop() if reloader else 0
+                if reloader and not row.reloads:
+                    raise RuntimeError("no policy reload happened during the smoke run")
                 if result["errors"]:
                     raise RuntimeError(f"{result['errors']} errors")
                 row.p50, row.p99 = result["p50_us"] / 1000, result["p99_us"] / 1000
@@ -417,6 +500,7 @@ def measure(system: System, workload: Workload, smoke: bool) -> Row:
             row.p50, row.p99, row.p999, row.max = pick("p50_us"), pick("p99_us"), pick("p999_us"), pick("max_us")
             row.cpu_ms_per_1k = statistics.median(cpu)
             row.rss_mb = peak_rss_mb(server.pid)
+            row.reloads = reloader.stop() if reloader else 0
             return row
         finally:
             server.terminate()
@@ -437,8 +521,9 @@ def table(rows: list[Row]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        workload = f"{r.workload} ({r.reloads:,} reloads)" if r.reloads else r.workload
         if r.note:
-            lines.append(f"| {r.workload} | {r.system} | {r.note} | | | | | | {r.p50:.2f} | {r.p99:.2f} | | | | |")
+            lines.append(f"| {workload} | {r.system} | {r.note} | | | | | | {r.p50:.2f} | {r.p99:.2f} | | | | |")
             continue
         cells = []
         for limit in LIMITS_US:
@@ -448,7 +533,7 @@ def table(rows: list[Row]) -> str:
         zt = top.get(r.workload, 0)
         cells += [f"{r.saturation:,.0f}", f"{zt / r.saturation:.2f}x" if r.system != "ztinfra" and r.saturation else "—"]
         lines.append(
-            f"| {r.workload} | {r.system} | {' | '.join(cells)} | {r.p50:.2f} | {r.p99:.2f} | {r.p999:.2f} | "
+            f"| {workload} | {r.system} | {' | '.join(cells)} | {r.p50:.2f} | {r.p99:.2f} | {r.p999:.2f} | "
             f"{r.max:.2f} | {r.cpu_ms_per_1k:.0f} | {r.rss_mb:.0f} |"
         )
     return "\n".join(lines)
@@ -457,7 +542,7 @@ def table(rows: list[Row]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="one second per system and workload, no search")
-    parser.add_argument("--workloads", default="W1,W2,W3,W4")
+    parser.add_argument("--workloads", default="W1,W2,W3,W4,W5")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md")
     args = parser.parse_args()
@@ -491,7 +576,7 @@ def write(rows: list[Row], args) -> None:
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text()
     begin, end = "<!-- compare:begin -->", "<!-- compare:end -->"
-    command = "bench/compare.sh" + (f" --workloads {args.workloads}" if args.workloads != "W1,W2,W3,W4" else "")
+    command = "bench/compare.sh" + (f" --workloads {args.workloads}" if args.workloads != "W1,W2,W3,W4,W5" else "")
     block = (f"{begin}\nMeasured {time.strftime('%Y-%m-%d')} by `{command} --write`; workloads: "
              + "; ".join(f"{w}: {WORKLOADS[w]().title}" for w in args.workloads.split(","))
              + f".\n\n{table(rows)}\n{end}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ZT-Infra side by side with peer decision points (see bench/compare.py for the method).
 #
-#   bench/compare.sh [--smoke] [--workloads W1,W2,W3,W4] [--systems ...] [--write]
+#   bench/compare.sh [--smoke] [--workloads W1,W2,W3,W4,W5] [--systems ...] [--write]
 #
 # Installs the pinned peers into ${ZTINFRA_BENCH_CACHE:-~/.cache/ztinfra-bench}, outside the
 # repository: cedar-agent from crates.io (built from source once: minutes) and Cerbos from npm.

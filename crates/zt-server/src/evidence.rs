@@ -549,8 +549,8 @@ async fn commit(
     let written = shared
         .store
         .append_evidence(
-            &stored,
-            &StoredCheckpoint {
+            stored,
+            StoredCheckpoint {
                 tree_size: size,
                 note: note.clone(),
             },

@@ -22,36 +22,9 @@ pub struct StoredCheckpoint {
     pub note: String,
 }
 
-/// The largest multi-row insert on SQLite, in rows (3 bound values each).
-const SQLITE_CHUNK: usize = 512;
-
-/// `INSERT ... VALUES (?, ?, ?), ...` for 1, 2, 4, ... SQLITE_CHUNK rows: a batch is inserted in
-/// power-of-two chunks, so that a handful of prepared statements serve every batch size, each
-/// chunk one round trip to SQLite's worker thread.
-fn sqlite_insert(rows: usize) -> &'static str {
-    static STATEMENTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let statements = STATEMENTS.get_or_init(|| {
-        let mut all = Vec::new();
-        let mut n = 1;
-        while n <= SQLITE_CHUNK {
-            let values = vec!["(?, ?, ?)"; n].join(", ");
-            all.push(format!(
-                "INSERT INTO zt_evidence_records (seq, hash, body) VALUES {values}"
-            ));
-            n *= 2;
-        }
-        all
-    });
-    let index = rows.max(1).ilog2() as usize;
-    statements
-        .get(index)
-        .or(statements.last())
-        .map_or("", String::as_str)
-}
-
 /// Refuses a batch that does not start where the stored log ends (`next`: one past the last
 /// stored sequence number, `None` for an empty log).
-fn check_next(next: Option<i64>, expected: u64) -> Result<(), StoreError> {
+pub(crate) fn check_next(next: Option<i64>, expected: u64) -> Result<(), StoreError> {
     let found = to_u64(next.unwrap_or(0))?;
     if found == expected {
         Ok(())
@@ -63,7 +36,7 @@ fn check_next(next: Option<i64>, expected: u64) -> Result<(), StoreError> {
 /// The advisory lock key serializing evidence writers on PostgreSQL.
 const APPEND_LOCK: i64 = 7_247_017;
 
-fn to_i64(n: u64) -> Result<i64, StoreError> {
+pub(crate) fn to_i64(n: u64) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(|_| StoreError::Corrupt(format!("sequence number {n} out of range")))
 }
 
@@ -81,7 +54,7 @@ impl Store {
     ) -> Result<String, StoreError> {
         let value = init();
         match &self.backend {
-            Backend::Sqlite(pool) => {
+            Backend::Sqlite(pool, _) => {
                 sqlx::query(
                     "INSERT INTO zt_meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
                 )
@@ -120,7 +93,7 @@ impl Store {
         created_at_ms: i64,
     ) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite(pool) => {
+            Backend::Sqlite(pool, _) => {
                 sqlx::query("INSERT INTO zt_evidence_keys (key_id, key_json, created_at_ms) VALUES (?, ?, ?) ON CONFLICT (key_id) DO NOTHING")
                     .bind(key_id).bind(key_json).bind(created_at_ms).execute(pool).await?;
             }
@@ -135,7 +108,7 @@ impl Store {
     /// Replaces a key's JSON (to mark it retired).
     pub async fn update_key(&self, key_id: &str, key_json: &str) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite(pool) => {
+            Backend::Sqlite(pool, _) => {
                 sqlx::query("UPDATE zt_evidence_keys SET key_json = ? WHERE key_id = ?")
                     .bind(key_json)
                     .bind(key_id)
@@ -157,47 +130,23 @@ impl Store {
     pub async fn keys(&self) -> Result<Vec<String>, StoreError> {
         let sql = "SELECT key_json FROM zt_evidence_keys ORDER BY created_at_ms, key_id";
         Ok(match &self.backend {
-            Backend::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await?,
+            Backend::Sqlite(pool, _) => sqlx::query_scalar(sql).fetch_all(pool).await?,
             Backend::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await?,
         })
     }
 
-    /// Appends records and the checkpoint over them, in one transaction. `records` must start
-    /// where the stored log ends.
+    /// Appends records and the checkpoint over them, in one transaction, and returns once it
+    /// is durable. `records` must start where the stored log ends.
     pub async fn append_evidence(
         &self,
-        records: &[StoredRecord],
-        checkpoint: &StoredCheckpoint,
+        records: Vec<StoredRecord>,
+        checkpoint: StoredCheckpoint,
     ) -> Result<(), StoreError> {
-        let Some(first) = records.first() else {
+        let Some(first) = records.first().map(|r| r.seq) else {
             return Ok(());
         };
         match &self.backend {
-            Backend::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
-                let next: Option<i64> =
-                    sqlx::query_scalar("SELECT MAX(seq) + 1 FROM zt_evidence_records")
-                        .fetch_one(&mut *tx)
-                        .await?;
-                check_next(next, first.seq)?;
-                let mut rest = records;
-                while !rest.is_empty() {
-                    let rows = 1usize << rest.len().min(SQLITE_CHUNK).ilog2();
-                    let (chunk, tail) = rest.split_at(rows);
-                    let mut query = sqlx::query(sqlite_insert(rows));
-                    for r in chunk {
-                        query = query.bind(to_i64(r.seq)?).bind(&r.hash).bind(&r.body);
-                    }
-                    query.execute(&mut *tx).await?;
-                    rest = tail;
-                }
-                sqlx::query("INSERT INTO zt_evidence_checkpoints (tree_size, note) VALUES (?, ?)")
-                    .bind(to_i64(checkpoint.tree_size)?)
-                    .bind(&checkpoint.note)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-            }
+            Backend::Sqlite(_, appender) => appender.append(records, checkpoint).await?,
             Backend::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -208,7 +157,7 @@ impl Store {
                     sqlx::query_scalar("SELECT MAX(seq) + 1 FROM zt_evidence_records")
                         .fetch_one(&mut *tx)
                         .await?;
-                check_next(next, first.seq)?;
+                check_next(next, first)?;
                 let seqs = records
                     .iter()
                     .map(|r| to_i64(r.seq))
@@ -244,7 +193,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<(u64, String)>, StoreError> {
         let rows: Vec<(i64, String)> = match &self.backend {
-            Backend::Sqlite(pool) => {
+            Backend::Sqlite(pool, _) => {
                 sqlx::query_as(
                     "SELECT seq, hash FROM zt_evidence_records WHERE seq >= ? ORDER BY seq LIMIT ?",
                 )
@@ -274,7 +223,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<StoredRecord>, StoreError> {
         let rows: Vec<(i64, String, String)> = match &self.backend {
-            Backend::Sqlite(pool) => {
+            Backend::Sqlite(pool, _) => {
                 sqlx::query_as("SELECT seq, hash, body FROM zt_evidence_records WHERE seq >= ? AND seq < ? ORDER BY seq LIMIT ?")
                     .bind(to_i64(from)?).bind(to_i64(to)?).bind(i64::from(limit)).fetch_all(pool).await?
             }
@@ -301,7 +250,7 @@ impl Store {
         to: u64,
     ) -> Result<Vec<StoredCheckpoint>, StoreError> {
         let rows: Vec<(i64, String)> = match &self.backend {
-            Backend::Sqlite(pool) => {
+            Backend::Sqlite(pool, _) => {
                 sqlx::query_as("SELECT tree_size, note FROM zt_evidence_checkpoints WHERE tree_size > ? AND tree_size <= ? ORDER BY tree_size")
                     .bind(to_i64(from)?).bind(to_i64(to)?).fetch_all(pool).await?
             }
@@ -328,7 +277,7 @@ impl Store {
         latest: bool,
     ) -> Result<Option<StoredCheckpoint>, StoreError> {
         let row: Option<(i64, String)> = match (&self.backend, latest) {
-            (Backend::Sqlite(pool), true) => {
+            (Backend::Sqlite(pool, _), true) => {
                 sqlx::query_as("SELECT tree_size, note FROM zt_evidence_checkpoints ORDER BY tree_size DESC LIMIT 1")
                     .fetch_optional(pool).await?
             }
@@ -336,7 +285,7 @@ impl Store {
                 sqlx::query_as("SELECT tree_size, note FROM zt_evidence_checkpoints ORDER BY tree_size DESC LIMIT 1")
                     .fetch_optional(pool).await?
             }
-            (Backend::Sqlite(pool), false) => {
+            (Backend::Sqlite(pool, _), false) => {
                 sqlx::query_as("SELECT tree_size, note FROM zt_evidence_checkpoints WHERE tree_size >= ? ORDER BY tree_size LIMIT 1")
                     .bind(to_i64(size)?).fetch_optional(pool).await?
             }
@@ -399,8 +348,8 @@ mod tests {
         let batch: Vec<_> = (0..3).map(record).collect();
         store
             .append_evidence(
-                &batch,
-                &StoredCheckpoint {
+                batch,
+                StoredCheckpoint {
                     tree_size: 3,
                     note: "n3".into(),
                 },
@@ -410,8 +359,8 @@ mod tests {
         let batch: Vec<_> = (3..5).map(record).collect();
         store
             .append_evidence(
-                &batch,
-                &StoredCheckpoint {
+                batch,
+                StoredCheckpoint {
                     tree_size: 5,
                     note: "n5".into(),
                 },
@@ -421,8 +370,8 @@ mod tests {
         // A writer that believes the log is shorter (or longer) is refused, and nothing is written.
         let err = store
             .append_evidence(
-                &[record(4)],
-                &StoredCheckpoint {
+                vec![record(4)],
+                StoredCheckpoint {
                     tree_size: 5,
                     note: "x".into(),
                 },
@@ -440,13 +389,13 @@ mod tests {
             "{err}"
         );
 
-        // A batch larger than the largest chunk.
-        let big: Vec<_> = (5..5 + SQLITE_CHUNK as u64 + 7).map(record).collect();
-        let size = 5 + SQLITE_CHUNK as u64 + 7;
+        // A large batch.
+        let size = 5 + 1_000;
+        let big: Vec<_> = (5..size).map(record).collect();
         store
             .append_evidence(
-                &big,
-                &StoredCheckpoint {
+                big,
+                StoredCheckpoint {
                     tree_size: size,
                     note: "big".into(),
                 },

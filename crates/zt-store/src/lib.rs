@@ -18,6 +18,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Executor, Row};
 
+mod appender;
 mod evidence;
 pub use evidence::{StoredCheckpoint, StoredRecord};
 
@@ -92,6 +93,10 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("store error")]
     Database(#[from] sqlx::Error),
+    #[error("store error")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the evidence append thread has stopped")]
+    AppenderStopped,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error(
@@ -113,7 +118,8 @@ pub struct Activation {
 
 #[derive(Debug, Clone)]
 enum Backend {
-    Sqlite(SqlitePool),
+    /// The pool for everything but evidence appends, which have a connection of their own.
+    Sqlite(SqlitePool, appender::Appender),
     Postgres(PgPool),
 }
 
@@ -174,7 +180,7 @@ impl Store {
                     .connect_with(options)
                     .await
                     .map_err(open_error)?;
-                Backend::Sqlite(pool)
+                Backend::Sqlite(pool, appender::Appender::open(path)?)
             }
             Location::Postgres(url) => {
                 let options = PgConnectOptions::from_str(url).map_err(open_error)?;
@@ -238,7 +244,7 @@ impl Store {
             }};
         }
         match &self.backend {
-            Backend::Sqlite(pool) => run!(
+            Backend::Sqlite(pool, _) => run!(
                 pool,
                 None::<&str>,
                 "INSERT INTO zt_schema_version (version) VALUES (?)",
@@ -270,7 +276,7 @@ impl Store {
             };
         }
         match &self.backend {
-            Backend::Sqlite(pool) => {
+            Backend::Sqlite(pool, _) => {
                 insert!(
                     pool,
                     "INSERT INTO zt_policy_activations (id, version, activated_at_ms, files)
@@ -295,7 +301,7 @@ impl Store {
     /// The most recent activations, newest first.
     pub async fn activations(&self, limit: u32) -> Result<Vec<Activation>, StoreError> {
         let rows = match &self.backend {
-            Backend::Sqlite(pool) => {
+            Backend::Sqlite(pool, _) => {
                 let rows = sqlx::query("SELECT version, activated_at_ms, files FROM zt_policy_activations ORDER BY id DESC LIMIT ?")
                     .bind(i64::from(limit))
                     .fetch_all(pool)
@@ -320,7 +326,7 @@ impl Store {
     /// Checks that the store answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite(pool) => {
+            Backend::Sqlite(pool, _) => {
                 pool.execute("SELECT 1").await?;
             }
             Backend::Postgres(pool) => {
@@ -333,7 +339,7 @@ impl Store {
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite(pool) => pool.close().await,
+            Backend::Sqlite(pool, _) => pool.close().await,
             Backend::Postgres(pool) => pool.close().await,
         }
     }
@@ -408,7 +414,7 @@ mod tests {
         // Reopening applies no migration twice and keeps the data.
         let store = Store::open_in(dir.path()).await.unwrap();
         assert_eq!(store.activations(10).await.unwrap().len(), 2);
-        let Backend::Sqlite(pool) = &store.backend else {
+        let Backend::Sqlite(pool, _) = &store.backend else {
             unreachable!()
         };
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
@@ -427,7 +433,7 @@ mod tests {
     async fn a_store_from_a_newer_build_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_in(dir.path()).await.unwrap();
-        let Backend::Sqlite(pool) = &store.backend else {
+        let Backend::Sqlite(pool, _) = &store.backend else {
             unreachable!()
         };
         sqlx::query("INSERT INTO zt_schema_version (version) VALUES (99)")
