@@ -41,8 +41,8 @@ impl Appender {
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Corrupt(format!(
-                "the SQLite database refused write-ahead logging (journal mode `{mode}`)"
+            return Err(StoreError::Unsupported(format!(
+                "the database refused write-ahead logging (journal mode `{mode}`)"
             )));
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -55,7 +55,7 @@ impl Appender {
                     let _ = job.reply.send(result);
                 }
             })
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the append thread: {e}")))?;
+            .map_err(StoreError::Thread)?;
         Ok(Self { jobs })
     }
 

@@ -97,6 +97,10 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the evidence append thread has stopped")]
     AppenderStopped,
+    #[error("cannot use the SQLite store: {0}")]
+    Unsupported(String),
+    #[error("cannot start the evidence append thread")]
+    Thread(#[source] std::io::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error(
@@ -336,7 +340,8 @@ impl Store {
         Ok(())
     }
 
-    /// Closes the pool, waiting for connections to finish.
+    /// Closes the pool, waiting for connections to finish. On SQLite the evidence append
+    /// connection closes when the last clone of the store is dropped.
     pub async fn close(&self) {
         match &self.backend {
             Backend::Sqlite(pool, _) => pool.close().await,
