@@ -334,7 +334,6 @@ class Cerbos(System):
         except (KeyError, IndexError, AttributeError):
             return False
 
-
     def reload(self, workload, port, work, generation):
         # Cerbos has no reload call without its admin API: it watches the directory.
         policy = {"apiVersion": "api.cerbos.dev/v1", "metadata": {"annotations": {"generation": str(generation)}},
@@ -444,6 +443,16 @@ def capacities(probe) -> dict:
     return passed
 
 
+def check(system: System, workload: Workload, port: int) -> None:
+    """The same answers everywhere (before the load, and after it and any reloads), or the
+    comparison means nothing."""
+    for r in workload.requests[:50]:
+        status, answer = post(f"http://127.0.0.1:{port}{system.path}", json.dumps(system.body(r)).encode())
+        if system.allowed(status, answer) != r.allow:
+            raise RuntimeError(f"{system.name} answered {status} {json.dumps(answer)[:300]} to "
+                               f"{r.actor} {r.action}; expected {'allow' if r.allow else 'deny'}")
+
+
 def measure(system: System, workload: Workload, smoke: bool) -> Row:
     row = Row(system.name, workload.name)
     with tempfile.TemporaryDirectory(prefix=f"zt-bench-{system.name}-") as tmp:
@@ -467,12 +476,7 @@ def measure(system: System, workload: Workload, smoke: bool) -> Row:
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"{system.name} did not listen")
                     time.sleep(0.1)
-            # The same answers everywhere, or the comparison means nothing.
-            for r in workload.requests[:50]:
-                status, answer = post(f"http://127.0.0.1:{port}{system.path}", json.dumps(system.body(r)).encode())
-                if system.allowed(status, answer) != r.allow:
-                    raise RuntimeError(f"{system.name} answered {status} {json.dumps(answer)[:300]} to "
-                                       f"{r.actor} {r.action}; expected {'allow' if r.allow else 'deny'}")
+            check(system, workload, port)
             reloader = Reloader(system, workload, port, work) if workload.reload_every else None
             if reloader:
                 reloader.start()
@@ -481,6 +485,7 @@ def measure(system: System, workload: Workload, smoke: bool) -> Row:
                 row.reloads = reloader.stop() if reloader else 0
                 if reloader and not row.reloads:
                     raise RuntimeError("no policy reload happened during the smoke run")
+                check(system, workload, port)
                 if result["errors"]:
                     raise RuntimeError(f"{result['errors']} errors")
                 row.p50, row.p99 = result["p50_us"] / 1000, result["p99_us"] / 1000
@@ -501,6 +506,7 @@ def measure(system: System, workload: Workload, smoke: bool) -> Row:
             row.cpu_ms_per_1k = statistics.median(cpu)
             row.rss_mb = peak_rss_mb(server.pid)
             row.reloads = reloader.stop() if reloader else 0
+            check(system, workload, port)
             return row
         finally:
             server.terminate()
