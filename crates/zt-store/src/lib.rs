@@ -2,8 +2,10 @@
 //! default, one file under the data directory, in WAL mode with `synchronous=FULL`) and
 //! PostgreSQL (for several stateless replicas).
 //!
-//! Today the store keeps the history of policy activations: which policy version became active
-//! when, from which files. The evidence log (records, checkpoints) joins it.
+//! It keeps the history of policy activations (which policy version became active when, from
+//! which files) and the evidence log (`evidence.rs`: records, checkpoints, public keys, the log's
+//! origin). On SQLite, evidence appends go through a connection and thread of their own
+//! (`appender.rs`); everything else goes through the sqlx pool.
 //!
 //! Architecture invariant: both backends run the same migrations, numbered and applied once,
 //! in order, inside a transaction; a database from a newer ZT-Infra is refused, not modified.
