@@ -21,7 +21,8 @@
 use serde_json::{Map, Value, json};
 
 use crate::contract::{
-    ActionName, FieldError, Limits, Party, ValidRequest, drop_nulls_and_check, entity_type,
+    ActionName, FieldError, Limits, Party, ValidRequest, cedar_context, drop_nulls_and_check,
+    entity_type,
 };
 
 /// The context key under which a request's action properties reach the policies.
@@ -109,14 +110,14 @@ impl Evaluation {
         if let Some(properties) = action.properties {
             context.insert(ACTION_PROPERTIES_KEY.into(), Value::Object(properties));
         }
-        ValidRequest::from_parts(
+        let cedar_context = cedar_context(&context).map_err(|e| vec![e])?;
+        Ok(ValidRequest::from_parts(
             Value::Object(record),
             principal,
             action.name,
             target,
-            context,
-        )
-        .map_err(|e| vec![e])
+            cedar_context,
+        ))
     }
 }
 
