@@ -7,6 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# bench/engines (the in-process comparison with regorus and casbin) is a workspace of its own.
+engines=(--manifest-path bench/engines/Cargo.toml --target-dir target --locked)
+cargo fmt --manifest-path bench/engines/Cargo.toml --check
+cargo clippy "${engines[@]}" -- -D warnings
 cargo test --workspace --all-targets --locked
 
 # The MCP gateway end to end, against parts this project did not write: the official Python MCP
@@ -26,3 +30,6 @@ ZTINFRA_BIN="$PWD/target/debug/ztinfra" target/mcp-venv/bin/python -m pytest -q 
 # already installed in the benchmark cache take part; the full run installs them.
 cargo build --locked -p zt-loadgen
 ZTINFRA_BENCH_BIN_DIR="$PWD/target/debug" python3 bench/compare.py --smoke
+# And of the in-process comparison (bench/engines.sh): every engine must give every workload's
+# expected decisions.
+cargo run "${engines[@]}" -- --smoke
