@@ -186,7 +186,10 @@ impl Store {
                     .connect_with(options)
                     .await
                     .map_err(open_error)?;
-                Backend::Sqlite(pool, appender::Appender::open(path)?)
+                Backend::Sqlite(
+                    pool,
+                    appender::Appender::open(path, appender::RESTART_FRAMES)?,
+                )
             }
             Location::Postgres(url) => {
                 let options = PgConnectOptions::from_str(url).map_err(open_error)?;
