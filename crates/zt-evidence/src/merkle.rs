@@ -15,7 +15,18 @@ pub struct Hash(pub [u8; 32]);
 
 impl Hash {
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        let mut out = String::with_capacity(64);
+        self.push_hex(&mut out);
+        out
+    }
+
+    /// Appends the hash in lower-case hex to `out`.
+    pub fn push_hex(&self, out: &mut String) {
+        for byte in self.0 {
+            for nibble in [byte >> 4, byte & 0xf] {
+                out.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+            }
+        }
     }
 
     pub fn from_hex(s: &str) -> Option<Self> {

@@ -8,7 +8,9 @@
 //! through [`Chain::seal`], which gives it its place (sequence number and previous hash).
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use std::fmt::Write as _;
 
 use crate::canonical;
 use crate::merkle::{Hash, leaf_hash};
@@ -37,9 +39,7 @@ pub struct PendingRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SealedRecord {
     pub seq: u64,
-    /// The record as a JSON object.
-    pub body: Value,
-    /// Its canonical encoding: the bytes stored and hashed.
+    /// The record's canonical encoding (a JSON object): the bytes stored and hashed.
     pub canonical: String,
     pub hash: Hash,
 }
@@ -73,27 +73,38 @@ impl Chain {
     }
 
     /// Gives `pending` the next place in the log.
+    ///
+    /// The record object is written straight to its canonical encoding, its members in their
+    /// canonical order (`decision`, `decision_id`, `policy_version`, `prev_hash`, `reasons`,
+    /// `request`, `seq`, `time_ms`, `v`), without building it as a JSON value first: this runs
+    /// once per decision, in the log's one writer.
     pub fn seal(&mut self, pending: PendingRecord) -> SealedRecord {
         let seq = self.next_seq;
-        let body = json!({
-            "v": FORMAT_VERSION,
-            "seq": seq,
-            "time_ms": pending.time_ms,
-            "decision_id": pending.decision_id,
-            "request": pending.request,
-            "decision": pending.decision,
-            "reasons": pending.reasons,
-            "policy_version": pending.policy_version,
-            "prev_hash": self.last_hash.to_hex(),
-        });
-        let canonical = canonical::to_string(&body);
-        let hash = Hash::digest(canonical.as_bytes());
+        let mut out = String::with_capacity(512);
+        out.push_str("{\"decision\":");
+        canonical::write_str(&pending.decision, &mut out);
+        out.push_str(",\"decision_id\":");
+        canonical::write_str(&pending.decision_id, &mut out);
+        out.push_str(",\"policy_version\":");
+        canonical::write_str(&pending.policy_version, &mut out);
+        out.push_str(",\"prev_hash\":\"");
+        self.last_hash.push_hex(&mut out);
+        out.push_str("\",\"reasons\":");
+        canonical::write(&pending.reasons, &mut out);
+        out.push_str(",\"request\":");
+        canonical::write(&pending.request, &mut out);
+        // Writing to a String cannot fail.
+        let _ = write!(
+            out,
+            ",\"seq\":{seq},\"time_ms\":{},\"v\":{FORMAT_VERSION}}}",
+            pending.time_ms
+        );
+        let hash = Hash::digest(out.as_bytes());
         self.next_seq += 1;
         self.last_hash = hash;
         SealedRecord {
             seq,
-            body,
-            canonical,
+            canonical: out,
             hash,
         }
     }
@@ -101,6 +112,9 @@ impl Chain {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
     use super::*;
 
     fn pending(id: &str) -> PendingRecord {
@@ -114,15 +128,35 @@ mod tests {
         }
     }
 
+    /// The record object a sealed record must encode.
+    fn expected(pending: &PendingRecord, seq: u64, prev: Hash) -> Value {
+        json!({
+            "v": FORMAT_VERSION,
+            "seq": seq,
+            "time_ms": pending.time_ms,
+            "decision_id": pending.decision_id,
+            "request": pending.request,
+            "decision": pending.decision,
+            "reasons": pending.reasons,
+            "policy_version": pending.policy_version,
+            "prev_hash": prev.to_hex(),
+        })
+    }
+
     #[test]
     fn records_chain_and_hash_their_canonical_bytes() {
         let mut chain = Chain::genesis();
         let first = chain.seal(pending("d1"));
         let second = chain.seal(pending("d2"));
         assert_eq!((first.seq, second.seq), (0, 1));
-        assert_eq!(first.body["prev_hash"], GENESIS.to_hex());
-        assert_eq!(second.body["prev_hash"], first.hash.to_hex());
-        assert_eq!(record_hash(&first.body), first.hash);
+        assert_eq!(
+            canonical::to_string(&expected(&pending("d1"), 0, GENESIS)),
+            first.canonical
+        );
+        assert_eq!(
+            canonical::to_string(&expected(&pending("d2"), 1, first.hash)),
+            second.canonical
+        );
         assert_eq!(Hash::digest(first.canonical.as_bytes()), first.hash);
         assert!(
             first
@@ -131,5 +165,38 @@ mod tests {
         );
         assert_eq!(chain.next_seq, 2);
         assert_eq!(chain.last_hash, second.hash);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever a decision holds, the record written directly is the canonical encoding
+        /// of the record object, and parses back to it.
+        #[test]
+        fn sealed_records_are_the_canonical_encoding_of_their_object(
+            id in any::<String>(),
+            decision in any::<String>(),
+            version in any::<String>(),
+            key in any::<String>(),
+            text in any::<String>(),
+            time_ms in any::<i64>(),
+            seq in any::<u64>(),
+        ) {
+            let pending = PendingRecord {
+                time_ms,
+                decision_id: id,
+                request: json!({"actor": text, "context": {key.clone(): [text, null, -3]}}),
+                decision,
+                reasons: json!([{key: true}]),
+                policy_version: version,
+            };
+            let prev = Hash::digest(b"prev");
+            let mut chain = Chain { next_seq: seq, last_hash: prev };
+            let sealed = chain.seal(pending.clone());
+            let object = expected(&pending, seq, prev);
+            prop_assert_eq!(&canonical::to_string(&object), &sealed.canonical);
+            prop_assert_eq!(serde_json::from_str::<Value>(&sealed.canonical).ok(), Some(object));
+            prop_assert_eq!(record_hash(&expected(&pending, seq, prev)), sealed.hash);
+        }
     }
 }
