@@ -3,7 +3,8 @@
 //!
 //! Architecture invariant: a decision response is sent only after its record is durable. Each
 //! handler hands its records to [`EvidenceLog::append`] and waits. One writer task takes every
-//! record waiting at that moment (up to `max_batch`), seals them onto the chain, appends their
+//! record waiting at that moment, and those of the requests ready to be decided just after
+//! (up to `max_batch`), seals them onto the chain, appends their
 //! leaves, signs one checkpoint over the new root, and writes records and checkpoint in one
 //! transaction (SQLite `synchronous=FULL`, PostgreSQL's commit). Only then are the handlers told
 //! their receipts. While one batch commits, the next gathers: one fsync serves many requests.
@@ -457,9 +458,15 @@ async fn writer(
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
         let mut count = batch.iter().map(|j| j.records.len()).sum::<usize>();
-        // Take what is waiting; while decisions already made are still on their way, give
-        // them a moment (bounded) to join, rather than spend a whole commit on a few records.
+        // Take what is waiting, then let the tasks that are ready to run (requests already
+        // read, decisions being made) run before committing: the writer is woken by the first
+        // record and would otherwise run next, before the others could add theirs, and commit
+        // records one or two at a time. Each commit costs the core far more than a record does
+        // (its signature, and the fsync's own work in the kernel; BENCHMARKS.md), so the
+        // writer yields again while yielding brings records, or while decisions it was told of
+        // are still on their way, for at most `GATHER`.
         let opened = Instant::now();
+        let (mut yielded, mut before_yield) = (false, count);
         loop {
             while count < max_batch {
                 match jobs.try_recv() {
@@ -470,12 +477,12 @@ async fn writer(
                     Err(_) => break,
                 }
             }
-            if count >= max_batch
-                || shared.arriving.load(Ordering::Relaxed) == 0
-                || opened.elapsed() >= GATHER
-            {
+            let idle =
+                yielded && count == before_yield && shared.arriving.load(Ordering::Relaxed) == 0;
+            if idle || count >= max_batch || opened.elapsed() >= GATHER {
                 break;
             }
+            (yielded, before_yield) = (true, count);
             tokio::task::yield_now().await;
         }
         let committing = Instant::now();
@@ -538,12 +545,17 @@ async fn commit(
         size,
         root,
     });
+    let mut placed = Vec::with_capacity(sealed.len());
     let stored: Vec<StoredRecord> = sealed
-        .iter()
-        .map(|r| StoredRecord {
-            seq: r.seq,
-            hash: r.hash.to_hex(),
-            body: r.canonical.clone(),
+        .into_iter()
+        .map(|r| {
+            let hash = r.hash.to_hex();
+            placed.push((r.seq, hash.clone()));
+            StoredRecord {
+                seq: r.seq,
+                hash,
+                body: r.canonical,
+            }
         })
         .collect();
     let written = shared
@@ -562,24 +574,75 @@ async fn commit(
         }
         return Err(e.into());
     }
-    let mut prev = chain.last_hash;
+    let mut prev = chain.last_hash.to_hex();
     *chain = next;
     shared.durable.store(Arc::new(Durable {
         tree_size: size,
         root: root.to_hex(),
         note,
     }));
-    Ok(sealed
+    Ok(placed
         .into_iter()
-        .map(|r| {
-            let receipt = Receipt {
-                seq: r.seq,
-                hash: r.hash.to_hex(),
-                checkpoint_size: size,
-                prev_hash: prev.to_hex(),
-            };
-            prev = r.hash;
-            receipt
+        .map(|(seq, hash)| Receipt {
+            seq,
+            prev_hash: std::mem::replace(&mut prev, hash.clone()),
+            hash,
+            checkpoint_size: size,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn pending(i: usize) -> PendingRecord {
+        PendingRecord {
+            time_ms: 1_700_000_000_000,
+            decision_id: format!("d-{i}"),
+            request: json!({"actor": "a", "action": "x.y", "resource": format!("r{i}")}),
+            decision: "deny".into(),
+            reasons: json!([]),
+            policy_version: "sha256:00".into(),
+        }
+    }
+
+    /// On one worker thread, as on a server pinned to one core: decisions ready at the same
+    /// moment share one commit. The writer is woken by the first record and used to run before
+    /// the others were made, committing it alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn decisions_ready_together_share_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in(dir.path()).await.unwrap();
+        let signer = Arc::new(crate::keys::load_or_generate(&dir.path().join("keys")).unwrap());
+        let log = EvidenceLog::open(store, signer, 1000).await.unwrap();
+        // Warm up: the first commit opens what the later ones reuse.
+        log.append(vec![pending(0)], None).await.unwrap();
+
+        // Spawned from a task on the one worker, all 32 are queued before any of them runs,
+        // however the operating system schedules the test's threads.
+        let sizes = tokio::spawn(async move {
+            let tasks: Vec<_> = (1..=32)
+                .map(|i| {
+                    let log = log.clone();
+                    tokio::spawn(async move { log.append(vec![pending(i)], None).await })
+                })
+                .collect();
+            let mut sizes = std::collections::BTreeSet::new();
+            for task in tasks {
+                let receipts = task.await.unwrap().unwrap();
+                sizes.extend(receipts.iter().map(|r| r.checkpoint_size));
+            }
+            sizes
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            sizes.into_iter().collect::<Vec<_>>(),
+            vec![33],
+            "the 32 records took more than one commit"
+        );
+    }
 }
