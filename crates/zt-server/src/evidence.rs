@@ -463,10 +463,11 @@ async fn writer(
         // record and would otherwise run next, before the others could add theirs, and commit
         // records one or two at a time. Each commit costs the core far more than a record does
         // (its signature, and the fsync's own work in the kernel; BENCHMARKS.md), so the
-        // writer yields again while yielding brings records, or while decisions it was told of
-        // are still on their way, for at most `GATHER`.
+        // writer yields until two yields in a row bring nothing (Tokio may run a yielded task
+        // again at once, when it polls for I/O) and no decision it was told of is still on its
+        // way, for at most `GATHER` after the first yield.
         let opened = Instant::now();
-        let (mut yielded, mut before_yield) = (false, count);
+        let (mut yields, mut empty_yields, mut before_yield) = (0u32, 0u32, count);
         loop {
             while count < max_batch {
                 match jobs.try_recv() {
@@ -477,12 +478,18 @@ async fn writer(
                     Err(_) => break,
                 }
             }
-            let idle =
-                yielded && count == before_yield && shared.arriving.load(Ordering::Relaxed) == 0;
-            if idle || count >= max_batch || opened.elapsed() >= GATHER {
+            if yields > 0 {
+                empty_yields = if count == before_yield {
+                    empty_yields + 1
+                } else {
+                    0
+                };
+            }
+            let idle = empty_yields >= 2 && shared.arriving.load(Ordering::Relaxed) == 0;
+            if idle || count >= max_batch || (yields > 0 && opened.elapsed() >= GATHER) {
                 break;
             }
-            (yielded, before_yield) = (true, count);
+            (yields, before_yield) = (yields + 1, count);
             tokio::task::yield_now().await;
         }
         let committing = Instant::now();
@@ -610,10 +617,12 @@ mod tests {
     }
 
     /// On one worker thread, as on a server pinned to one core: decisions ready at the same
-    /// moment share one commit. The writer is woken by the first record and used to run before
-    /// the others were made, committing it alone.
+    /// moment share a commit. The writer is woken by the first record and used to run before
+    /// the others were made, committing it alone (checkpoint sizes 2, then 33). Usually all 32
+    /// share one commit; the writer's 1 ms bound may split them on a slow, loaded machine, so
+    /// the test asks only that the first record did not go alone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn decisions_ready_together_share_one_commit() {
+    async fn decisions_ready_together_share_a_commit() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_in(dir.path()).await.unwrap();
         let signer = Arc::new(crate::keys::load_or_generate(&dir.path().join("keys")).unwrap());
@@ -639,10 +648,11 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(
-            sizes.into_iter().collect::<Vec<_>>(),
-            vec![33],
-            "the 32 records took more than one commit"
+        let sizes: Vec<u64> = sizes.into_iter().collect();
+        assert_eq!(sizes.last(), Some(&33), "{sizes:?}");
+        assert!(
+            sizes.first().is_some_and(|&first| first > 2),
+            "the first record was committed alone: checkpoint sizes {sizes:?}"
         );
     }
 }
