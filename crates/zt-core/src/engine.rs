@@ -23,7 +23,7 @@ use cedar_policy::{
 };
 
 use crate::contract::{ActionName, Decision, Party, Reason, ReasonKind, ValidRequest, Verdict};
-use crate::policy::{ActionScope, LoadedSet, PolicyError, SourceFile};
+use crate::policy::{ActionScope, LoadedSet, PolicyError, SourceFile, ValidationCache};
 
 /// How many action plans an engine keeps before it starts over. Each plan holds references to
 /// the policies that apply to one action, so this bounds memory under a stream of distinct,
@@ -58,6 +58,15 @@ impl Engine {
     /// Loads and validates `sources` (see [`crate::policy::load`]) into an engine.
     pub fn load(sources: &[SourceFile]) -> Result<Self, Vec<PolicyError>> {
         let set = crate::policy::load(sources)?;
+        Self::new(set).map_err(|e| vec![e])
+    }
+
+    /// [`Engine::load`] through a [`ValidationCache`] (see [`crate::policy::load_cached`]).
+    pub fn load_cached(
+        sources: &[SourceFile],
+        cache: &mut ValidationCache,
+    ) -> Result<Self, Vec<PolicyError>> {
+        let set = crate::policy::load_cached(sources, cache)?;
         Self::new(set).map_err(|e| vec![e])
     }
 

@@ -19,4 +19,4 @@ pub use contract::{
     Verdict,
 };
 pub use engine::Engine;
-pub use policy::{FileInfo, FileKind, LoadedSet, PolicyError, SourceFile};
+pub use policy::{FileInfo, FileKind, LoadedSet, PolicyError, SourceFile, ValidationCache};

@@ -2,10 +2,12 @@
 //!
 //! The caller reads the files (this crate does no I/O) and hands over [`SourceFile`]s. A set
 //! loads whole or not at all: [`load`] returns every error found, each with its file and line.
+//! [`load_cached`] does the same, type-checking only the policies that a [`ValidationCache`]
+//! has not seen validate cleanly against the same schema.
 
 mod schema;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use cedar_policy::{ActionConstraint, Effect, EntityUid, PolicyId, ValidationMode, Validator};
 use serde::{Deserialize, Serialize};
@@ -245,15 +247,56 @@ pub fn policy_version<'a>(files: impl IntoIterator<Item = &'a SourceFile>) -> St
     format!("sha256:{}", hex::encode(hasher.finalize()))
 }
 
+/// The policies of the last load that validated without an error or a warning, and the
+/// schema they were validated against, so that the next load of a changed set type-checks only
+/// what changed. Strict validation type-checks each policy on its own against the schema; the
+/// schema is built from the schema files and the actions the policies name, so the cache keys
+/// the schema by exactly those inputs, and each policy by its id and its text. A different
+/// schema empties the cache. It holds the digests of one set's policies at most: every load
+/// replaces them with its own.
+#[derive(Debug, Default)]
+pub struct ValidationCache {
+    schema: Option<[u8; 32]>,
+    clean: HashSet<[u8; 32]>,
+    validated: usize,
+}
+
+impl ValidationCache {
+    /// How many policies the last load type-checked (the others were known to be clean).
+    pub fn last_validated(&self) -> usize {
+        self.validated
+    }
+}
+
+/// Length-prefixed parts, hashed: no two different lists of parts give the same input.
+fn digest<'a>(parts: impl IntoIterator<Item = &'a str>) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.finalize().into()
+}
+
 /// Parses and validates a policy set. Files whose kind is not known are ignored; test files
 /// are listed but not loaded here (see [`crate::testing`]).
 pub fn load(sources: &[SourceFile]) -> Result<LoadedSet, Vec<PolicyError>> {
+    load_cached(sources, &mut ValidationCache::default())
+}
+
+/// [`load`], skipping the type-checking of the policies that `cache` saw validate cleanly
+/// against the same schema, and updating `cache` for the next load.
+pub fn load_cached(
+    sources: &[SourceFile],
+    cache: &mut ValidationCache,
+) -> Result<LoadedSet, Vec<PolicyError>> {
     let mut errors = Vec::new();
     let mut files = Vec::new();
     let mut policies: Vec<LoadedPolicy> = Vec::new();
     let mut origin: HashMap<PolicyId, (String, usize)> = HashMap::new();
     let mut schema_fragments = Vec::new();
     let mut texts: HashMap<&str, &str> = HashMap::new();
+    let mut schema_inputs: Vec<&str> = Vec::new();
 
     let mut sorted: Vec<&SourceFile> = sources.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
@@ -268,6 +311,7 @@ pub fn load(sources: &[SourceFile]) -> Result<LoadedSet, Vec<PolicyError>> {
                 count = parse_policy_file(file, &mut policies, &mut origin, &mut errors);
             }
             FileKind::Schema | FileKind::SchemaJson => {
+                schema_inputs.extend([file.path.as_str(), file.text.as_str()]);
                 match schema::parse_fragment(&file.text, kind == FileKind::SchemaJson) {
                     Ok(fragment) => schema_fragments.push((file.path.clone(), fragment)),
                     Err(e) => errors.push(PolicyError::from_diagnostic(
@@ -294,19 +338,44 @@ pub fn load(sources: &[SourceFile]) -> Result<LoadedSet, Vec<PolicyError>> {
     }
     let schema = schema::build(schema_fragments, &referenced)?;
 
+    // The schema's inputs: its files, in path order, and the actions the policies name.
+    let schema_key = digest(
+        schema_inputs
+            .iter()
+            .copied()
+            .chain(std::iter::once("\0actions"))
+            .chain(referenced.iter().map(ActionName::as_str)),
+    );
+    if cache.schema != Some(schema_key) {
+        cache.schema = Some(schema_key);
+        cache.clean.clear();
+    }
+    let keys: Vec<[u8; 32]> = policies
+        .iter()
+        .map(|p| digest([p.policy.id().as_ref(), p.policy.to_string().as_str()]))
+        .collect();
+    // Policies with an error or a warning: validated again next time.
+    let mut flagged: HashSet<&PolicyId> = HashSet::new();
     let mut set = cedar_policy::PolicySet::new();
-    for loaded in &policies {
+    for (loaded, key) in policies.iter().zip(&keys) {
+        if cache.clean.contains(key) {
+            continue;
+        }
         if let Err(e) = set.add(loaded.policy.clone()) {
+            flagged.insert(loaded.policy.id());
             errors.push(PolicyError::whole_file("<policies>", e.to_string()));
         }
     }
-    let validation = Validator::new(schema.clone()).validate(&set, ValidationMode::Strict);
+    cache.validated = set.num_of_policies();
+    let validation = (cache.validated > 0)
+        .then(|| Validator::new(schema.clone()).validate(&set, ValidationMode::Strict));
     let locate = |id: &PolicyId| {
         origin
             .get(id)
             .map_or("<policies>", |(file, _)| file.as_str())
     };
-    for error in validation.validation_errors() {
+    for error in validation.iter().flat_map(|v| v.validation_errors()) {
+        flagged.insert(error.policy_id());
         let file = locate(error.policy_id());
         errors.push(PolicyError::from_diagnostic(
             file,
@@ -314,17 +383,25 @@ pub fn load(sources: &[SourceFile]) -> Result<LoadedSet, Vec<PolicyError>> {
             error,
         ));
     }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let warnings = validation
-        .validation_warnings()
+    let warnings: Vec<PolicyError> = validation
+        .iter()
+        .flat_map(|v| v.validation_warnings())
         .map(|w| {
+            flagged.insert(w.policy_id());
             let file = locate(w.policy_id());
             PolicyError::from_diagnostic(file, texts.get(file).copied(), w)
         })
         .collect();
-
+    // Replaced, not extended: the cache holds this set's clean policies only.
+    cache.clean = policies
+        .iter()
+        .zip(keys)
+        .filter(|(p, _)| !flagged.contains(p.policy.id()))
+        .map(|(_, key)| key)
+        .collect();
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     let entity_files: Vec<&SourceFile> = sources
         .iter()
         .filter(|f| FileKind::of(&f.path) == Some(FileKind::Entities))
@@ -612,6 +689,95 @@ mod tests {
         SourceFile {
             path: path.into(),
             text: text.into(),
+        }
+    }
+
+    fn policies(n: usize) -> String {
+        (0..n)
+            .map(|i| format!("permit(principal, action == Action::\"svc.act{i}\", resource);\n"))
+            .collect()
+    }
+
+    /// A reload of an unchanged set type-checks nothing; a changed policy is type-checked alone,
+    /// and an error in it is still found.
+    #[test]
+    fn a_reload_validates_only_changed_policies() {
+        let mut cache = ValidationCache::default();
+        let first = load_cached(&[file("p.cedar", &policies(20))], &mut cache).unwrap();
+        assert_eq!(cache.last_validated(), 20);
+        let again = load_cached(&[file("p.cedar", &policies(20))], &mut cache).unwrap();
+        assert_eq!(cache.last_validated(), 0);
+        assert_eq!(again.version(), first.version());
+        assert_eq!(again.policy_count(), 20);
+
+        // Same actions (so the same schema), one condition changed.
+        let changed = policies(20).replace(
+            "Action::\"svc.act3\", resource);",
+            "Action::\"svc.act3\", resource) when { principal == Agent::\"a\" };",
+        );
+        load_cached(&[file("p.cedar", &changed)], &mut cache).unwrap();
+        assert_eq!(cache.last_validated(), 1);
+
+        let broken = policies(20).replace(
+            "Action::\"svc.act3\", resource);",
+            "Action::\"svc.act3\", resource) when { context.missing == 1 };",
+        );
+        let errors = load_cached(&[file("p.cedar", &broken)], &mut cache).unwrap_err();
+        assert_eq!(cache.last_validated(), 1);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.file == "p.cedar" && e.line == Some(4)),
+            "{errors:?}"
+        );
+        // The failed policy is not remembered as clean: loading it again finds it again.
+        assert!(load_cached(&[file("p.cedar", &broken)], &mut cache).is_err());
+        assert_eq!(cache.last_validated(), 1);
+    }
+
+    /// The schema is part of what was validated: a schema change, or a policy naming a new
+    /// action (which adds it to the schema), type-checks every policy again.
+    #[test]
+    fn a_different_schema_validates_everything_again() {
+        let mut cache = ValidationCache::default();
+        let reads = "permit(principal, action == Action::\"svc.read\", resource) when { context.ticket == \"t-1\" };\n";
+        let with_ticket = "entity Agent;\nentity Resource;\ntype Context = { ticket: String };\n";
+        let without = "entity Agent;\nentity Resource;\ntype Context = {};\n";
+        let set = |schema: &str, extra: &str| {
+            vec![
+                file("s.cedarschema", schema),
+                file("p.cedar", &format!("{reads}{}{extra}", policies(5))),
+            ]
+        };
+        load_cached(&set(with_ticket, ""), &mut cache).unwrap();
+        assert_eq!(cache.last_validated(), 6);
+        load_cached(&set(with_ticket, ""), &mut cache).unwrap();
+        assert_eq!(cache.last_validated(), 0);
+
+        let errors = load_cached(&set(without, ""), &mut cache).unwrap_err();
+        assert_eq!(cache.last_validated(), 6);
+        assert!(errors.iter().any(|e| e.line == Some(1)), "{errors:?}");
+
+        load_cached(&set(with_ticket, ""), &mut cache).unwrap();
+        let new_action = "permit(principal, action == Action::\"other.write\", resource);\n";
+        load_cached(&set(with_ticket, new_action), &mut cache).unwrap();
+        assert_eq!(cache.last_validated(), 7);
+    }
+
+    /// A policy with a warning is never taken as known-clean, so every load reports the
+    /// warning again.
+    #[test]
+    fn warnings_are_reported_on_every_load() {
+        let mut cache = ValidationCache::default();
+        let text = format!(
+            "{}permit(principal, action == Action::\"svc.never\", resource) when {{ false }};\n",
+            policies(3)
+        );
+        for validated in [4, 1] {
+            let set = load_cached(&[file("p.cedar", &text)], &mut cache).unwrap();
+            assert_eq!(cache.last_validated(), validated);
+            assert_eq!(set.warnings().len(), 1, "{:?}", set.warnings());
+            assert_eq!(set.warnings()[0].line, Some(4));
         }
     }
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use utoipa::ToSchema;
 use zt_core::policy::ENTITIES_FILE;
-use zt_core::{Engine, FileInfo, FileKind, PolicyError, SourceFile};
+use zt_core::{Engine, FileInfo, FileKind, PolicyError, SourceFile, ValidationCache};
 use zt_store::{Activation, Store};
 
 use crate::now_ms;
@@ -92,6 +92,7 @@ pub fn read_policy_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyError> {
 /// Writes the edited entity file and returns the set loaded with it.
 fn write_entities(
     dir: &Path,
+    cache: &std::sync::Mutex<ValidationCache>,
     edit: impl FnOnce(Vec<serde_json::Value>) -> Result<Vec<serde_json::Value>, String>,
 ) -> Result<Engine, EntityEditError> {
     use std::io::Write as _;
@@ -121,7 +122,7 @@ fn write_entities(
         path: ENTITIES_FILE.into(),
         text: text.clone(),
     });
-    let engine = Engine::load(&files).map_err(EntityEditError::Rejected)?;
+    let engine = load_cached(&files, cache).map_err(EntityEditError::Rejected)?;
 
     let temporary = dir.join(format!(".{ENTITIES_FILE}.tmp"));
     let mut file = std::fs::File::create(&temporary).map_err(io)?;
@@ -134,10 +135,30 @@ fn write_entities(
     Ok(engine)
 }
 
-/// Reads and loads the set in `dir`.
-pub fn load_dir(dir: &Path) -> Result<Engine, Vec<PolicyError>> {
+/// Reads and loads the set in `dir`, type-checking only what `cache` has not seen validate.
+pub fn load_dir(
+    dir: &Path,
+    cache: &std::sync::Mutex<ValidationCache>,
+) -> Result<Engine, Vec<PolicyError>> {
     let files = read_policy_dir(dir).map_err(|e| vec![e])?;
-    Engine::load(&files)
+    load_cached(&files, cache)
+}
+
+fn load_cached(
+    files: &[SourceFile],
+    cache: &std::sync::Mutex<ValidationCache>,
+) -> Result<Engine, Vec<PolicyError>> {
+    // A load that panicked leaves the cache empty or as it was: safe to use either way.
+    let mut cache = cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let loaded = Engine::load_cached(files, &mut cache);
+    metrics::counter!("ztinfra_policy_validated_total").increment(cache.last_validated() as u64);
+    tracing::debug!(
+        validated = cache.last_validated(),
+        "policies type-checked (the others were unchanged)"
+    );
+    loaded
 }
 
 /// The last reload that failed, while the previous set stayed active.
@@ -181,6 +202,8 @@ pub struct Policies {
     last_error: std::sync::Mutex<Option<ReloadFailure>>,
     /// Held by a reload, and by an entity edit from reading the file to activating the set.
     reloading: Mutex<()>,
+    /// What the previous load validated, so that a reload type-checks only changed policies.
+    validation: Arc<std::sync::Mutex<ValidationCache>>,
     store: Store,
 }
 
@@ -211,7 +234,8 @@ impl Policies {
     /// Loads the initial set. Failing here fails start-up: a service never starts with a set
     /// that did not load.
     pub async fn start(dir: PathBuf, store: Store) -> Result<Self, Vec<PolicyError>> {
-        let engine = Self::read(&dir).await?;
+        let validation = Arc::new(std::sync::Mutex::new(ValidationCache::default()));
+        let engine = Self::read(&dir, &validation).await?;
         let policies = Self {
             dir,
             active: ArcSwap::from_pointee(Active {
@@ -220,15 +244,20 @@ impl Policies {
             }),
             last_error: std::sync::Mutex::new(None),
             reloading: Mutex::new(()),
+            validation,
             store,
         };
         policies.record(&policies.engine()).await;
         Ok(policies)
     }
 
-    async fn read(dir: &Path) -> Result<Engine, Vec<PolicyError>> {
+    async fn read(
+        dir: &Path,
+        validation: &Arc<std::sync::Mutex<ValidationCache>>,
+    ) -> Result<Engine, Vec<PolicyError>> {
         let dir = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || load_dir(&dir))
+        let validation = Arc::clone(validation);
+        tokio::task::spawn_blocking(move || load_dir(&dir, &validation))
             .await
             .map_err(|e| {
                 vec![PolicyError {
@@ -254,7 +283,7 @@ impl Policies {
     /// `GET /v1/policies`.
     pub async fn reload(&self) -> Result<Reloaded, Vec<PolicyError>> {
         let _one_at_a_time = self.reloading.lock().await;
-        let loaded = Self::read(&self.dir).await;
+        let loaded = Self::read(&self.dir, &self.validation).await;
         self.activate(loaded).await
     }
 
@@ -318,7 +347,8 @@ impl Policies {
     ) -> Result<Reloaded, EntityEditError> {
         let _one_at_a_time = self.reloading.lock().await;
         let dir = self.dir.clone();
-        let engine = tokio::task::spawn_blocking(move || write_entities(&dir, edit))
+        let validation = Arc::clone(&self.validation);
+        let engine = tokio::task::spawn_blocking(move || write_entities(&dir, &validation, edit))
             .await
             .map_err(|e| EntityEditError::Io {
                 path: ENTITIES_FILE.into(),
