@@ -13,7 +13,7 @@ pub mod record;
 pub mod verify;
 
 pub use checkpoint::{Checkpoint, Keyring, PublicKey};
-pub use merkle::{CompactRange, Hash, Tree};
+pub use merkle::{CompactRange, Hash, Tiles, Tree};
 pub use record::{Chain, PendingRecord, SealedRecord};
 pub use verify::{Failure, FailureKind, Line, Summary};
 

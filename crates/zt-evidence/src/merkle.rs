@@ -84,27 +84,119 @@ pub enum TreeError {
     TooLarge { size: u64, len: u64 },
     #[error("a consistency proof needs 0 < from <= to; got from {from}, to {to}")]
     BadRange { from: u64, to: u64 },
+    /// The answer needs leaves that the tree no longer holds: read the leaves of `tile` from
+    /// storage, add them to the [`Tiles`] and ask again.
+    #[error("the leaves of tile {tile} must be read from storage")]
+    TileNeeded { tile: u64 },
 }
 
-/// An append-only tree holding every perfect subtree: `levels[k][i]` is the hash of leaves
-/// `i * 2^k .. (i + 1) * 2^k`.
+/// An append-only Merkle tree.
+///
+/// `levels[k]` holds the hashes of the perfect subtrees of height `k` (leaves
+/// `i * 2^k .. (i + 1) * 2^k`). A tree made with [`Tree::with_tile_height`]`(h)` keeps the
+/// levels below `h` only for its last, incomplete tile of `2^h` leaves: its memory is about
+/// `64 / 2^h` bytes per leaf instead of 64, and what the dropped levels held is recomputed from
+/// a tile's leaves, which the caller reads back from storage when an answer needs them
+/// ([`TreeError::TileNeeded`]). Every node at height `h` or above stays in memory, and so do
+/// the nodes of the last tile, so appending and the root of the whole tree never need storage.
 #[derive(Debug, Clone, Default)]
 pub struct Tree {
     levels: Vec<Vec<Hash>>,
+    /// Levels below this keep only the last tile's nodes (0: every level is whole).
+    tile_height: u32,
+    /// Leaves whose nodes below `tile_height` were dropped: a multiple of the tile size.
+    dropped: u64,
 }
 
-impl Tree {
+/// The leaves of whole tiles, read back from storage, for a tree that dropped them.
+#[derive(Debug, Clone, Default)]
+pub struct Tiles {
+    leaves: std::collections::HashMap<u64, Vec<Hash>>,
+}
+
+impl Tiles {
     pub fn new() -> Self {
         Self::default()
     }
 
+    pub fn contains(&self, tile: u64) -> bool {
+        self.leaves.contains_key(&tile)
+    }
+
+    /// Adds the leaf hashes of `tile`, in order.
+    pub fn insert(&mut self, tile: u64, leaves: Vec<Hash>) {
+        self.leaves.insert(tile, leaves);
+    }
+}
+
+/// MTH of `leaves` (RFC 9162 2.1.1).
+fn mth(leaves: &[Hash]) -> Hash {
+    match leaves {
+        [] => empty_root(),
+        [leaf] => *leaf,
+        _ => {
+            let k = usize::try_from(split(leaves.len() as u64)).unwrap_or(usize::MAX);
+            let (left, right) = leaves.split_at(k.min(leaves.len()));
+            node_hash(&mth(left), &mth(right))
+        }
+    }
+}
+
+impl Tree {
+    /// A tree that keeps every node.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A tree that keeps the levels below `height` only for its last tile of `2^height`
+    /// leaves (see [`Tree`]).
+    pub fn with_tile_height(height: u32) -> Self {
+        Self {
+            tile_height: height.min(32),
+            ..Self::default()
+        }
+    }
+
+    /// Leaves per tile (1 for a tree that keeps every node).
+    pub fn tile_size(&self) -> u64 {
+        1 << self.tile_height
+    }
+
+    /// How many hashes the tree holds in memory.
+    pub fn held(&self) -> usize {
+        self.levels.iter().map(Vec::len).sum()
+    }
+
     /// Number of leaves.
     pub fn len(&self) -> u64 {
-        self.levels.first().map_or(0, |l| l.len() as u64)
+        self.count(0)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The index of the first node held at `level`.
+    fn first(&self, level: usize) -> u64 {
+        if (level as u32) < self.tile_height {
+            self.dropped >> level
+        } else {
+            0
+        }
+    }
+
+    /// How many nodes `level` has had, held or dropped.
+    fn count(&self, level: usize) -> u64 {
+        self.first(level) + self.levels.get(level).map_or(0, |l| l.len() as u64)
+    }
+
+    /// The node at `level`, `index`, if held.
+    fn node(&self, level: usize, index: u64) -> Option<Hash> {
+        let offset = index.checked_sub(self.first(level))?;
+        self.levels
+            .get(level)?
+            .get(usize::try_from(offset).ok()?)
+            .copied()
     }
 
     /// Appends a leaf, given its leaf hash.
@@ -115,12 +207,14 @@ impl Tree {
             if self.levels.len() <= level {
                 self.levels.push(Vec::new());
             }
+            let count = self.count(level);
             let Some(nodes) = self.levels.get_mut(level) else {
                 return;
             };
             nodes.push(hash);
-            if nodes.len() % 2 == 1 {
-                return;
+            // The new node is number `count`: a left child (even) waits for its sibling.
+            if count.is_multiple_of(2) {
+                break;
             }
             let (Some(right), Some(left)) = (
                 nodes.last(),
@@ -131,124 +225,174 @@ impl Tree {
             hash = node_hash(left, right);
             level += 1;
         }
-    }
-
-    /// Drops every leaf from `len` on (to undo appends whose commit failed).
-    pub fn truncate(&mut self, len: u64) {
-        for (level, nodes) in self.levels.iter_mut().enumerate() {
-            let keep = usize::try_from(len >> level).unwrap_or(usize::MAX);
-            nodes.truncate(keep);
-        }
-        while self.levels.last().is_some_and(Vec::is_empty) {
-            self.levels.pop();
+        // A tile just completed: its node at `tile_height` is made; drop what is below it.
+        if self.tile_height > 0 && self.len().is_multiple_of(self.tile_size()) {
+            self.dropped = self.len();
+            for nodes in self.levels.iter_mut().take(self.tile_height as usize) {
+                nodes.clear();
+            }
         }
     }
 
     /// The leaf hash at `index`.
-    pub fn leaf(&self, index: u64) -> Option<Hash> {
-        self.levels
-            .first()?
-            .get(usize::try_from(index).ok()?)
-            .copied()
+    pub fn leaf(&self, index: u64, tiles: &Tiles) -> Result<Hash, TreeError> {
+        if index >= self.len() {
+            return Err(TreeError::NoSuchLeaf {
+                index,
+                size: self.len(),
+            });
+        }
+        self.subtree(0, index, 1, tiles)
     }
 
     /// MTH of leaves `start .. start + size`, where `start` is a multiple of the largest power of
     /// two not above `size` (always true of the ranges RFC 9162's recursions visit).
-    fn subtree(&self, start: u64, size: u64) -> Hash {
+    fn subtree(&self, depth: u32, start: u64, size: u64, tiles: &Tiles) -> Result<Hash, TreeError> {
         if size.is_power_of_two() {
-            let level = size.trailing_zeros() as usize;
-            if let Some(hash) = self
-                .levels
-                .get(level)
-                .and_then(|l| l.get(usize::try_from(start >> level).ok()?))
-            {
-                return *hash;
+            let level = size.trailing_zeros();
+            if let Some(hash) = self.node(level as usize, start >> level) {
+                return Ok(hash);
+            }
+            if level < self.tile_height && start < self.dropped {
+                let tile = start >> self.tile_height;
+                let leaves = tiles
+                    .leaves
+                    .get(&tile)
+                    .filter(|l| l.len() as u64 == self.tile_size())
+                    .ok_or(TreeError::TileNeeded { tile })?;
+                let from = usize::try_from(start - (tile << self.tile_height)).unwrap_or(0);
+                let to = from + usize::try_from(size).unwrap_or(0);
+                return Ok(mth(leaves.get(from..to).unwrap_or(&[])));
             }
         }
-        if size == 1 {
-            return self.leaf(start).unwrap_or_else(empty_root);
+        if size <= 1 || depth > 64 {
+            // Not reached for ranges inside the tree.
+            return Err(TreeError::NoSuchLeaf {
+                index: start,
+                size: self.len(),
+            });
         }
         let k = split(size);
-        node_hash(&self.subtree(start, k), &self.subtree(start + k, size - k))
+        Ok(node_hash(
+            &self.subtree(depth + 1, start, k, tiles)?,
+            &self.subtree(depth + 1, start + k, size - k, tiles)?,
+        ))
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), TreeError> {
+        if size > self.len() {
+            return Err(TreeError::TooLarge {
+                size,
+                len: self.len(),
+            });
+        }
+        Ok(())
     }
 
     /// The root of the first `size` leaves.
-    pub fn root(&self, size: u64) -> Result<Hash, TreeError> {
-        if size > self.len() {
-            return Err(TreeError::TooLarge {
-                size,
-                len: self.len(),
-            });
+    pub fn root(&self, size: u64, tiles: &Tiles) -> Result<Hash, TreeError> {
+        self.check_size(size)?;
+        if size == 0 {
+            return Ok(empty_root());
         }
-        Ok(if size == 0 {
-            empty_root()
-        } else {
-            self.subtree(0, size)
-        })
+        self.subtree(0, 0, size, tiles)
     }
 
     /// The audit path of leaf `index` in the tree of the first `size` leaves (RFC 9162 2.1.3.1).
-    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, TreeError> {
-        if size > self.len() {
-            return Err(TreeError::TooLarge {
-                size,
-                len: self.len(),
-            });
-        }
+    pub fn inclusion_proof(
+        &self,
+        index: u64,
+        size: u64,
+        tiles: &Tiles,
+    ) -> Result<Vec<Hash>, TreeError> {
+        self.check_size(size)?;
         if index >= size {
             return Err(TreeError::NoSuchLeaf { index, size });
         }
         let mut proof = Vec::new();
-        self.path(index, 0, size, &mut proof);
+        self.path(index, 0, size, tiles, &mut proof)?;
         Ok(proof)
     }
 
-    fn path(&self, m: u64, start: u64, n: u64, proof: &mut Vec<Hash>) {
+    fn path(
+        &self,
+        m: u64,
+        start: u64,
+        n: u64,
+        tiles: &Tiles,
+        proof: &mut Vec<Hash>,
+    ) -> Result<(), TreeError> {
         if n <= 1 {
-            return;
+            return Ok(());
         }
         let k = split(n);
         if m < k {
-            self.path(m, start, k, proof);
-            proof.push(self.subtree(start + k, n - k));
+            self.path(m, start, k, tiles, proof)?;
+            proof.push(self.subtree(0, start + k, n - k, tiles)?);
         } else {
-            self.path(m - k, start + k, n - k, proof);
-            proof.push(self.subtree(start, k));
+            self.path(m - k, start + k, n - k, tiles, proof)?;
+            proof.push(self.subtree(0, start, k, tiles)?);
         }
+        Ok(())
     }
 
     /// The consistency proof between the trees of the first `from` and `to` leaves
     /// (RFC 9162 2.1.4.1).
-    pub fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, TreeError> {
+    pub fn consistency_proof(
+        &self,
+        from: u64,
+        to: u64,
+        tiles: &Tiles,
+    ) -> Result<Vec<Hash>, TreeError> {
         if from == 0 || from > to {
             return Err(TreeError::BadRange { from, to });
         }
-        if to > self.len() {
-            return Err(TreeError::TooLarge {
-                size: to,
-                len: self.len(),
-            });
-        }
+        self.check_size(to)?;
         let mut proof = Vec::new();
-        self.subproof(from, 0, to, true, &mut proof);
+        self.subproof(from, 0, to, true, tiles, &mut proof)?;
         Ok(proof)
     }
 
-    fn subproof(&self, m: u64, start: u64, n: u64, whole: bool, proof: &mut Vec<Hash>) {
+    fn subproof(
+        &self,
+        m: u64,
+        start: u64,
+        n: u64,
+        whole: bool,
+        tiles: &Tiles,
+        proof: &mut Vec<Hash>,
+    ) -> Result<(), TreeError> {
         if m == n {
             if !whole {
-                proof.push(self.subtree(start, n));
+                proof.push(self.subtree(0, start, n, tiles)?);
             }
-            return;
+            return Ok(());
         }
         let k = split(n);
         if m <= k {
-            self.subproof(m, start, k, whole, proof);
-            proof.push(self.subtree(start + k, n - k));
+            self.subproof(m, start, k, whole, tiles, proof)?;
+            proof.push(self.subtree(0, start + k, n - k, tiles)?);
         } else {
-            self.subproof(m - k, start + k, n - k, false, proof);
-            proof.push(self.subtree(start, k));
+            self.subproof(m - k, start + k, n - k, false, tiles, proof)?;
+            proof.push(self.subtree(0, start, k, tiles)?);
         }
+        Ok(())
+    }
+
+    /// The compact range of the first `size` leaves, for exports that start there, and for
+    /// the root of the tree with further leaves (`compact_range(len())` never needs tiles).
+    pub fn compact_range(&self, size: u64, tiles: &Tiles) -> Result<CompactRange, TreeError> {
+        self.check_size(size)?;
+        let mut nodes = Vec::new();
+        let mut start = 0;
+        for bit in (0..64).rev() {
+            let part = 1u64 << bit;
+            if size & part != 0 {
+                nodes.push(self.subtree(0, start, part, tiles)?);
+                start += part;
+            }
+        }
+        Ok(CompactRange { len: size, nodes })
     }
 }
 
@@ -386,28 +530,6 @@ impl CompactRange {
     }
 }
 
-impl Tree {
-    /// The compact range of the first `size` leaves, for exports that start there.
-    pub fn compact_range(&self, size: u64) -> Result<CompactRange, TreeError> {
-        if size > self.len() {
-            return Err(TreeError::TooLarge {
-                size,
-                len: self.len(),
-            });
-        }
-        let mut nodes = Vec::new();
-        let mut start = 0;
-        for bit in (0..64).rev() {
-            let part = 1u64 << bit;
-            if size & part != 0 {
-                nodes.push(self.subtree(start, part));
-                start += part;
-            }
-        }
-        Ok(CompactRange { len: size, nodes })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,39 +574,32 @@ mod tests {
             leaf.to_hex(),
             "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
         );
-        assert_eq!(tree(&[leaf]).root(1).unwrap(), leaf);
-    }
-
-    #[test]
-    fn truncation_undoes_appends() {
-        let all = leaves(37);
-        let mut t = tree(&all);
-        t.truncate(21);
-        assert_eq!(t.len(), 21);
-        assert_eq!(t.root(21).unwrap(), reference_root(&all[..21]));
-        for l in &all[21..30] {
-            t.push(*l);
-        }
-        assert_eq!(t.root(30).unwrap(), reference_root(&all[..30]));
-        t.truncate(0);
-        assert!(t.is_empty());
+        assert_eq!(tree(&[leaf]).root(1, &Tiles::new()).unwrap(), leaf);
     }
 
     #[test]
     fn out_of_range_requests_are_refused() {
         let t = tree(&leaves(5));
-        assert_eq!(t.root(6), Err(TreeError::TooLarge { size: 6, len: 5 }));
+        let none = Tiles::new();
         assert_eq!(
-            t.inclusion_proof(5, 5),
+            t.root(6, &none),
+            Err(TreeError::TooLarge { size: 6, len: 5 })
+        );
+        assert_eq!(
+            t.inclusion_proof(5, 5, &none),
             Err(TreeError::NoSuchLeaf { index: 5, size: 5 })
         );
         assert_eq!(
-            t.consistency_proof(0, 3),
+            t.consistency_proof(0, 3, &none),
             Err(TreeError::BadRange { from: 0, to: 3 })
         );
         assert_eq!(
-            t.consistency_proof(4, 3),
+            t.consistency_proof(4, 3, &none),
             Err(TreeError::BadRange { from: 4, to: 3 })
+        );
+        assert_eq!(
+            t.leaf(5, &none),
+            Err(TreeError::NoSuchLeaf { index: 5, size: 5 })
         );
     }
 
@@ -500,20 +615,22 @@ mod tests {
                 compact.push(*l);
                 prop_assert_eq!(compact.root(), reference_root(&leaves[..=i]));
             }
+            let none = Tiles::new();
             for size in 0..=n {
-                prop_assert_eq!(t.root(size as u64).unwrap(), reference_root(&leaves[..size]));
-                prop_assert_eq!(t.compact_range(size as u64).unwrap().root(), reference_root(&leaves[..size]));
+                prop_assert_eq!(t.root(size as u64, &none).unwrap(), reference_root(&leaves[..size]));
+                prop_assert_eq!(t.compact_range(size as u64, &none).unwrap().root(), reference_root(&leaves[..size]));
             }
         }
 
         #[test]
         fn inclusion_proofs_verify_and_tampering_fails(n in 1u64..200, seed in any::<u64>()) {
             let t = tree(&leaves(n as usize));
+            let none = Tiles::new();
             let size = 1 + seed % n;
             let index = (seed / 7) % size;
-            let root = t.root(size).unwrap();
-            let leaf = t.leaf(index).unwrap();
-            let proof = t.inclusion_proof(index, size).unwrap();
+            let root = t.root(size, &none).unwrap();
+            let leaf = t.leaf(index, &none).unwrap();
+            let proof = t.inclusion_proof(index, size, &none).unwrap();
             prop_assert!(verify_inclusion(index, size, &leaf, &proof, &root));
             let other = leaf_hash(b"other");
             prop_assert!(!verify_inclusion(index, size, &other, &proof, &root));
@@ -529,10 +646,11 @@ mod tests {
         #[test]
         fn consistency_proofs_verify_and_tampering_fails(n in 1u64..200, seed in any::<u64>()) {
             let t = tree(&leaves(n as usize));
+            let none = Tiles::new();
             let to = 1 + seed % n;
             let from = 1 + (seed / 11) % to;
-            let (from_root, to_root) = (t.root(from).unwrap(), t.root(to).unwrap());
-            let proof = t.consistency_proof(from, to).unwrap();
+            let (from_root, to_root) = (t.root(from, &none).unwrap(), t.root(to, &none).unwrap());
+            let proof = t.consistency_proof(from, to, &none).unwrap();
             prop_assert!(verify_consistency(from, to, &from_root, &to_root, &proof));
             let other = leaf_hash(b"other");
             prop_assert!(!verify_consistency(from, to, &other, &to_root, &proof));
@@ -542,6 +660,100 @@ mod tests {
                 bad[0] = other;
                 prop_assert!(!verify_consistency(from, to, &from_root, &to_root, &bad));
             }
+        }
+    }
+
+    /// Answers from a tree that dropped its lower levels, reading tiles on demand as a server
+    /// does from storage; `reads` counts the tiles read.
+    fn with_tiles<T>(
+        all: &[Hash],
+        mut ask: impl FnMut(&Tiles) -> Result<T, TreeError>,
+        reads: &mut usize,
+    ) -> Result<T, TreeError> {
+        let mut tiles = Tiles::new();
+        loop {
+            match ask(&tiles) {
+                Err(TreeError::TileNeeded { tile }) if !tiles.contains(tile) => {
+                    *reads += 1;
+                    let start = (tile * 4) as usize;
+                    tiles.insert(tile, all[start..start + 4].to_vec());
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn a_tiled_tree_drops_the_levels_below_its_tiles() {
+        let all = leaves(1000);
+        let mut t = Tree::with_tile_height(4);
+        for l in &all {
+            t.push(*l);
+        }
+        let held = t.held();
+        // 1,000 leaves: 62 nodes at height 4, 31 at 5, ... and the last tile's 8 leaves and
+        // their 4 + 2 + 1 parents; a whole tree holds 1,999.
+        assert!(held < 140, "{held} nodes held");
+        assert_eq!(t.len(), 1000);
+        // The whole tree's root, and the compact range at its end, need no tile.
+        let none = Tiles::new();
+        assert_eq!(t.root(1000, &none).unwrap(), reference_root(&all));
+        assert!(t.compact_range(1000, &none).is_ok());
+        assert_eq!(t.leaf(3, &none), Err(TreeError::TileNeeded { tile: 0 }));
+        assert_eq!(t.leaf(999, &none).unwrap(), all[999]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// A tree with tiles of 4 leaves gives exactly the whole tree's roots and proofs, reading
+        /// at most three tiles for any one answer.
+        #[test]
+        fn a_tiled_tree_answers_as_a_whole_one(n in 1u64..300, seed in any::<u64>()) {
+            let all = leaves(n as usize);
+            let whole = tree(&all);
+            let mut tiled = Tree::with_tile_height(2);
+            for l in &all {
+                tiled.push(*l);
+            }
+            let none = Tiles::new();
+            let to = 1 + seed % n;
+            let from = 1 + (seed / 11) % to;
+            let index = (seed / 7) % to;
+            let mut reads = 0;
+            prop_assert_eq!(
+                with_tiles(&all, |t| tiled.root(to, t), &mut reads).unwrap(),
+                whole.root(to, &none).unwrap()
+            );
+            prop_assert!(reads <= 1);
+            reads = 0;
+            prop_assert_eq!(
+                with_tiles(&all, |t| tiled.leaf(index, t), &mut reads).unwrap(),
+                all[index as usize]
+            );
+            reads = 0;
+            prop_assert_eq!(
+                with_tiles(&all, |t| tiled.inclusion_proof(index, to, t), &mut reads).unwrap(),
+                whole.inclusion_proof(index, to, &none).unwrap()
+            );
+            prop_assert!(reads <= 2, "{} tiles read", reads);
+            reads = 0;
+            prop_assert_eq!(
+                with_tiles(&all, |t| tiled.consistency_proof(from, to, t), &mut reads).unwrap(),
+                whole.consistency_proof(from, to, &none).unwrap()
+            );
+            prop_assert!(reads <= 3, "{} tiles read", reads);
+            reads = 0;
+            prop_assert_eq!(
+                with_tiles(&all, |t| tiled.compact_range(from, t), &mut reads).unwrap(),
+                whole.compact_range(from, &none).unwrap()
+            );
+            // Appending after answers still gives the whole tree's root.
+            let more = leaf_hash(b"more");
+            tiled.push(more);
+            let mut grown = all.clone();
+            grown.push(more);
+            prop_assert_eq!(tiled.root(n + 1, &none).unwrap(), reference_root(&grown));
         }
     }
 }

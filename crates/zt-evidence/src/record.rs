@@ -78,7 +78,7 @@ impl Chain {
     /// canonical order (`decision`, `decision_id`, `policy_version`, `prev_hash`, `reasons`,
     /// `request`, `seq`, `time_ms`, `v`), without building it as a JSON value first: this runs
     /// once per decision, in the log's one writer.
-    pub fn seal(&mut self, pending: PendingRecord) -> SealedRecord {
+    pub fn seal(&mut self, pending: &PendingRecord) -> SealedRecord {
         let seq = self.next_seq;
         let mut out = String::with_capacity(512);
         out.push_str("{\"decision\":");
@@ -146,8 +146,8 @@ mod tests {
     #[test]
     fn records_chain_and_hash_their_canonical_bytes() {
         let mut chain = Chain::genesis();
-        let first = chain.seal(pending("d1"));
-        let second = chain.seal(pending("d2"));
+        let first = chain.seal(&pending("d1"));
+        let second = chain.seal(&pending("d2"));
         assert_eq!((first.seq, second.seq), (0, 1));
         assert_eq!(
             canonical::to_string(&expected(&pending("d1"), 0, GENESIS)),
@@ -192,7 +192,7 @@ mod tests {
             };
             let prev = Hash::digest(b"prev");
             let mut chain = Chain { next_seq: seq, last_hash: prev };
-            let sealed = chain.seal(pending.clone());
+            let sealed = chain.seal(&pending);
             let object = expected(&pending, seq, prev);
             prop_assert_eq!(&canonical::to_string(&object), &sealed.canonical);
             prop_assert_eq!(serde_json::from_str::<Value>(&sealed.canonical).ok(), Some(object));

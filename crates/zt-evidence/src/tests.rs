@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use crate::checkpoint::{Checkpoint, Keyring, PublicKey};
-use crate::merkle::Tree;
+use crate::merkle::{Tiles, Tree};
 use crate::record::{Chain, PendingRecord};
 use crate::verify::{EXPORT_FORMAT, FailureKind, Line, Prefix, verify_lines};
 
@@ -34,7 +34,7 @@ fn export(n: u64, batch: u64, from: u64, signer: impl Fn(u64) -> SigningKey) -> 
     let mut lines = Vec::new();
     let mut body = Vec::new();
     for seq in 0..n {
-        let record = chain.seal(PendingRecord {
+        let record = chain.seal(&PendingRecord {
             time_ms: 1_700_000_000_000 + seq as i64,
             decision_id: format!("d-{seq}"),
             request: json!({"actor": "agent", "action": "a.b", "resource": format!("r{seq}"), "context": {}}),
@@ -56,7 +56,7 @@ fn export(n: u64, batch: u64, from: u64, signer: impl Fn(u64) -> SigningKey) -> 
             let note = Checkpoint {
                 origin: ORIGIN.into(),
                 size,
-                root: tree.root(size).unwrap(),
+                root: tree.root(size, &Tiles::new()).unwrap(),
             }
             .sign(&signer(seq / batch));
             if size > from {
@@ -64,7 +64,7 @@ fn export(n: u64, batch: u64, from: u64, signer: impl Fn(u64) -> SigningKey) -> 
             }
         }
     }
-    let prefix = tree.compact_range(from).unwrap();
+    let prefix = tree.compact_range(from, &Tiles::new()).unwrap();
     lines.push(
         serde_json::to_string(&Line::Header {
             format: EXPORT_FORMAT.into(),

@@ -614,6 +614,7 @@ async fn evidence_consistency(
         .unwrap_or(app.evidence.checkpoint().tree_size);
     app.evidence
         .consistency(from, to)
+        .await
         .map(Json)
         .map_err(evidence_problem)
 }

@@ -4,10 +4,15 @@
 //! Architecture invariant: a decision response is sent only after its record is durable. Each
 //! handler hands its records to [`EvidenceLog::append`] and waits. One writer task takes every
 //! record waiting at that moment, and those of the requests ready to be decided just after
-//! (up to `max_batch`), seals them onto the chain, appends their
-//! leaves, signs one checkpoint over the new root, and writes records and checkpoint in one
-//! transaction (SQLite `synchronous=FULL`, PostgreSQL's commit). Only then are the handlers told
-//! their receipts. While one batch commits, the next gathers: one fsync serves many requests.
+//! (up to `max_batch`), seals them onto the chain, computes the root with their leaves, signs
+//! one checkpoint over it, and writes records and checkpoint in one transaction (SQLite
+//! `synchronous=FULL`, PostgreSQL's commit). Only then does the tree take the leaves, and are
+//! the handlers told their receipts. While one batch commits, the next gathers: one fsync
+//! serves many requests.
+//!
+//! The tree keeps in memory only the nodes above its tiles of 256 records, and the last tile's:
+//! proofs read the leaves of the other tiles they need from the store ([`Shared::with_tree`]),
+//! so memory does not grow with the log (about 64 bytes per record otherwise).
 //!
 //! The checkpoint is signed once per batch rather than per record: one Ed25519 signature costs
 //! about 34 µs per core here, so signing per record would cap a core at about 30,000 records/s
@@ -23,7 +28,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use utoipa::ToSchema;
 use zt_evidence::checkpoint::{Checkpoint, Keyring, PublicKey, verify_note};
-use zt_evidence::merkle::{Hash, TreeError, leaf_hash};
+use zt_evidence::merkle::{Hash, Tiles, TreeError, leaf_hash};
 use zt_evidence::{Chain, PendingRecord, Tree};
 use zt_store::{Store, StoreError, StoredCheckpoint, StoredRecord};
 
@@ -36,6 +41,10 @@ const ORIGIN: &str = "log_origin";
 const PAGE: u32 = 50_000;
 /// The longest the writer holds a batch open for records already on their way.
 const GATHER: Duration = Duration::from_millis(1);
+/// The tree in memory keeps the nodes below this height only for its last tile of
+/// `2^TILE_HEIGHT` records: about a quarter of a byte per record instead of 64, so that memory
+/// does not grow with the log; proofs read the one or two other tiles they need from the store.
+const TILE_HEIGHT: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvidenceError {
@@ -192,7 +201,7 @@ impl EvidenceLog {
             .await?;
         let keyring = load_keyring(&store, &origin).await?;
 
-        let mut tree = Tree::new();
+        let mut tree = Tree::with_tile_height(TILE_HEIGHT);
         let mut chain = Chain::genesis();
         catch_up(&store, &mut tree, &mut chain).await?;
         let durable = match store.evidence_checkpoint(0, true).await? {
@@ -214,7 +223,8 @@ impl EvidenceLog {
                     ))
                 })?;
                 let size = verified.checkpoint.size;
-                if size != tree.len() || tree.root(size)? != verified.checkpoint.root {
+                if size != tree.len() || tree.root(size, &Tiles::new())? != verified.checkpoint.root
+                {
                     return Err(EvidenceError::Inconsistent(format!(
                         "the latest checkpoint (size {size}) does not match the {} stored records",
                         tree.len()
@@ -327,16 +337,16 @@ impl EvidenceLog {
             }
             .into());
         }
-        let (leaf, proof, root) = {
-            let tree = self
-                .shared
-                .tree
-                .read()
-                .map_err(|_| EvidenceError::WriterStopped)?;
-            let proof = tree.inclusion_proof(seq, size)?;
-            let leaf = tree.leaf(seq).ok_or(EvidenceError::NoRecord(seq))?;
-            (leaf, proof, tree.root(size)?)
-        };
+        let (proof, leaf, root) = self
+            .shared
+            .with_tree(|tree, tiles| {
+                Ok((
+                    tree.inclusion_proof(seq, size, tiles)?,
+                    tree.leaf(seq, tiles)?,
+                    tree.root(size, tiles)?,
+                ))
+            })
+            .await?;
         let record = self.record(seq).await?;
         let checkpoint = self
             .shared
@@ -362,7 +372,7 @@ impl EvidenceLog {
     }
 
     /// The consistency proof between two durable tree sizes.
-    pub fn consistency(&self, from: u64, to: u64) -> Result<ConsistencyProof, EvidenceError> {
+    pub async fn consistency(&self, from: u64, to: u64) -> Result<ConsistencyProof, EvidenceError> {
         let durable = self.checkpoint();
         if to > durable.tree_size {
             return Err(TreeError::TooLarge {
@@ -371,19 +381,71 @@ impl EvidenceLog {
             }
             .into());
         }
-        let tree = self
+        let (proof, from_root, to_root) = self
             .shared
-            .tree
-            .read()
-            .map_err(|_| EvidenceError::WriterStopped)?;
-        let proof = tree.consistency_proof(from, to)?;
+            .with_tree(|tree, tiles| {
+                Ok((
+                    tree.consistency_proof(from, to, tiles)?,
+                    tree.root(from, tiles)?,
+                    tree.root(to, tiles)?,
+                ))
+            })
+            .await?;
         Ok(ConsistencyProof {
             from,
             to,
-            from_root: tree.root(from)?.to_hex(),
-            to_root: tree.root(to)?.to_hex(),
+            from_root: from_root.to_hex(),
+            to_root: to_root.to_hex(),
             proof: hex_all(&proof),
         })
+    }
+}
+
+impl Shared {
+    /// Runs `ask` on the tree, reading from the store the tiles of leaves it needs and the tree
+    /// no longer holds (at most three for any proof), until it answers.
+    async fn with_tree<T>(
+        &self,
+        ask: impl Fn(&Tree, &Tiles) -> Result<T, TreeError>,
+    ) -> Result<T, EvidenceError> {
+        let mut tiles = Tiles::new();
+        loop {
+            let answer = {
+                let tree = self.tree.read().map_err(|_| EvidenceError::WriterStopped)?;
+                ask(&tree, &tiles)
+            };
+            match answer {
+                Err(TreeError::TileNeeded { tile }) if !tiles.contains(tile) => {
+                    tiles.insert(tile, self.tile(tile).await?);
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    /// The leaf hashes of one whole tile, from the store.
+    async fn tile(&self, tile: u64) -> Result<Vec<Hash>, EvidenceError> {
+        let size = 1u64 << TILE_HEIGHT;
+        let start = tile * size;
+        let page = self.store.evidence_hashes(start, size as u32).await?;
+        if page.len() as u64 != size {
+            return Err(EvidenceError::Inconsistent(format!(
+                "records {start}..{} are not all in the store",
+                start + size
+            )));
+        }
+        page.iter()
+            .enumerate()
+            .map(|(i, (seq, hash))| {
+                let hash = Hash::from_hex(hash).filter(|_| *seq == start + i as u64);
+                hash.map(|h| leaf_hash(&h.0)).ok_or_else(|| {
+                    EvidenceError::Inconsistent(format!(
+                        "record {} is missing or malformed",
+                        start + i as u64
+                    ))
+                })
+            })
+            .collect()
     }
 }
 
@@ -435,10 +497,8 @@ async fn catch_up_shared(shared: &Shared, chain: &mut Chain) -> Result<(), Evide
     }
     if let Some(latest) = shared.store.evidence_checkpoint(0, true).await? {
         let root = shared
-            .tree
-            .read()
-            .map_err(|_| EvidenceError::WriterStopped)?
-            .root(latest.tree_size)?;
+            .with_tree(|tree, tiles| tree.root(latest.tree_size, tiles))
+            .await?;
         shared.durable.store(Arc::new(Durable {
             tree_size: latest.tree_size,
             root: root.to_hex(),
@@ -532,20 +592,22 @@ async fn commit(
     let mut next = *chain;
     let sealed: Vec<_> = batch
         .iter()
-        .flat_map(|job| job.records.iter().cloned())
+        .flat_map(|job| &job.records)
         .map(|pending| next.seal(pending))
         .collect();
-    let (before, size, root) = {
-        let mut tree = shared
+    // The root with the new leaves, without touching the tree: it takes them only once they
+    // are durable, so a failed commit leaves nothing to undo.
+    let leaves: Vec<Hash> = sealed.iter().map(|r| r.leaf()).collect();
+    let (size, root) = {
+        let tree = shared
             .tree
-            .write()
+            .read()
             .map_err(|_| EvidenceError::WriterStopped)?;
-        let before = tree.len();
-        for record in &sealed {
-            tree.push(record.leaf());
+        let mut range = tree.compact_range(tree.len(), &Tiles::new())?;
+        for leaf in &leaves {
+            range.push(*leaf);
         }
-        let size = tree.len();
-        (before, size, tree.root(size)?)
+        (range.len(), range.root())
     };
     let note = signer.sign_checkpoint(&Checkpoint {
         origin: shared.keyring.origin.clone(),
@@ -565,7 +627,7 @@ async fn commit(
             }
         })
         .collect();
-    let written = shared
+    shared
         .store
         .append_evidence(
             stored,
@@ -574,12 +636,15 @@ async fn commit(
                 note: note.clone(),
             },
         )
-        .await;
-    if let Err(e) = written {
-        if let Ok(mut tree) = shared.tree.write() {
-            tree.truncate(before);
+        .await?;
+    {
+        let mut tree = shared
+            .tree
+            .write()
+            .map_err(|_| EvidenceError::WriterStopped)?;
+        for leaf in leaves {
+            tree.push(leaf);
         }
-        return Err(e.into());
     }
     let mut prev = chain.last_hash.to_hex();
     *chain = next;
@@ -654,5 +719,74 @@ mod tests {
             sizes.first().is_some_and(|&first| first > 2),
             "the first record was committed alone: checkpoint sizes {sizes:?}"
         );
+    }
+
+    async fn check_proofs(log: &EvidenceLog, whole: &Tree) {
+        use zt_evidence::merkle::{verify_consistency, verify_inclusion};
+        let none = Tiles::new();
+        let hashes = |hex: &[String]| -> Vec<Hash> {
+            hex.iter().map(|h| Hash::from_hex(h).unwrap()).collect()
+        };
+        for (seq, size) in [
+            (3, 700),
+            (300, 700),
+            (255, 256),
+            (256, 513),
+            (600, 650),
+            (699, 700),
+        ] {
+            let answer = log.inclusion(seq, Some(size)).await.unwrap();
+            let root = whole.root(size, &none).unwrap();
+            let path = hashes(&answer.proof);
+            assert_eq!(answer.root, root.to_hex(), "root of {size}");
+            assert_eq!(path, whole.inclusion_proof(seq, size, &none).unwrap());
+            let leaf = Hash::from_hex(&answer.leaf_hash).unwrap();
+            assert!(verify_inclusion(seq, size, &leaf, &path, &root));
+        }
+        for (from, to) in [(1, 700), (100, 700), (300, 513), (256, 512), (650, 700)] {
+            let answer = log.consistency(from, to).await.unwrap();
+            let path = hashes(&answer.proof);
+            let (old, new) = (
+                whole.root(from, &none).unwrap(),
+                whole.root(to, &none).unwrap(),
+            );
+            assert_eq!(path, whole.consistency_proof(from, to, &none).unwrap());
+            assert_eq!(
+                (answer.from_root, answer.to_root),
+                (old.to_hex(), new.to_hex())
+            );
+            assert!(verify_consistency(from, to, &old, &new, &path));
+        }
+    }
+
+    /// The log's tree keeps only the nodes above its tiles of 256 records (and the last tile's):
+    /// proofs that need the others read them back from the store, and give what a whole tree
+    /// gives, before and after a restart.
+    #[tokio::test]
+    async fn proofs_read_the_tiles_the_tree_dropped_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Arc::new(crate::keys::load_or_generate(&dir.path().join("keys")).unwrap());
+        let store = Store::open_in(dir.path()).await.unwrap();
+        let log = EvidenceLog::open(store, Arc::clone(&signer), 1000)
+            .await
+            .unwrap();
+        let mut whole = Tree::new();
+        for batch in 0..7 {
+            let records = (0..100).map(|i| pending(batch * 100 + i)).collect();
+            for receipt in log.append(records, None).await.unwrap() {
+                whole.push(leaf_hash(&Hash::from_hex(&receipt.hash).unwrap().0));
+            }
+        }
+        assert_eq!(log.checkpoint().tree_size, 700);
+        let held = log.shared.tree.read().unwrap().held();
+        // Two tiles of 256 dropped: 2 nodes at height 8, 1 at 9, and the last tile's 188
+        // leaves with their parents; a whole tree of 700 holds 1,399.
+        assert!(held < 400, "{held} hashes held");
+        check_proofs(&log, &whole).await;
+        drop(log);
+
+        let store = Store::open_in(dir.path()).await.unwrap();
+        let log = EvidenceLog::open(store, signer, 1000).await.unwrap();
+        check_proofs(&log, &whole).await;
     }
 }

@@ -41,6 +41,10 @@ pub fn handle() -> Option<PrometheusHandle> {
                 "Policy reloads, by outcome (ok, error)"
             );
             metrics::describe_gauge!("ztinfra_policies_active", "Policies in the active set");
+            metrics::describe_counter!(
+                "ztinfra_policy_validated_total",
+                "Policies type-checked by loads (unchanged ones are not checked again)"
+            );
             let upkeep = handle.clone();
             // Histograms are drained on render or upkeep; keep memory bounded between scrapes.
             std::thread::Builder::new()
