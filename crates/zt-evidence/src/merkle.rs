@@ -88,6 +88,9 @@ pub enum TreeError {
     /// storage, add them to the [`Tiles`] and ask again.
     #[error("the leaves of tile {tile} must be read from storage")]
     TileNeeded { tile: u64 },
+    /// Leaves read for a tile do not hash to the node the tree holds for it.
+    #[error("the leaves read for tile {tile} do not match the tree")]
+    TileMismatch { tile: u64 },
 }
 
 /// An append-only Merkle tree.
@@ -165,6 +168,17 @@ impl Tree {
     /// How many hashes the tree holds in memory.
     pub fn held(&self) -> usize {
         self.levels.iter().map(Vec::len).sum()
+    }
+
+    /// Checks leaves read back from storage for a dropped `tile` against the node the tree
+    /// holds for the whole tile, so that a proof is never built from altered leaves.
+    pub fn check_tile(&self, tile: u64, leaves: &[Hash]) -> Result<(), TreeError> {
+        let held = self.node(self.tile_height as usize, tile);
+        if leaves.len() as u64 == self.tile_size() && held == Some(mth(leaves)) {
+            Ok(())
+        } else {
+            Err(TreeError::TileMismatch { tile })
+        }
     }
 
     /// Number of leaves.
@@ -701,6 +715,22 @@ mod tests {
         assert!(t.compact_range(1000, &none).is_ok());
         assert_eq!(t.leaf(3, &none), Err(TreeError::TileNeeded { tile: 0 }));
         assert_eq!(t.leaf(999, &none).unwrap(), all[999]);
+        // Leaves read back are checked against the tile's node before use.
+        assert_eq!(t.check_tile(2, &all[32..48]), Ok(()));
+        let mut altered = all[32..48].to_vec();
+        altered[5] = leaf_hash(b"altered");
+        assert_eq!(
+            t.check_tile(2, &altered),
+            Err(TreeError::TileMismatch { tile: 2 })
+        );
+        assert_eq!(
+            t.check_tile(2, &all[32..47]),
+            Err(TreeError::TileMismatch { tile: 2 })
+        );
+        assert_eq!(
+            t.check_tile(62, &all[992..]),
+            Err(TreeError::TileMismatch { tile: 62 })
+        );
     }
 
     proptest! {

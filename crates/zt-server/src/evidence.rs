@@ -416,7 +416,19 @@ impl Shared {
             };
             match answer {
                 Err(TreeError::TileNeeded { tile }) if !tiles.contains(tile) => {
-                    tiles.insert(tile, self.tile(tile).await?);
+                    let leaves = self.tile(tile).await?;
+                    self.tree
+                        .read()
+                        .map_err(|_| EvidenceError::WriterStopped)?
+                        .check_tile(tile, &leaves)
+                        .map_err(|e| {
+                            EvidenceError::Inconsistent(format!(
+                                "{e}: the stored records {}..{} were altered",
+                                tile << TILE_HEIGHT,
+                                (tile + 1) << TILE_HEIGHT
+                            ))
+                        })?;
+                    tiles.insert(tile, leaves);
                 }
                 other => return Ok(other?),
             }
@@ -788,5 +800,23 @@ mod tests {
         let store = Store::open_in(dir.path()).await.unwrap();
         let log = EvidenceLog::open(store, signer, 1000).await.unwrap();
         check_proofs(&log, &whole).await;
+
+        // A record altered in the store after the start: a proof that reads its tile refuses
+        // to be built from it.
+        let db = rusqlite::Connection::open(dir.path().join("ztinfra.db")).unwrap();
+        let altered = format!("{:064x}", 7);
+        db.execute(
+            "UPDATE zt_evidence_records SET hash = ?1 WHERE seq = 3",
+            [&altered],
+        )
+        .unwrap();
+        match log.inclusion(10, Some(700)).await {
+            Err(EvidenceError::Inconsistent(message)) => {
+                assert!(message.contains("records 0..256"), "{message}");
+            }
+            other => panic!("a proof over an altered tile: {other:?}"),
+        }
+        // Proofs that need no dropped tile are still served.
+        assert!(log.inclusion(650, Some(700)).await.is_ok());
     }
 }
