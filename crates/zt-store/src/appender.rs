@@ -1,4 +1,11 @@
-//! Evidence appends on SQLite, on a thread of their own.
+//! Writes made while serving on SQLite, on a thread of their own: evidence appends and policy
+//! activations.
+//!
+//! SQLite lets one connection write at a time, and a connection that finds the write lock
+//! taken sleeps in its busy handler (a millisecond at least) before it tries again: an
+//! activation written through the pool while a batch was committing held that batch back by
+//! as much, twice a second under W5's reloads (BENCHMARKS.md). So every write made while
+//! serving is a job on this one thread, and jobs queue instead of contending for the lock.
 //!
 //! A batch's transaction (check where the log ends, insert the records, insert the checkpoint,
 //! commit and fsync) runs as one job on a thread that owns a connection of its own. Through the
@@ -39,11 +46,18 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 /// that the log restarts (16,384 pages of 4 KiB: 64 MiB).
 pub(crate) const RESTART_FRAMES: i64 = 16_384;
 
-#[derive(Debug)]
+/// A write run on the append thread's connection.
+type Write = Box<dyn FnOnce(&mut Connection) -> Result<(), StoreError> + Send>;
+
 struct Job {
-    records: Vec<StoredRecord>,
-    checkpoint: StoredCheckpoint,
+    write: Write,
     reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").finish_non_exhaustive()
+    }
 }
 
 /// The handle on the append thread; the thread ends, and closes its connection, when the last
@@ -99,10 +113,10 @@ impl Appender {
             .name("zt-evidence-append".into())
             .spawn(move || {
                 while let Ok(job) = rx.recv() {
-                    let result = append(&mut conn, &job.records, &job.checkpoint);
-                    let appended = result.is_ok();
+                    let result = (job.write)(&mut conn);
+                    let written = result.is_ok();
                     let _ = job.reply.send(result);
-                    if !appended {
+                    if !written {
                         continue;
                     }
                     let _ = nudge.try_send(());
@@ -124,11 +138,20 @@ impl Appender {
         records: Vec<StoredRecord>,
         checkpoint: StoredCheckpoint,
     ) -> Result<(), StoreError> {
+        self.write(move |conn| append(conn, &records, &checkpoint))
+            .await
+    }
+
+    /// Runs `write` on the append thread, after the jobs queued before it; the answer comes
+    /// after its commit's fsync.
+    pub(crate) async fn write(
+        &self,
+        write: impl FnOnce(&mut Connection) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job {
-                records,
-                checkpoint,
+                write: Box::new(write),
                 reply,
             })
             .map_err(|_| StoreError::AppenderStopped)?;

@@ -4,8 +4,9 @@
 //!
 //! It keeps the history of policy activations (which policy version became active when, from
 //! which files) and the evidence log (`evidence.rs`: records, checkpoints, public keys, the log's
-//! origin). On SQLite, evidence appends go through a connection and thread of their own
-//! (`appender.rs`); everything else goes through the sqlx pool.
+//! origin). On SQLite, the writes made while serving (evidence appends, policy activations) go
+//! through a connection and thread of their own (`appender.rs`), so that they queue rather than
+//! contend for SQLite's one write lock; everything else goes through the sqlx pool.
 //!
 //! Architecture invariant: both backends run the same migrations, numbered and applied once,
 //! in order, inside a transaction; a database from a newer ZT-Infra is refused, not modified.
@@ -274,33 +275,34 @@ impl Store {
     /// Records that a policy set became active.
     pub async fn record_activation(&self, activation: &Activation) -> Result<(), StoreError> {
         let files = activation.files.to_string();
-        macro_rules! insert {
-            ($pool:expr, $sql:expr) => {
-                sqlx::query($sql)
-                    .bind(&activation.version)
-                    .bind(activation.activated_at_ms)
-                    .bind(&files)
-                    .execute($pool)
-                    .await?
-            };
-        }
         match &self.backend {
-            Backend::Sqlite(pool, _) => {
-                insert!(
-                    pool,
-                    "INSERT INTO zt_policy_activations (id, version, activated_at_ms, files)
-                 VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM zt_policy_activations), ?, ?, ?)"
-                );
+            Backend::Sqlite(_, appender) => {
+                let version = activation.version.clone();
+                let at = activation.activated_at_ms;
+                appender
+                    .write(move |conn| {
+                        conn.prepare_cached(
+                            "INSERT INTO zt_policy_activations (id, version, activated_at_ms, files)
+                             VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM zt_policy_activations), ?1, ?2, ?3)",
+                        )?
+                        .execute(rusqlite::params![version, at, files])?;
+                        Ok(())
+                    })
+                    .await?;
             }
             Backend::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 tx.execute("LOCK TABLE zt_policy_activations IN EXCLUSIVE MODE")
                     .await?;
-                insert!(
-                    &mut *tx,
+                sqlx::query(
                     "INSERT INTO zt_policy_activations (id, version, activated_at_ms, files)
-                     VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM zt_policy_activations), $1, $2, $3)"
-                );
+                     VALUES ((SELECT COALESCE(MAX(id), 0) + 1 FROM zt_policy_activations), $1, $2, $3)",
+                )
+                .bind(&activation.version)
+                .bind(activation.activated_at_ms)
+                .bind(&files)
+                .execute(&mut *tx)
+                .await?;
                 tx.commit().await?;
             }
         };
