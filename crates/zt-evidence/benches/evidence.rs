@@ -92,7 +92,12 @@ fn inclusion_proof_1m_tiled(bencher: Bencher) {
         let tile = i >> 8;
         let mut tiles = Tiles::new();
         let start = (tile << 8) as usize;
-        tiles.insert(tile, leaves.get(start..start + 256).unwrap_or(&[]).to_vec());
+        tree.add_tile(
+            &mut tiles,
+            tile,
+            leaves.get(start..start + 256).unwrap_or(&[]).to_vec(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let proof = tree
             .inclusion_proof(i, size, &tiles)
             .unwrap_or_else(|e| panic!("{e}"));

@@ -125,11 +125,6 @@ impl Tiles {
     pub fn contains(&self, tile: u64) -> bool {
         self.leaves.contains_key(&tile)
     }
-
-    /// Adds the leaf hashes of `tile`, in order.
-    pub fn insert(&mut self, tile: u64, leaves: Vec<Hash>) {
-        self.leaves.insert(tile, leaves);
-    }
 }
 
 /// MTH of `leaves` (RFC 9162 2.1.1).
@@ -170,11 +165,18 @@ impl Tree {
         self.levels.iter().map(Vec::len).sum()
     }
 
-    /// Checks leaves read back from storage for a dropped `tile` against the node the tree
-    /// holds for the whole tile, so that a proof is never built from altered leaves.
-    pub fn check_tile(&self, tile: u64, leaves: &[Hash]) -> Result<(), TreeError> {
+    /// Adds to `tiles` the leaf hashes of a dropped `tile`, in order, as read back from
+    /// storage, once they hash to the node the tree holds for the whole tile: a proof is never
+    /// built from altered leaves.
+    pub fn add_tile(
+        &self,
+        tiles: &mut Tiles,
+        tile: u64,
+        leaves: Vec<Hash>,
+    ) -> Result<(), TreeError> {
         let held = self.node(self.tile_height as usize, tile);
-        if leaves.len() as u64 == self.tile_size() && held == Some(mth(leaves)) {
+        if leaves.len() as u64 == self.tile_size() && held == Some(mth(&leaves)) {
+            tiles.leaves.insert(tile, leaves);
             Ok(())
         } else {
             Err(TreeError::TileMismatch { tile })
@@ -680,6 +682,7 @@ mod tests {
     /// Answers from a tree that dropped its lower levels, reading tiles on demand as a server
     /// does from storage; `reads` counts the tiles read.
     fn with_tiles<T>(
+        tree: &Tree,
         all: &[Hash],
         mut ask: impl FnMut(&Tiles) -> Result<T, TreeError>,
         reads: &mut usize,
@@ -690,7 +693,7 @@ mod tests {
                 Err(TreeError::TileNeeded { tile }) if !tiles.contains(tile) => {
                     *reads += 1;
                     let start = (tile * 4) as usize;
-                    tiles.insert(tile, all[start..start + 4].to_vec());
+                    tree.add_tile(&mut tiles, tile, all[start..start + 4].to_vec())?;
                 }
                 other => return other,
             }
@@ -716,21 +719,24 @@ mod tests {
         assert_eq!(t.leaf(3, &none), Err(TreeError::TileNeeded { tile: 0 }));
         assert_eq!(t.leaf(999, &none).unwrap(), all[999]);
         // Leaves read back are checked against the tile's node before use.
-        assert_eq!(t.check_tile(2, &all[32..48]), Ok(()));
+        let mut tiles = Tiles::new();
         let mut altered = all[32..48].to_vec();
         altered[5] = leaf_hash(b"altered");
         assert_eq!(
-            t.check_tile(2, &altered),
+            t.add_tile(&mut tiles, 2, altered),
             Err(TreeError::TileMismatch { tile: 2 })
         );
         assert_eq!(
-            t.check_tile(2, &all[32..47]),
+            t.add_tile(&mut tiles, 2, all[32..47].to_vec()),
             Err(TreeError::TileMismatch { tile: 2 })
         );
         assert_eq!(
-            t.check_tile(62, &all[992..]),
+            t.add_tile(&mut tiles, 62, all[992..].to_vec()),
             Err(TreeError::TileMismatch { tile: 62 })
         );
+        assert!(!tiles.contains(2) && !tiles.contains(62));
+        assert_eq!(t.add_tile(&mut tiles, 2, all[32..48].to_vec()), Ok(()));
+        assert_eq!(t.leaf(37, &tiles).unwrap(), all[37]);
     }
 
     proptest! {
@@ -752,30 +758,30 @@ mod tests {
             let index = (seed / 7) % to;
             let mut reads = 0;
             prop_assert_eq!(
-                with_tiles(&all, |t| tiled.root(to, t), &mut reads).unwrap(),
+                with_tiles(&tiled, &all, |t| tiled.root(to, t), &mut reads).unwrap(),
                 whole.root(to, &none).unwrap()
             );
             prop_assert!(reads <= 1);
             reads = 0;
             prop_assert_eq!(
-                with_tiles(&all, |t| tiled.leaf(index, t), &mut reads).unwrap(),
+                with_tiles(&tiled, &all, |t| tiled.leaf(index, t), &mut reads).unwrap(),
                 all[index as usize]
             );
             reads = 0;
             prop_assert_eq!(
-                with_tiles(&all, |t| tiled.inclusion_proof(index, to, t), &mut reads).unwrap(),
+                with_tiles(&tiled, &all, |t| tiled.inclusion_proof(index, to, t), &mut reads).unwrap(),
                 whole.inclusion_proof(index, to, &none).unwrap()
             );
             prop_assert!(reads <= 2, "{} tiles read", reads);
             reads = 0;
             prop_assert_eq!(
-                with_tiles(&all, |t| tiled.consistency_proof(from, to, t), &mut reads).unwrap(),
+                with_tiles(&tiled, &all, |t| tiled.consistency_proof(from, to, t), &mut reads).unwrap(),
                 whole.consistency_proof(from, to, &none).unwrap()
             );
             prop_assert!(reads <= 3, "{} tiles read", reads);
             reads = 0;
             prop_assert_eq!(
-                with_tiles(&all, |t| tiled.compact_range(from, t), &mut reads).unwrap(),
+                with_tiles(&tiled, &all, |t| tiled.compact_range(from, t), &mut reads).unwrap(),
                 whole.compact_range(from, &none).unwrap()
             );
             // Appending after answers still gives the whole tree's root.

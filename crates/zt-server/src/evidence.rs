@@ -420,7 +420,7 @@ impl Shared {
                     self.tree
                         .read()
                         .map_err(|_| EvidenceError::WriterStopped)?
-                        .check_tile(tile, &leaves)
+                        .add_tile(&mut tiles, tile, leaves)
                         .map_err(|e| {
                             EvidenceError::Inconsistent(format!(
                                 "{e}: the stored records {}..{} were altered",
@@ -428,7 +428,6 @@ impl Shared {
                                 (tile + 1) << TILE_HEIGHT
                             ))
                         })?;
-                    tiles.insert(tile, leaves);
                 }
                 other => return Ok(other?),
             }
