@@ -59,11 +59,32 @@ pub struct DecisionRequest {
 /// array of the field values in order, a shape no client means to send.)
 impl<'de> Deserialize<'de> for DecisionRequest {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(RequestVisitor)
+        deserializer.deserialize_map(RequestVisitor {
+            resource_optional: false,
+        })
     }
 }
 
-struct RequestVisitor;
+/// A decision request of the reference contract (`POST /actions`), where `resource` may be
+/// left out: it then stands for no particular resource, the empty string, which becomes the
+/// Cedar resource `Resource::""` and is recorded as `"resource": ""` (see
+/// [`DecisionRequest::validate_reference`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReferenceRequest(pub DecisionRequest);
+
+impl<'de> Deserialize<'de> for ReferenceRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_map(RequestVisitor {
+                resource_optional: true,
+            })
+            .map(ReferenceRequest)
+    }
+}
+
+struct RequestVisitor {
+    resource_optional: bool,
+}
 
 impl<'de> serde::de::Visitor<'de> for RequestVisitor {
     type Value = DecisionRequest;
@@ -100,7 +121,11 @@ impl<'de> serde::de::Visitor<'de> for RequestVisitor {
         Ok(DecisionRequest {
             actor: actor.ok_or_else(|| A::Error::missing_field("actor"))?,
             action: action.ok_or_else(|| A::Error::missing_field("action"))?,
-            resource: resource.ok_or_else(|| A::Error::missing_field("resource"))?,
+            resource: match resource {
+                Some(resource) => resource,
+                None if self.resource_optional => String::new(),
+                None => return Err(A::Error::missing_field("resource")),
+            },
             context: context.unwrap_or_default(),
         })
     }
@@ -362,14 +387,28 @@ impl std::fmt::Display for ActionName {
 impl DecisionRequest {
     /// Checks the request against `limits` and converts its context for Cedar. Every problem
     /// found is reported, each with the pointer to the field it concerns.
-    pub fn validate(mut self, limits: &Limits) -> Result<ValidRequest, Vec<FieldError>> {
+    pub fn validate(self, limits: &Limits) -> Result<ValidRequest, Vec<FieldError>> {
+        self.check(limits, false)
+    }
+
+    /// As [`validate`](Self::validate), but with the reference contract's reading of an empty
+    /// `resource`: no particular resource, `Resource::""`, rather than an error.
+    pub fn validate_reference(self, limits: &Limits) -> Result<ValidRequest, Vec<FieldError>> {
+        self.check(limits, true)
+    }
+
+    fn check(
+        mut self,
+        limits: &Limits,
+        empty_resource: bool,
+    ) -> Result<ValidRequest, Vec<FieldError>> {
         let mut errors = Vec::new();
         for (field, value) in [
             ("actor", &self.actor),
             ("action", &self.action),
             ("resource", &self.resource),
         ] {
-            if value.is_empty() {
+            if value.is_empty() && !(empty_resource && field == "resource") {
                 errors.push(FieldError::new(format!("/{field}"), "must not be empty"));
             } else if value.len() > limits.max_id_bytes {
                 errors.push(FieldError::new(

@@ -15,8 +15,8 @@ pub mod policy;
 pub mod testing;
 
 pub use contract::{
-    ActionName, Decision, DecisionRequest, FieldError, Limits, Reason, ReasonKind, ValidRequest,
-    Verdict,
+    ActionName, Decision, DecisionRequest, FieldError, Limits, Reason, ReasonKind,
+    ReferenceRequest, ValidRequest, Verdict,
 };
 pub use engine::Engine;
 pub use policy::{FileInfo, FileKind, LoadedSet, PolicyError, SourceFile, ValidationCache};

@@ -10,6 +10,7 @@ pub mod canonical;
 pub mod checkpoint;
 pub mod merkle;
 pub mod record;
+pub mod strict;
 pub mod verify;
 
 pub use checkpoint::{Checkpoint, Keyring, PublicKey};

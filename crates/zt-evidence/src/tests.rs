@@ -267,3 +267,79 @@ proptest! {
         prop_assert_eq!(verify_lines(&lines, &keys).unwrap_err().seq, Some(seq.min(other)));
     }
 }
+
+#[test]
+fn a_repeated_member_is_a_modified_record() {
+    let k = key(1);
+    let keys = keyring(&[&k]);
+    // A forged `decision` (or a second `seq`, or `actor`) placed before the genuine one: a
+    // reader that takes the first sees the forgery, serde_json the original.
+    for (genuine, forged) in [
+        (
+            "\"decision\":\"allow\"",
+            "\"decision\":\"deny\",\"decision\":\"allow\"",
+        ),
+        ("\"seq\":3", "\"seq\":1,\"seq\":3"),
+        (
+            "\"actor\":\"agent\"",
+            "\"actor\":\"root\",\"actor\":\"agent\"",
+        ),
+    ] {
+        let mut lines = export(6, 2, 0, |_| k.clone());
+        let i = record_line(&lines, 3);
+        assert!(lines[i].contains(genuine), "{}", lines[i]);
+        lines[i] = lines[i].replacen(genuine, forged, 1);
+        assert_eq!(
+            verdict(&lines, &keys),
+            (FailureKind::Modified, Some(3)),
+            "{forged}"
+        );
+    }
+    // In a line the exporter did not write (the record's members reordered), too.
+    let mut lines = export(6, 2, 0, |_| k.clone());
+    let i = record_line(&lines, 3);
+    let line = lines[i].replacen("{\"type\":\"record\",", "{", 1);
+    lines[i] = format!(
+        "{},\"type\":\"record\",\"type\":\"record\"}}",
+        &line[..line.len() - 1]
+    );
+    assert_eq!(verdict(&lines, &keys).0, FailureKind::Malformed);
+}
+
+#[test]
+fn a_pinned_size_or_root_exposes_a_cut_export() {
+    use crate::verify::{Pin, verify_export_pinned};
+    let k = key(1);
+    let keys = keyring(&[&k]);
+    let whole = export(10, 2, 0, |_| k.clone());
+    let full = verify_lines(&whole, &keys).unwrap();
+    let root = crate::merkle::Hash::from_hex(&full.root);
+    let check = |lines: &[String], pin: Pin| {
+        let open = || Ok::<_, std::convert::Infallible>(lines.iter().cloned().map(Ok));
+        match verify_export_pinned(open, &keys, Some(pin), |_| {}) {
+            Ok(verdict) => verdict.map(|s| s.tree_size).map_err(|f| f.kind),
+            Err(never) => match never {},
+        }
+    };
+    let exact = |size, root| Pin {
+        size,
+        root,
+        exact: true,
+    };
+    assert_eq!(check(&whole, exact(10, root)), Ok(10));
+    // The same log cut after 6 records, with a header edited to say so: it verifies on its
+    // own, but not against what the verifier was told to expect.
+    let cut = export(6, 2, 0, |_| k.clone());
+    assert!(verify_lines(&cut, &keys).is_ok());
+    assert_eq!(check(&cut, exact(10, None)), Err(FailureKind::Truncated));
+    assert_eq!(check(&cut, exact(6, root)), Err(FailureKind::Modified));
+    // A trusted checkpoint of 6 records: the whole export reaches it with the same root.
+    let at_six = crate::merkle::Hash::from_hex(&verify_lines(&cut, &keys).unwrap().root);
+    let trusted = Pin {
+        size: 6,
+        root: at_six,
+        exact: false,
+    };
+    assert_eq!(check(&whole, trusted), Ok(10));
+    assert_eq!(check(&whole, exact(6, at_six)), Err(FailureKind::Inserted));
+}

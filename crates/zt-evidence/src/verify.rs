@@ -136,6 +136,18 @@ pub fn skim_seq(line: &str) -> Option<u64> {
 
 /// Parses one line of an export.
 pub fn parse_line(line: &str, number: usize) -> Result<Line, Failure> {
+    if let Some(pointer) = crate::strict::duplicate_key(line) {
+        let kind = if pointer.starts_with("/record/") {
+            FailureKind::Modified
+        } else {
+            FailureKind::Malformed
+        };
+        return Err(fail(
+            kind,
+            skim_seq(line),
+            format!("line {number} repeats the member `{pointer}`"),
+        ));
+    }
     serde_json::from_str(line).map_err(|e| {
         fail(
             FailureKind::Malformed,
@@ -143,6 +155,17 @@ pub fn parse_line(line: &str, number: usize) -> Result<Line, Failure> {
             format!("line {number} is not an export line: {e}"),
         )
     })
+}
+
+/// What the verifier is told to expect of an export, from outside it: a tree size, and perhaps
+/// the root at that size (from a trusted checkpoint, or given by hand), so that an export cut
+/// short with its header edited to match cannot pass as the whole log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pin {
+    pub size: u64,
+    pub root: Option<Hash>,
+    /// `true`: the export must end at exactly `size`; `false`: at `size` or later.
+    pub exact: bool,
 }
 
 /// The verifier's state between records.
@@ -158,6 +181,9 @@ pub struct Verifier {
     previous: Option<Hash>,
     before_previous: Option<Hash>,
     last_checked: u64,
+    pin: Option<Pin>,
+    /// The root at the pinned size, once the records reached it.
+    pinned_root: Option<Hash>,
 }
 
 impl Verifier {
@@ -244,7 +270,28 @@ impl Verifier {
             previous: None,
             before_previous: None,
             last_checked: *from,
+            pin: None,
+            pinned_root: None,
         })
+    }
+
+    /// Sets what the export must hold (see [`Pin`]).
+    pub fn pin(&mut self, pin: Pin) -> Result<(), Failure> {
+        if pin.size < self.from {
+            return Err(fail(
+                FailureKind::Malformed,
+                None,
+                format!(
+                    "the export starts at record {}, after the expected size {}: it cannot show that size",
+                    self.from, pin.size
+                ),
+            ));
+        }
+        if pin.size == self.range.len() {
+            self.pinned_root = Some(self.range.root());
+        }
+        self.pin = Some(pin);
+        Ok(())
     }
 
     /// Checks the next record, given as the exact text of its JSON object (as exported).
@@ -278,6 +325,18 @@ impl Verifier {
                 )
             })?;
             return self.place(seq, raw, links.prev_hash.and_then(Hash::from_hex));
+        }
+        // Not the signed bytes: parsed and canonicalized. A record that repeats a member name
+        // reads as different records to different readers (the first or the last wins), so it
+        // is modified whatever its canonical form would hash to.
+        if let Some(pointer) = crate::strict::duplicate_key(text) {
+            return Err(fail(
+                FailureKind::Modified,
+                Some(self.expected),
+                format!(
+                    "the record repeats the member `{pointer}`: it is not the record that was signed"
+                ),
+            ));
         }
         let record: Value = serde_json::from_str(text).map_err(|e| {
             fail(
@@ -388,6 +447,9 @@ impl Verifier {
         self.previous = Some(actual);
         self.range.push(leaf_hash(&actual.0));
         self.expected += 1;
+        if self.pin.is_some_and(|p| p.size == self.range.len()) {
+            self.pinned_root = Some(self.range.root());
+        }
         if let Some(checkpoint) = self.checkpoints.get(&self.range.len()) {
             if checkpoint.checkpoint.root != self.range.root() {
                 let first = self.last_checked;
@@ -425,6 +487,42 @@ impl Verifier {
                 ),
             ));
         }
+        if let Some(pin) = self.pin {
+            if end < pin.size {
+                return Err(fail(
+                    FailureKind::Truncated,
+                    Some(end),
+                    format!(
+                        "the export ends after {end} records; {} were expected",
+                        pin.size
+                    ),
+                ));
+            }
+            if pin.exact && end > pin.size {
+                return Err(fail(
+                    FailureKind::Inserted,
+                    Some(pin.size),
+                    format!(
+                        "the export holds {end} records; exactly {} were expected",
+                        pin.size
+                    ),
+                ));
+            }
+            if let (Some(expected), Some(found)) = (pin.root, self.pinned_root)
+                && expected != found
+            {
+                return Err(fail(
+                    FailureKind::Modified,
+                    None,
+                    format!(
+                        "the root of the first {} records is {}, not the expected {}",
+                        pin.size,
+                        found.to_hex(),
+                        expected.to_hex()
+                    ),
+                ));
+            }
+        }
         if self.last_checked < end {
             return Err(fail(
                 FailureKind::Unsigned,
@@ -458,8 +556,21 @@ impl Verifier {
 /// lines are only skimmed), pass 2 checks every record in file order. `progress` is told how
 /// many records pass 2 has checked, every 4,096. The outer error is the line source's own.
 pub fn verify_export<I, E>(
+    open: impl FnMut() -> Result<I, E>,
+    keyring: &Keyring,
+    progress: impl FnMut(u64),
+) -> Result<Result<Summary, Failure>, E>
+where
+    I: Iterator<Item = Result<String, E>>,
+{
+    verify_export_pinned(open, keyring, None, progress)
+}
+
+/// [`verify_export`], and the export must also hold what `pin` says.
+pub fn verify_export_pinned<I, E>(
     mut open: impl FnMut() -> Result<I, E>,
     keyring: &Keyring,
+    pin: Option<Pin>,
     mut progress: impl FnMut(u64),
 ) -> Result<Result<Summary, Failure>, E>
 where
@@ -516,6 +627,11 @@ where
         Ok(v) => v,
         Err(f) => return Ok(Err(f)),
     };
+    if let Some(pin) = pin
+        && let Err(f) = verifier.pin(pin)
+    {
+        return Ok(Err(f));
+    }
     let mut done = 0u64;
     for (i, line) in open()?.enumerate().skip(1) {
         let line = line?;

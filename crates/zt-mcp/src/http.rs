@@ -83,6 +83,7 @@ pub async fn serve(
         );
         let mcp = Router::new()
             .fallback_service(service)
+            .layer(axum::middleware::from_fn(one_meaning))
             .layer(axum::middleware::from_fn_with_state(guard, authenticate));
         router = router.nest(&format!("/mcp/{name}"), mcp).route(
             &metadata_path,
@@ -95,14 +96,23 @@ pub async fn serve(
     tracing::info!(%addr, "MCP gateway listening");
     // One line on standard output, for scripts and tests that listen on port 0.
     println!("ztinfra mcp-gateway listening on http://{addr}");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            cancel.cancel();
-        })
-        .await
-        .map_err(|e| GatewayError::Session(e.to_string()))
+    // The service's bounds on slow and greedy clients; MCP messages (a file written by a tool,
+    // say) may be larger than decision requests.
+    let limits = zt_server::conn::ConnLimits {
+        max_body_bytes: MAX_MESSAGE_BYTES,
+        ..zt_server::conn::ConnLimits::default()
+    }
+    .fit_descriptors();
+    zt_server::conn::serve(listener, router, limits, async move {
+        shutdown.await;
+        cancel.cancel();
+    })
+    .await;
+    Ok(())
 }
+
+/// The largest MCP message a client may send over HTTP.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Lets a request through only with a known session token, carrying its actor along.
 async fn authenticate(
@@ -131,6 +141,32 @@ async fn authenticate(
         }
         None => unauthorized(&guard, Some("the session token is not recognized")),
     }
+}
+
+/// Refuses a message that repeats a member name of one of its objects (400, problem details),
+/// before the MCP SDK reads it: its JSON parser keeps the last occurrence, a proxy in front
+/// may have checked the first, and the decision must see what the upstream server will.
+async fn one_meaning(request: Request, next: Next) -> Response {
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_MESSAGE_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(e) => return zt_server::body::body_problem(&e).into_response(),
+    };
+    if let Some(pointer) = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(zt_evidence::strict::duplicate_key)
+    {
+        return zt_server::problem::Problem::invalid_fields(vec![zt_core::FieldError::new(
+            pointer,
+            "repeats a member name of its object; send each name once",
+        )])
+        .into_response();
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 /// 401 with the challenge that points the client at the protected resource metadata.

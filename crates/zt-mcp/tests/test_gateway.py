@@ -368,6 +368,16 @@ actor = "demo-agent"
                     assert f'resource_metadata="{base}/.well-known/oauth-protected-resource/mcp/everything"' in challenge
                     assert (error is None) == ("invalid_token" not in challenge)
                     assert response.headers["content-type"] == "application/problem+json"
+                # A message that repeats a member name reads differently to different parsers:
+                # refused before the SDK reads it.
+                authorized = {"Authorization": f"Bearer {TEST_TOKEN}", "Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+                repeated = '{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "name": "get-env", "arguments": {}}}'
+                response = await raw.post(url, content=repeated, headers=authorized)
+                assert response.status_code == 400
+                assert response.json()["errors"][0]["pointer"] == "/params/name"
+                # A foreign Host is refused (DNS rebinding).
+                response = await raw.post(url, json=body, headers={**authorized, "Host": "attacker.example"})
+                assert response.status_code in (400, 403, 421)
                 metadata = (await raw.get(f"{base}/.well-known/oauth-protected-resource/mcp/everything")).json()
                 assert metadata["resource"] == url
                 assert metadata["bearer_methods_supported"] == ["header"]

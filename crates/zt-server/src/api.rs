@@ -486,7 +486,8 @@ async fn healthz() -> Json<Health> {
     })
 }
 
-/// Readiness: a policy set is active, the store answers, and shutdown has not begun.
+/// Readiness: a policy set is active, the store answers and takes evidence, and shutdown has
+/// not begun.
 #[utoipa::path(
     get, path = "/readyz",
     responses(
@@ -511,6 +512,11 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Health>, Proble
         tracing::warn!(error = %crate::error_chain(&e), "readiness check: the store does not answer");
         return Err(unavailable("the store does not answer".into()));
     }
+    if app.record_evidence && !app.evidence.writable().await {
+        return Err(unavailable(
+            "evidence cannot be written, so every decision is denied; see the service's log".into(),
+        ));
+    }
     Ok(Json(Health {
         status: "ready".into(),
     }))
@@ -532,6 +538,13 @@ fn evidence_problem(e: EvidenceError) -> Problem {
             Problem::not_found(format!("record {seq} is not in the log"))
         }
         EvidenceError::Tree(e) => Problem::invalid(e.to_string(), Vec::new()),
+        // Already logged and counted (`ztinfra_evidence_corrupt_total`) where it was found.
+        EvidenceError::Inconsistent(_) => Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "evidence-corrupt",
+            "evidence store corrupt",
+            "the stored evidence does not match the log's hashes: the store was altered; nothing is served from it (see the service's log, and run `ztinfra evidence verify` on an export)",
+        ),
         other => {
             tracing::error!(error = %crate::error_chain(&other), "evidence read failed");
             Problem::internal("the evidence log could not be read")
@@ -649,6 +662,43 @@ async fn openapi_json() -> Response {
             Problem::internal(format!("cannot render the OpenAPI document: {e}")).into_response()
         }
     }
+}
+
+/// Turns an error answer that is not JSON (the router's own plain-text rejections, such as a
+/// path that does not decode as UTF-8) into problem details, keeping its status and text.
+/// JSON answers (problem details, and the reference contract's 403 deny) pass untouched.
+pub(crate) async fn problem_details(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|essence| essence == "application/json" || essence.ends_with("+json"));
+    if status.as_u16() < 400 || is_json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let (slug, title) = if status.is_server_error() {
+        ("internal", "internal error")
+    } else {
+        ("invalid-request", "invalid request")
+    };
+    Problem::new(status, slug, title, detail).into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> Problem {

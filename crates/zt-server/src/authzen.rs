@@ -408,12 +408,20 @@ fn page_request(body: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Page
     PageRequest { token, limit }
 }
 
-/// A page token: where the next page starts, bound to the query it belongs to.
-fn token(offset: usize, query: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{offset}.{query}"))
+/// A page token: where the next page starts and the page limit it was issued for, bound to the
+/// query it belongs to (`<offset>.<limit or empty>.<query digest>`, base64url).
+fn token(offset: usize, limit: Option<usize>, query: &str) -> String {
+    let limit = limit.map(|l| l.to_string()).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{offset}.{limit}.{query}"))
 }
 
-fn read_token(token: &str, query: &str) -> Result<usize, FieldError> {
+/// Where a follow-up page starts, and its limit: the token's, which a follow-up may repeat or
+/// leave out (as the certification scenario's does) but not change.
+fn read_token(
+    token: &str,
+    limit: Option<usize>,
+    query: &str,
+) -> Result<(usize, Option<usize>), FieldError> {
     let foreign = || {
         FieldError::new(
             "/page/token",
@@ -425,19 +433,33 @@ fn read_token(token: &str, query: &str) -> Result<usize, FieldError> {
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .ok_or_else(foreign)?;
-    let (offset, bound) = text.split_once('.').ok_or_else(foreign)?;
+    let mut parts = text.splitn(3, '.');
+    let (Some(offset), Some(issued), Some(bound)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(foreign());
+    };
     let offset = offset.parse().map_err(|_| foreign())?;
+    let issued = match issued {
+        "" => None,
+        l => Some(l.parse().map_err(|_| foreign())?),
+    };
     if bound != query {
         return Err(FieldError::new(
             "/page/token",
-            "belongs to a different query: the subject, action, resource, context and page limit must stay the same from page to page",
+            "belongs to a different query: the subject, action, resource and context must stay the same from page to page",
         ));
     }
-    Ok(offset)
+    match limit {
+        Some(limit) if Some(limit) != issued => Err(FieldError::new(
+            "/page/limit",
+            "differs from the limit the page token was issued for: leave it out, or send the same",
+        )),
+        _ => Ok((offset, issued)),
+    }
 }
 
 /// The digest a page token is bound to: the query without its token.
-fn query_digest(target: Target, body: &Map<String, Value>, limit: Option<usize>) -> String {
+fn query_digest(target: Target, body: &Map<String, Value>) -> String {
     use sha2::Digest as _;
     let pick = |key: &str| body.get(key).cloned().unwrap_or(Value::Null);
     let query = json!({
@@ -446,7 +468,6 @@ fn query_digest(target: Target, body: &Map<String, Value>, limit: Option<usize>)
         "action": if target == Target::Action { Value::Null } else { pick("action") },
         "resource": pick("resource"),
         "context": pick("context"),
-        "limit": limit,
     });
     let digest = sha2::Sha256::digest(zt_evidence::canonical::to_string(&query).as_bytes());
     hex::encode(digest.get(..12).unwrap_or_default())
@@ -499,10 +520,12 @@ async fn search(
     let (Some(subject), Some(resource), true) = (subject, resource, errors.is_empty()) else {
         return Err(Problem::invalid_fields(errors));
     };
-    let query = query_digest(target, &body, page.limit);
-    let start = match &page.token {
-        Some(token) => read_token(token, &query).map_err(|e| Problem::invalid_fields(vec![e]))?,
-        None => 0,
+    let query = query_digest(target, &body);
+    let (start, limit) = match &page.token {
+        Some(token) => {
+            read_token(token, page.limit, &query).map_err(|e| Problem::invalid_fields(vec![e]))?
+        }
+        None => (0, page.limit),
     };
 
     // The candidates, each as the searched-for member of an evaluation.
@@ -530,7 +553,7 @@ async fn search(
         search: Some(target.name()),
         ..Evaluation::from_object(&body)
     };
-    let wanted = page.limit.unwrap_or(usize::MAX);
+    let wanted = limit.unwrap_or(usize::MAX);
     let mut requests = Vec::new();
     let mut verdicts = Vec::new();
     let mut found = Vec::new();
@@ -573,7 +596,7 @@ async fn search(
         .map(|(candidate, _)| candidate)
         .collect();
     let next_token = if cursor < candidates.len() {
-        token(cursor, &query)
+        token(cursor, limit, &query)
     } else {
         String::new()
     };

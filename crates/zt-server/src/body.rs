@@ -1,7 +1,7 @@
 //! The JSON body extractor of the API: every way a body can be wrong becomes a 4xx problem
 //! naming what is wrong, never a panic and never a 500.
 
-use axum::body::Bytes;
+use axum::RequestExt as _;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
@@ -20,28 +20,63 @@ where
 {
     type Rejection = Problem;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        use http_body_util::BodyExt as _;
         check_content_type(req.headers().get(header::CONTENT_TYPE))?;
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            let status = rejection.status();
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                Problem::new(
-                    status,
-                    "body-too-large",
-                    "request body too large",
-                    "the request body exceeds the configured limit (`--max-body-bytes`)",
-                )
-            } else {
-                Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid-request",
-                    "invalid request",
-                    format!("cannot read the request body: {}", rejection.body_text()),
-                )
-            }
-        })?;
-        parse(&bytes).map(JsonBody)
+        // `into_limited_body` applies the router's `DefaultBodyLimit` (`--max-body-bytes`).
+        let collected = req
+            .into_limited_body()
+            .collect()
+            .await
+            .map_err(|e| body_problem(&*e.into_inner()))?;
+        parse(&collected.to_bytes()).map(JsonBody)
     }
+}
+
+/// The problem of a body that could not be read whole. The cause may be wrapped in several
+/// layers (the router's body, its length limit), so the whole chain is searched.
+pub fn body_problem(error: &(dyn std::error::Error + 'static)) -> Problem {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return too_large();
+        }
+        match e.downcast_ref::<crate::conn::BodyError>() {
+            Some(crate::conn::BodyError::Timeout) => {
+                return Problem::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body-timeout",
+                    "request body timeout",
+                    crate::conn::BodyError::Timeout.to_string(),
+                );
+            }
+            Some(crate::conn::BodyError::Busy) => {
+                return Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "service busy",
+                    crate::conn::BodyError::Busy.to_string(),
+                );
+            }
+            None => current = e.source(),
+        }
+    }
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "invalid-request",
+        "invalid request",
+        format!("cannot read the request body: {error}"),
+    )
+}
+
+/// A body over `--max-body-bytes`.
+pub fn too_large() -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        "request body too large",
+        "the request body exceeds the configured limit (`--max-body-bytes`)",
+    )
 }
 
 fn check_content_type(value: Option<&header::HeaderValue>) -> Result<(), Problem> {
@@ -119,6 +154,14 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     })?;
     de.end()
         .map_err(|e| Problem::invalid(format!("malformed JSON: {e}"), Vec::new()))?;
+    // The body is valid UTF-8 (checked above), and JSON (parsed just now).
+    let text = std::str::from_utf8(bytes).unwrap_or_default();
+    if let Some(pointer) = zt_evidence::strict::duplicate_key(text) {
+        return Err(Problem::invalid_fields(vec![FieldError::new(
+            pointer,
+            "repeats a member name of its object; send each name once",
+        )]));
+    }
     Ok(value)
 }
 
@@ -186,6 +229,20 @@ mod tests {
             "the request body must be a JSON object"
         );
         assert!(problem(b"[1").detail.starts_with("malformed JSON"));
+    }
+
+    #[test]
+    fn repeated_names_are_refused_at_every_depth() {
+        let p = problem(
+            br#"{"actor": "a", "action": "x", "resource": "r", "context": {"k": 1, "k": 2}}"#,
+        );
+        assert_eq!(p.status, 400);
+        assert_eq!(p.errors[0].pointer, "/context/k");
+        let p = parse::<serde_json::Map<String, serde_json::Value>>(
+            br#"{"subject": {"type": "user", "id": "bob", "id": "alice"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(p.errors[0].pointer, "/subject/id");
     }
 
     #[test]

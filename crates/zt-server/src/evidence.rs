@@ -19,7 +19,8 @@
 //! before any other work; per batch, the cost is shared by every record in it, and every record
 //! is still covered by a signature (its batch's checkpoint) plus an inclusion proof.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -102,6 +103,8 @@ struct Shared {
     tree: RwLock<Tree>,
     durable: ArcSwap<Durable>,
     signer: Arc<Signer>,
+    /// Set when a commit fails, cleared when one succeeds (or a probe write does).
+    failing: AtomicBool,
 }
 
 /// The service's handle on the log.
@@ -191,6 +194,7 @@ impl EvidenceLog {
         store: Store,
         signer: Arc<Signer>,
         max_batch: usize,
+        local_copy: Option<PathBuf>,
     ) -> Result<Self, EvidenceError> {
         let origin = origin(&store).await?;
         let public = PublicKey::new(&origin, &signer.verifying_key(), now_ms());
@@ -246,7 +250,12 @@ impl EvidenceLog {
             tree: RwLock::new(tree),
             durable: ArcSwap::from_pointee(durable),
             signer: Arc::clone(&signer),
+            failing: AtomicBool::new(false),
         });
+        if let Some(path) = local_copy {
+            check_local_copy(&shared, &path).await?;
+            tokio::spawn(keep_local_copy(Arc::clone(&shared), path));
+        }
         let (jobs, rx) = mpsc::channel(4096);
         tokio::spawn(writer(
             rx,
@@ -310,15 +319,59 @@ impl EvidenceLog {
         self.shared.durable.load_full()
     }
 
-    /// A stored record: its hash and canonical JSON.
+    /// A durable record: its hash and canonical JSON, served only once its bytes are checked
+    /// against its hash, and its hash against the tree (a record edited in the store, hash
+    /// and all, is [`EvidenceError::Inconsistent`], counted in
+    /// `ztinfra_evidence_corrupt_total`, and never served).
     pub async fn record(&self, seq: u64) -> Result<StoredRecord, EvidenceError> {
-        self.shared
+        if seq >= self.checkpoint().tree_size {
+            return Err(EvidenceError::NoRecord(seq));
+        }
+        let stored = self
+            .shared
             .store
             .evidence_records(seq, seq.saturating_add(1), 1)
             .await?
             .into_iter()
             .next()
-            .ok_or(EvidenceError::NoRecord(seq))
+            .ok_or_else(|| corrupt(format!("record {seq} is missing from the store")))?;
+        let hash = Hash::from_hex(&stored.hash)
+            .ok_or_else(|| corrupt(format!("record {seq} has a malformed hash")))?;
+        if Hash::digest(stored.body.as_bytes()) != hash {
+            return Err(corrupt(format!(
+                "record {seq} does not match its hash: its stored text was altered"
+            )));
+        }
+        let leaf = self
+            .shared
+            .with_tree(|tree, tiles| tree.leaf(seq, tiles))
+            .await?;
+        if leaf_hash(&hash.0) != leaf {
+            return Err(corrupt(format!(
+                "record {seq} does not match the log's tree: its stored hash was altered"
+            )));
+        }
+        Ok(stored)
+    }
+
+    /// Whether evidence can be written: `false` from a failed commit until a commit, or a
+    /// probe write made here, succeeds (so that a service nobody sends decisions to while it
+    /// is failing can still become ready again).
+    pub async fn writable(&self) -> bool {
+        if !self.shared.failing.load(Ordering::Relaxed) {
+            return true;
+        }
+        match self.shared.store.probe_write(now_ms()).await {
+            Ok(()) => {
+                self.shared.failing.store(false, Ordering::Relaxed);
+                tracing::info!("the evidence store takes writes again");
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %crate::error_chain(&e), "probe write failed");
+                false
+            }
+        }
     }
 
     /// The inclusion proof of record `seq` in the tree of `size` records (the latest checkpoint's
@@ -519,6 +572,99 @@ async fn catch_up_shared(shared: &Shared, chain: &mut Chain) -> Result<(), Evide
     Ok(())
 }
 
+/// A store found altered while serving: logged, counted, and an error for the caller.
+fn corrupt(message: String) -> EvidenceError {
+    metrics::counter!("ztinfra_evidence_corrupt_total").increment(1);
+    tracing::error!(problem = %message, "the evidence store is corrupt");
+    EvidenceError::Inconsistent(message)
+}
+
+/// How often the local copy of the latest checkpoint is brought up to date.
+const LOCAL_COPY_EVERY: Duration = Duration::from_millis(100);
+
+/// Refuses a store that is behind, or different from, the latest checkpoint this node kept
+/// outside it (see [`keep_local_copy`]).
+async fn check_local_copy(shared: &Shared, path: &std::path::Path) -> Result<(), EvidenceError> {
+    let note = match std::fs::read_to_string(path) {
+        Ok(note) => note,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(EvidenceError::Inconsistent(format!(
+                "cannot read `{}`: {e}",
+                path.display()
+            )));
+        }
+    };
+    let refuse = |why: String| {
+        EvidenceError::Inconsistent(format!(
+            "{why}. `{}` holds the latest checkpoint this node signed or saw; if the store was replaced on purpose (a new database), move that file away and start again",
+            path.display()
+        ))
+    };
+    let verified = verify_note(&note, &shared.keyring).map_err(|e| {
+        refuse(format!(
+            "the kept checkpoint does not verify with this log's keys: {e}"
+        ))
+    })?;
+    let kept = verified.checkpoint;
+    let len = shared
+        .tree
+        .read()
+        .map_err(|_| EvidenceError::WriterStopped)?
+        .len();
+    if kept.size > len {
+        return Err(refuse(format!(
+            "the store holds {len} evidence records, but a checkpoint of {} was signed: records were removed from the store",
+            kept.size
+        )));
+    }
+    let root = shared
+        .with_tree(|tree, tiles| tree.root(kept.size, tiles))
+        .await?;
+    if root != kept.root {
+        return Err(refuse(format!(
+            "the first {} stored records are not the ones the kept checkpoint signed",
+            kept.size
+        )));
+    }
+    Ok(())
+}
+
+/// Keeps the latest durable checkpoint in a file outside the store (written beside it and
+/// renamed over it, synced), at most [`LOCAL_COPY_EVERY`] behind, so that records removed from
+/// the store together with their checkpoints are noticed at the next start.
+async fn keep_local_copy(shared: Arc<Shared>, path: PathBuf) {
+    let mut written = 0;
+    let mut failed = false;
+    loop {
+        tokio::time::sleep(LOCAL_COPY_EVERY).await;
+        if Arc::strong_count(&shared) == 1 {
+            return;
+        }
+        let durable = shared.durable.load_full();
+        if durable.tree_size == written || durable.note.is_empty() {
+            continue;
+        }
+        let target = path.clone();
+        let note = durable.note.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            crate::write_private_file(&target, note.as_bytes())
+        })
+        .await;
+        match outcome {
+            Ok(Ok(())) => {
+                written = durable.tree_size;
+                failed = false;
+            }
+            Ok(Err(e)) if !failed => {
+                failed = true;
+                tracing::error!(error = %e, path = %path.display(), "cannot keep the local copy of the latest checkpoint");
+            }
+            _ => {}
+        }
+    }
+}
+
 async fn writer(
     mut jobs: mpsc::Receiver<Job>,
     shared: Arc<Shared>,
@@ -576,6 +722,7 @@ async fn writer(
         metrics::histogram!("ztinfra_evidence_commit_seconds").record(committing.elapsed());
         match result {
             Ok(receipts) => {
+                shared.failing.store(false, Ordering::Relaxed);
                 let mut receipts = receipts.into_iter();
                 for job in batch {
                     let mine: Vec<Receipt> = receipts.by_ref().take(job.records.len()).collect();
@@ -586,6 +733,7 @@ async fn writer(
                 let message = crate::error_chain(&e);
                 tracing::error!(error = %message, records = count, "evidence commit failed; these decisions are denied");
                 metrics::counter!("ztinfra_evidence_commit_failures_total").increment(1);
+                shared.failing.store(true, Ordering::Relaxed);
                 for job in batch {
                     let _ = job.reply.send(Err(message.clone()));
                 }
@@ -702,7 +850,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_in(dir.path()).await.unwrap();
         let signer = Arc::new(crate::keys::load_or_generate(&dir.path().join("keys")).unwrap());
-        let log = EvidenceLog::open(store, signer, 1000).await.unwrap();
+        let log = EvidenceLog::open(store, signer, 1000, None).await.unwrap();
         // Warm up: the first commit opens what the later ones reuse.
         log.append(vec![pending(0)], None).await.unwrap();
 
@@ -778,7 +926,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let signer = Arc::new(crate::keys::load_or_generate(&dir.path().join("keys")).unwrap());
         let store = Store::open_in(dir.path()).await.unwrap();
-        let log = EvidenceLog::open(store, Arc::clone(&signer), 1000)
+        let log = EvidenceLog::open(store, Arc::clone(&signer), 1000, None)
             .await
             .unwrap();
         let mut whole = Tree::new();
@@ -797,7 +945,7 @@ mod tests {
         drop(log);
 
         let store = Store::open_in(dir.path()).await.unwrap();
-        let log = EvidenceLog::open(store, signer, 1000).await.unwrap();
+        let log = EvidenceLog::open(store, signer, 1000, None).await.unwrap();
         check_proofs(&log, &whole).await;
 
         // A record altered in the store after the start: a proof that reads its tile refuses

@@ -6,10 +6,12 @@
 pub mod api;
 pub mod authzen;
 pub mod body;
+pub mod conn;
 pub mod evidence;
 pub mod keys;
 pub mod policies;
 pub mod problem;
+pub mod reach;
 pub mod reference;
 pub mod telemetry;
 
@@ -35,6 +37,39 @@ pub mod defaults {
     pub const MAX_BODY_BYTES: usize = 1024 * 1024;
     /// Most records in one evidence commit.
     pub const MAX_EVIDENCE_BATCH: usize = 1024;
+    /// The longest a connection may take to send a request's head, counted from when the
+    /// server starts waiting for it (so also the longest a keep-alive connection stays idle).
+    pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+    /// The longest a request's body may take to arrive, counted from its head.
+    pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+    /// Most connections served at once (lowered to fit the open file limit).
+    pub const MAX_CONNECTIONS: usize = 1024;
+    /// Most bytes held by request bodies not yet received whole, all connections together.
+    pub const MAX_PENDING_BODY_BYTES: usize = 64 * 1024 * 1024;
+}
+
+/// The latest checkpoint, kept in the data directory outside the store (see
+/// [`evidence::EvidenceLog::open`]).
+pub const LOCAL_CHECKPOINT_FILE: &str = "evidence.checkpoint";
+
+/// Creates the data directory readable by its owner only, or makes an existing one so.
+pub fn private_dir(dir: &std::path::Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let error = |source| ServerError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(error)?;
+    let mode = std::fs::metadata(dir).map_err(error)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(error)?;
+        tracing::warn!(dir = %dir.display(), "the data directory was readable by others; made private (0700)");
+    }
+    Ok(())
 }
 
 /// Everything the service needs to start.
@@ -46,7 +81,13 @@ pub struct Config {
     /// `None`: SQLite in the data directory.
     pub store: Option<Location>,
     pub limits: Limits,
-    pub max_body_bytes: usize,
+    /// Timeouts and bounds of connections and request bodies (`conn_limits.max_body_bytes`
+    /// is `--max-body-bytes`).
+    pub conn_limits: conn::ConnLimits,
+    /// Host names the API answers for, besides loopback ones and the public URL's (`*`: any).
+    pub allowed_hosts: Vec<String>,
+    /// Web origins allowed to send requests that change state, besides the public URL's.
+    pub allowed_origins: Vec<String>,
     /// Reload when the policy directory changes.
     pub watch: bool,
     /// Most records in one evidence commit.
@@ -92,23 +133,45 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct App {
     state: Arc<AppState>,
-    max_body_bytes: usize,
+    conn_limits: conn::ConnLimits,
+    reach: Arc<reach::Reach>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl App {
     /// Prepares the data directory, keys, store and policies.
+    ///
+    /// A start that fails removes the signing key and the SQLite store it created, so that a
+    /// mistake (a policy set that does not load, say) leaves nothing behind to be reused later.
     pub async fn start(config: &Config) -> Result<Self, ServerError> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&config.data_dir)
-            .map_err(|source| ServerError::DataDir {
-                path: config.data_dir.clone(),
-                source,
-            })?;
-        let signer = keys::load_or_generate(&config.data_dir.join("keys"))?;
+        private_dir(&config.data_dir)?;
+        let key_dir = config.data_dir.join("keys");
+        let key_file = key_dir.join("signing.key");
+        let db_file = match &config.store {
+            None => Some(config.data_dir.join(zt_store::SQLITE_FILE)),
+            Some(Location::Sqlite(path)) => Some(path.clone()),
+            Some(Location::Postgres(_)) => None,
+        };
+        let created: Vec<PathBuf> = [Some(key_file), db_file]
+            .into_iter()
+            .flatten()
+            .filter(|p| !p.exists())
+            .collect();
+        let started = Self::start_in(config, &key_dir).await;
+        if started.is_err() {
+            for path in &created {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut name = path.as_os_str().to_owned();
+                    name.push(suffix);
+                    let _ = std::fs::remove_file(&name);
+                }
+            }
+        }
+        started
+    }
+
+    async fn start_in(config: &Config, key_dir: &std::path::Path) -> Result<Self, ServerError> {
+        let signer = keys::load_or_generate(key_dir)?;
         tracing::info!(key_id = %signer.info().key_id, "signing key ready");
         let store = match &config.store {
             Some(location) => Store::open(location).await?,
@@ -119,6 +182,7 @@ impl App {
             store.clone(),
             std::sync::Arc::new(signer),
             config.max_evidence_batch,
+            Some(config.data_dir.join(LOCAL_CHECKPOINT_FILE)),
         )
         .await?;
         if !config.record_evidence {
@@ -136,6 +200,9 @@ impl App {
         let policies = Arc::new(policies);
         let status = policies.status();
         tracing::info!(dir = %config.policy_dir.display(), version = %status.version, policies = status.policies, "policy set active");
+        if status.policies == 0 {
+            tracing::warn!(dir = %config.policy_dir.display(), "the policy set has no policies: every decision is denied");
+        }
         for warning in &status.warnings {
             tracing::warn!(warning = %warning, "policy warning");
         }
@@ -162,14 +229,25 @@ impl App {
                 ready: AtomicBool::new(true),
                 public_url: config.public_url.clone(),
             }),
-            max_body_bytes: config.max_body_bytes,
+            conn_limits: config.conn_limits,
+            reach: Arc::new(reach::Reach::new(
+                config.listen,
+                config.public_url.as_deref(),
+                &config.allowed_hosts,
+                &config.allowed_origins,
+            )),
             _watcher: watcher,
         })
     }
 
     pub fn router(&self) -> axum::Router {
         api::router(Arc::clone(&self.state))
-            .layer(DefaultBodyLimit::max(self.max_body_bytes))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&self.reach),
+                reach::check,
+            ))
+            .layer(DefaultBodyLimit::max(self.conn_limits.max_body_bytes))
+            .layer(axum::middleware::map_response(api::problem_details))
             .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
             .layer(CatchPanicLayer::custom(
                 |_: Box<dyn std::any::Any + Send>| {
@@ -221,17 +299,44 @@ impl App {
     ) -> Result<(), ServerError> {
         let state = Arc::clone(&self.state);
         let router = self.router();
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                state.ready.store(false, Ordering::Relaxed);
-                tracing::info!("shutting down: finishing in-flight requests");
-            })
-            .await
-            .map_err(ServerError::Serve);
+        if let Ok(addr) = listener.local_addr()
+            && !addr.ip().is_loopback()
+        {
+            tracing::warn!(
+                %addr,
+                "listening on a non-loopback address: the admin API (entity edits, policy reloads) is NOT authenticated yet; anyone who can reach this address can change what is allowed"
+            );
+        }
+        let limits = self.conn_limits.fit_descriptors();
+        conn::serve(listener, router, limits, async move {
+            shutdown.await;
+            state.ready.store(false, Ordering::Relaxed);
+            tracing::info!("shutting down: finishing in-flight requests");
+        })
+        .await;
         self.state.store.close().await;
-        result
+        Ok(())
     }
+}
+
+/// Replaces the file at `path` with `bytes`, atomically and durably: written to a new file
+/// beside it (created exclusively, under an unpredictable name, so that nothing planted there
+/// is followed or overwritten), synced, renamed over `path` (which replaces a link at `path`
+/// rather than following it), and the directory synced. The file is readable by its owner only.
+pub fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut file = tempfile::Builder::new()
+        .prefix(".ztinfra-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The wall clock, in milliseconds since the Unix epoch: the one place the service reads it.

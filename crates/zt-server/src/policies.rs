@@ -95,7 +95,6 @@ fn write_entities(
     cache: &std::sync::Mutex<ValidationCache>,
     edit: impl FnOnce(Vec<serde_json::Value>) -> Result<Vec<serde_json::Value>, String>,
 ) -> Result<Engine, EntityEditError> {
-    use std::io::Write as _;
     let path = dir.join(ENTITIES_FILE);
     let io = |e: std::io::Error| EntityEditError::Io {
         path: path.display().to_string(),
@@ -124,14 +123,7 @@ fn write_entities(
     });
     let engine = load_cached(&files, cache).map_err(EntityEditError::Rejected)?;
 
-    let temporary = dir.join(format!(".{ENTITIES_FILE}.tmp"));
-    let mut file = std::fs::File::create(&temporary).map_err(io)?;
-    file.write_all(text.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&temporary, &path).map_err(io)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)?;
+    crate::write_private_file(&path, text.as_bytes()).map_err(io)?;
     Ok(engine)
 }
 
@@ -343,10 +335,22 @@ impl Policies {
                 };
                 if changed {
                     let engine = Arc::new(engine);
-                    let replaced = self.active.swap(Arc::new(Active {
-                        engine: Arc::clone(&engine),
-                        loaded_at_ms: now_ms(),
-                    }));
+                    // The set and the error it clears change together, under the lock that
+                    // `status` reads both under.
+                    let (replaced, recovered) = {
+                        let mut last = self
+                            .last_error
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let replaced = self.active.swap(Arc::new(Active {
+                            engine: Arc::clone(&engine),
+                            loaded_at_ms: now_ms(),
+                        }));
+                        (replaced, last.take().is_some())
+                    };
+                    if recovered {
+                        tracing::info!(version = %reloaded.version, "policy set recovered: the files load again");
+                    }
                     // Freeing a large set takes milliseconds: not on the decision path either
                     // (a decision still holding it frees it when done). Should the thread not
                     // start, the set is freed here when the closure is dropped.
@@ -354,8 +358,14 @@ impl Policies {
                     self.record(&engine).await;
                     tracing::info!(version = %reloaded.version, policies = reloaded.policies, "policy set activated");
                 }
-                if let Ok(mut last) = self.last_error.lock() {
-                    *last = None;
+                let recovered = self
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()
+                    .is_some();
+                if recovered {
+                    tracing::info!(version = %reloaded.version, "policy set recovered: the files load again (unchanged from the active set)");
                 }
                 metrics::counter!("ztinfra_policy_reloads_total", "outcome" => "ok").increment(1);
                 Ok(reloaded)
@@ -364,12 +374,13 @@ impl Policies {
                 for e in &errors {
                     tracing::error!(error = %e, "policy reload failed; the previous set stays active");
                 }
-                if let Ok(mut last) = self.last_error.lock() {
-                    *last = Some(ReloadFailure {
-                        at_ms: now_ms(),
-                        errors: errors.clone(),
-                    });
-                }
+                *self
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ReloadFailure {
+                    at_ms: now_ms(),
+                    errors: errors.clone(),
+                });
                 metrics::counter!("ztinfra_policy_reloads_total", "outcome" => "error")
                     .increment(1);
                 Err(errors)
@@ -415,6 +426,12 @@ impl Policies {
     }
 
     pub fn status(&self) -> PolicyStatus {
+        // Under the lock an activation holds while it swaps the set and clears the error, so
+        // that a new version is never shown with the error it cleared.
+        let last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let active = self.active.load();
         let set = active.engine.policies();
         let dir = &self.dir;
@@ -425,7 +442,7 @@ impl Policies {
             policies: set.policy_count(),
             files: set.files().to_vec(),
             warnings: set.warnings().to_vec(),
-            last_reload_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+            last_reload_error: last.clone(),
         }
     }
 

@@ -2,8 +2,10 @@
 //! the first public ZT-Infra implementation, so that clients and adapters written for it work
 //! against this server unchanged.
 //!
-//! `POST /actions` takes `{"actor", "action", "resource", "context"?}` (the same request as
-//! `POST /v1/decide`) and answers 200 on allow and 403 on deny, with
+//! `POST /actions` takes `{"actor", "action", "resource"?, "context"?}` (the request of
+//! `POST /v1/decide`, except that `resource` may be left out, as the reference server reads it:
+//! a missing or empty `resource` is no particular resource, the Cedar resource `Resource::""`,
+//! recorded as `"resource": ""`) and answers 200 on allow and 403 on deny, with
 //! `{"ok", "actor", "action", "resource", "decision", "reason", "audit"}`. The `audit` object
 //! is backed by this server's evidence log: `previous_hash` and `current_hash` are the hashes
 //! of the decision's record and the one before it, and `kms_signature` is an Ed25519
@@ -21,7 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
-use zt_core::{Decision, DecisionRequest};
+use zt_core::{Decision, DecisionRequest, ReferenceRequest};
 
 use crate::api::{AppState, Origin, answer_one};
 use crate::body::JsonBody;
@@ -90,12 +92,12 @@ pub struct ActionAnswer {
 )]
 pub(crate) async fn actions(
     State(app): State<Arc<AppState>>,
-    JsonBody(request): JsonBody<DecisionRequest>,
+    JsonBody(ReferenceRequest(request)): JsonBody<ReferenceRequest>,
 ) -> Result<Response, Problem> {
     let origin = Origin::now("actions");
     let announced = app.evidence.announce();
     let request = request
-        .validate(&app.limits)
+        .validate_reference(&app.limits)
         .map_err(Problem::invalid_fields)?;
     let answered = answer_one(&app, origin, &request, announced).await?;
     let mut decision = answered.decision;

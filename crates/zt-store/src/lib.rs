@@ -130,6 +130,38 @@ enum Backend {
     Postgres(PgPool),
 }
 
+/// The SQLite store's file name in the data directory.
+pub const SQLITE_FILE: &str = "ztinfra.db";
+
+/// The longest a PostgreSQL statement may run (PostgreSQL's `statement_timeout`).
+pub const PG_STATEMENT_TIMEOUT: &str = "10s";
+/// The longest a PostgreSQL connection may take to be had from the pool, connecting included.
+pub const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Creates the SQLite file readable by its owner only, and makes an existing one (and its
+/// write-ahead log and shared-memory files, which SQLite creates with the database file's
+/// mode) so: the store holds every request and its context.
+fn private_files(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = Path::new(&name);
+        match std::fs::metadata(file) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The durable store.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -175,6 +207,7 @@ impl Store {
         };
         let backend = match location {
             Location::Sqlite(path) => {
+                private_files(path).map_err(|e| open_error(sqlx::Error::Io(e)))?;
                 let options = SqliteConnectOptions::new()
                     .filename(path)
                     .create_if_missing(true)
@@ -193,10 +226,15 @@ impl Store {
                 )
             }
             Location::Postgres(url) => {
-                let options = PgConnectOptions::from_str(url).map_err(open_error)?;
+                // A statement that runs longer than this is cancelled by the server; a
+                // connection that cannot be had (the server is down) fails after
+                // `PG_CONNECT_TIMEOUT`. Either way the decision waiting on it is denied.
+                let options = PgConnectOptions::from_str(url)
+                    .map_err(open_error)?
+                    .options([("statement_timeout", PG_STATEMENT_TIMEOUT)]);
                 let pool = PgPoolOptions::new()
                     .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(10))
+                    .acquire_timeout(PG_CONNECT_TIMEOUT)
                     .connect_with(options)
                     .await
                     .map_err(open_error)?;
@@ -213,7 +251,7 @@ impl Store {
 
     /// Opens an SQLite store in `dir`, under the standard file name.
     pub async fn open_in(dir: &Path) -> Result<Self, StoreError> {
-        Self::open(&Location::Sqlite(dir.join("ztinfra.db"))).await
+        Self::open(&Location::Sqlite(dir.join(SQLITE_FILE))).await
     }
 
     pub fn location(&self) -> &Location {
@@ -342,6 +380,42 @@ impl Store {
             }
             Backend::Postgres(pool) => {
                 pool.execute("SELECT 1").await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the store takes evidence again after appends failed (a full disk, a database
+    /// or table that went away): reads the end of the evidence tables, and writes and commits
+    /// one small row (the time, under `health_probe` in `zt_meta`) the way evidence is written
+    /// (on SQLite, on the append thread, synced).
+    pub async fn probe_write(&self, now_ms: i64) -> Result<(), StoreError> {
+        const TABLES: &str = "SELECT (SELECT MAX(seq) FROM zt_evidence_records),
+                                     (SELECT MAX(tree_size) FROM zt_evidence_checkpoints)";
+        let value = now_ms.to_string();
+        match &self.backend {
+            Backend::Sqlite(_, appender) => {
+                appender
+                    .write(move |conn| {
+                        conn.prepare_cached(TABLES)?.query_row([], |_| Ok(()))?;
+                        conn.prepare_cached(
+                            "INSERT INTO zt_meta (name, value) VALUES ('health_probe', ?1)
+                             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                        )?
+                        .execute(rusqlite::params![value])?;
+                        Ok(())
+                    })
+                    .await?;
+            }
+            Backend::Postgres(pool) => {
+                pool.execute(TABLES).await?;
+                sqlx::query(
+                    "INSERT INTO zt_meta (name, value) VALUES ('health_probe', $1)
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                )
+                .bind(value)
+                .execute(pool)
+                .await?;
             }
         }
         Ok(())

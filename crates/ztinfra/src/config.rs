@@ -31,12 +31,13 @@ const DEMO_FILES: &[(&str, &str)] = &[
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
+    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"            # relative paths: from the config file's directory\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  no_watch = false                # or: watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n  header_timeout_secs = 10\n  body_timeout_secs = 10\n  max_connections = 1024\n  max_pending_body_bytes = 67108864\n  allowed_hosts = [\"pdp.internal\"]\n  allowed_origins = [\"https://console.example.com\"]\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
 )]
 pub struct ServeArgs {
-    /// Address to listen on [default: 127.0.0.1:8181].
+    /// Address to listen on, IP:PORT; a bare PORT or localhost:PORT means 127.0.0.1:PORT
+    /// [default: 127.0.0.1:8181].
     #[arg(long, env = "ZTINFRA_LISTEN")]
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
     /// Directory for state: the SQLite store and the signing key [default: ./.ztinfra].
     #[arg(long, env = "ZTINFRA_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -72,7 +73,39 @@ pub struct ServeArgs {
     /// metadata [default: http://<Host header of each request>].
     #[arg(long, env = "ZTINFRA_PUBLIC_URL")]
     public_url: Option<String>,
-    /// A TOML config file.
+    /// Seconds a connection may take to send a request's head, counted from when the server
+    /// starts waiting for it; an idle keep-alive connection is closed after as long
+    /// [default: 10].
+    #[arg(long, env = "ZTINFRA_HEADER_TIMEOUT_SECS")]
+    header_timeout_secs: Option<u64>,
+    /// Seconds a request's body may take to arrive after its head (408 after that) [default: 10].
+    #[arg(long, env = "ZTINFRA_BODY_TIMEOUT_SECS")]
+    body_timeout_secs: Option<u64>,
+    /// Most connections served at once; more are answered 503 and closed (lowered to fit the
+    /// open file limit) [default: 1024].
+    #[arg(long, env = "ZTINFRA_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Most bytes held by request bodies not yet received whole, all connections together
+    /// (503 beyond) [default: 67108864].
+    #[arg(long, env = "ZTINFRA_MAX_PENDING_BODY_BYTES")]
+    max_pending_body_bytes: Option<usize>,
+    /// A host name the API answers for (the `Host` header), besides loopback names and the
+    /// public URL's; repeat for more; `*` for any [env: comma-separated].
+    #[arg(
+        long = "allowed-host",
+        env = "ZTINFRA_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    allowed_hosts: Vec<String>,
+    /// A web origin (`https://console.example.com`) allowed to send requests that change
+    /// state, besides the public URL's; repeat for more [env: comma-separated].
+    #[arg(
+        long = "allowed-origin",
+        env = "ZTINFRA_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Vec<String>,
+    /// A TOML config file; relative paths in it are read from its own directory.
     #[arg(long, env = "ZTINFRA_CONFIG")]
     config: Option<PathBuf>,
     /// Benchmarks only: answer decisions without recording evidence, to measure what evidence
@@ -85,12 +118,20 @@ pub struct ServeArgs {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
     data_dir: Option<PathBuf>,
     policies: Option<PathBuf>,
     demo: Option<bool>,
     store: Option<String>,
     watch: Option<bool>,
+    /// The flag's own name; `watch = false` says the same.
+    no_watch: Option<bool>,
+    header_timeout_secs: Option<u64>,
+    body_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    max_pending_body_bytes: Option<usize>,
+    allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
     log_format: Option<LogFormat>,
     max_body_bytes: Option<usize>,
     max_batch: Option<usize>,
@@ -108,7 +149,7 @@ pub struct Settings {
 
 impl Settings {
     pub fn resolve(args: ServeArgs) -> anyhow::Result<Self> {
-        let file = match &args.config {
+        let mut file: FileConfig = match &args.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read the config file `{}`", path.display()))?;
@@ -117,17 +158,38 @@ impl Settings {
             }
             None => FileConfig::default(),
         };
+        // Paths in the file are the file's: relative ones are read from its directory.
+        if let Some(base) = args.config.as_deref().and_then(Path::parent) {
+            for path in [&mut file.data_dir, &mut file.policies]
+                .into_iter()
+                .flatten()
+            {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+            if let Some(store) = &mut file.store
+                && let Ok(Location::Sqlite(path)) = Location::parse(store)
+                && path.is_relative()
+            {
+                *store = base.join(path).display().to_string();
+            }
+        }
         let default_limits = Limits::default();
-        let listen = match args.listen.or(file.listen) {
-            Some(listen) => listen,
-            None => defaults::LISTEN.parse()?,
-        };
+        let listen = parse_listen(
+            args.listen
+                .or(file.listen)
+                .as_deref()
+                .unwrap_or(defaults::LISTEN),
+        )?;
         let data_dir = args
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR));
         let demo = args.demo || file.demo.unwrap_or(false);
-        let policy_dir = match args.policies.or(file.policies) {
+        let named_policies = args.policies.or(file.policies);
+        let explicit = named_policies.is_some();
+        let policy_dir = match named_policies {
             Some(dir) => dir,
             None if demo => data_dir.join("demo-policies"),
             None => data_dir.join("policies"),
@@ -137,6 +199,31 @@ impl Settings {
             .or(file.store)
             .map(|s| Location::parse(&s))
             .transpose()?;
+        let conn_defaults = zt_server::conn::ConnLimits::default();
+        let secs = |flag: Option<u64>, key: Option<u64>, default: std::time::Duration| {
+            flag.or(key).map_or(default, std::time::Duration::from_secs)
+        };
+        let mut conn_limits = zt_server::conn::ConnLimits {
+            header_timeout: secs(
+                args.header_timeout_secs,
+                file.header_timeout_secs,
+                conn_defaults.header_timeout,
+            ),
+            body_timeout: secs(
+                args.body_timeout_secs,
+                file.body_timeout_secs,
+                conn_defaults.body_timeout,
+            ),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(conn_defaults.max_connections),
+            max_body_bytes: conn_defaults.max_body_bytes,
+            max_pending_body_bytes: args
+                .max_pending_body_bytes
+                .or(file.max_pending_body_bytes)
+                .unwrap_or(conn_defaults.max_pending_body_bytes),
+        };
         let limits = Limits {
             max_id_bytes: args
                 .max_id_bytes
@@ -155,21 +242,49 @@ impl Settings {
             .max_body_bytes
             .or(file.max_body_bytes)
             .unwrap_or(defaults::MAX_BODY_BYTES);
+        conn_limits.max_body_bytes = max_body_bytes;
         for (name, value) in [
             ("max_body_bytes", max_body_bytes),
             ("max_batch", limits.max_batch),
             ("max_context_depth", limits.max_context_depth),
             ("max_id_bytes", limits.max_id_bytes),
+            ("max_connections", conn_limits.max_connections),
+            ("max_pending_body_bytes", conn_limits.max_pending_body_bytes),
+            (
+                "header_timeout_secs",
+                conn_limits.header_timeout.as_secs() as usize,
+            ),
+            (
+                "body_timeout_secs",
+                conn_limits.body_timeout.as_secs() as usize,
+            ),
         ] {
             if value == 0 {
                 bail!("`{name}` must be at least 1");
             }
+        }
+        if conn_limits.max_pending_body_bytes < max_body_bytes {
+            bail!(
+                "`max_pending_body_bytes` ({}) must be at least `max_body_bytes` ({max_body_bytes}), or no body of the largest size could ever be received",
+                conn_limits.max_pending_body_bytes
+            );
+        }
+        if u32::try_from(conn_limits.max_pending_body_bytes).is_err() {
+            bail!("`max_pending_body_bytes` must be below 4 GiB");
         }
         let public_url = args
             .public_url
             .or(file.public_url)
             .map(|url| check_public_url(&url))
             .transpose()?;
+        // The data directory first, private, before anything is written into it.
+        zt_server::private_dir(&data_dir)?;
+        if explicit && !policy_dir.is_dir() {
+            bail!(
+                "the policy directory `{}` does not exist (or is not a directory); create it, or correct `--policies`",
+                policy_dir.display()
+            );
+        }
         if demo {
             write_demo(&policy_dir)?;
         } else if !policy_dir.exists() {
@@ -188,8 +303,18 @@ impl Settings {
                 policy_dir,
                 store,
                 limits,
-                max_body_bytes,
-                watch: !(args.no_watch || file.watch == Some(false)),
+                conn_limits,
+                allowed_hosts: if args.allowed_hosts.is_empty() {
+                    file.allowed_hosts.unwrap_or_default()
+                } else {
+                    args.allowed_hosts
+                },
+                allowed_origins: if args.allowed_origins.is_empty() {
+                    file.allowed_origins.unwrap_or_default()
+                } else {
+                    args.allowed_origins
+                },
+                watch: !(args.no_watch || file.watch == Some(false) || file.no_watch == Some(true)),
                 max_evidence_batch: defaults::MAX_EVIDENCE_BATCH,
                 record_evidence: !args.unsafe_no_evidence,
                 public_url,
@@ -200,6 +325,23 @@ impl Settings {
                 .unwrap_or(LogFormat::Text),
         })
     }
+}
+
+/// `IP:PORT`; a bare `PORT`, or `localhost:PORT`, is `127.0.0.1:PORT`.
+fn parse_listen(value: &str) -> anyhow::Result<SocketAddr> {
+    let value = value.trim();
+    let port = value
+        .strip_prefix("localhost:")
+        .unwrap_or(value)
+        .parse::<u16>();
+    if let Ok(port) = port {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    value.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "`listen` must be an IP:PORT such as `127.0.0.1:8181` or `[::1]:8181` (or a bare port for loopback); got `{value}`"
+        )
+    })
 }
 
 /// A base URL: `http://` or `https://`, a host, perhaps a path; no query, fragment or

@@ -77,7 +77,16 @@ fn ask(args: &DecideArgs) -> Result<u8, String> {
             .json(&body)
             .send()
             .await
-            .map_err(|e| format!("cannot reach {url}: {e}"))?;
+            .map_err(|e| {
+                let cause = zt_server::error_chain(&e);
+                if e.is_connect() && cause.contains("refused") {
+                    format!("cannot reach {url}: the connection was refused (is `ztinfra serve` running there?)")
+                } else if e.is_timeout() {
+                    format!("cannot reach {url}: no answer within {} s", args.timeout)
+                } else {
+                    format!("cannot reach {url}: {cause}")
+                }
+            })?;
         let status = response.status();
         let text = response.text().await.map_err(|e| e.to_string())?;
         Ok::<_, String>((status, text))

@@ -74,6 +74,17 @@ pub enum EvidenceCommand {
         /// The log's public keys, as `GET /v1/evidence/keys` or `ztinfra keys export` give them.
         #[arg(long)]
         keys: PathBuf,
+        /// A checkpoint obtained earlier from a source you trust (the `note` of
+        /// `GET /v1/evidence/checkpoint`, or `<data-dir>/evidence.checkpoint`): the export must
+        /// reach its size with its root.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        /// The export must hold exactly this many records (its tree size).
+        #[arg(long, value_name = "N", conflicts_with = "checkpoint")]
+        expect_size: Option<u64>,
+        /// The Merkle root (hex) the export must have at `--expect-size` (or at its end).
+        #[arg(long, value_name = "HEX", conflicts_with = "checkpoint")]
+        expect_root: Option<String>,
     },
 }
 
@@ -128,7 +139,20 @@ pub fn run_evidence(command: EvidenceCommand) -> ExitCode {
             to,
             output,
         } => runtime().and_then(|rt| rt.block_on(export(&store, from, to, output.as_deref()))),
-        EvidenceCommand::Verify { file, keys } => return verify(&file, &keys),
+        EvidenceCommand::Verify {
+            file,
+            keys,
+            checkpoint,
+            expect_size,
+            expect_root,
+        } => {
+            let expect = Expect {
+                checkpoint,
+                size: expect_size,
+                root: expect_root,
+            };
+            return verify(&file, &keys, &expect);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -288,8 +312,69 @@ async fn export(
     Ok(())
 }
 
-fn verify(file: &Path, keys: &Path) -> ExitCode {
-    match verify_file(file, keys) {
+/// What `evidence verify` is told to expect, besides what the export says of itself.
+#[derive(Debug)]
+struct Expect {
+    checkpoint: Option<PathBuf>,
+    size: Option<u64>,
+    root: Option<String>,
+}
+
+impl Expect {
+    /// The pin these options set, read and checked against `keyring`.
+    fn pin(&self, keyring: &Keyring) -> anyhow::Result<Option<zt_evidence::verify::Pin>> {
+        use zt_evidence::verify::Pin;
+        if let Some(path) = &self.checkpoint {
+            let note = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read `{}`", path.display()))?;
+            let verified = zt_evidence::checkpoint::verify_note(&note, keyring).map_err(|e| {
+                anyhow::anyhow!(
+                    "`{}` is not a checkpoint signed by this log's keys: {e}",
+                    path.display()
+                )
+            })?;
+            return Ok(Some(Pin {
+                size: verified.checkpoint.size,
+                root: Some(verified.checkpoint.root),
+                exact: false,
+            }));
+        }
+        let root = self
+            .root
+            .as_deref()
+            .map(|hex| {
+                zt_evidence::Hash::from_hex(hex).ok_or_else(|| {
+                    anyhow::anyhow!("`--expect-root` must be 64 hex digits; got `{hex}`")
+                })
+            })
+            .transpose()?;
+        // `--expect-root` without `--expect-size` is checked against the export's end.
+        Ok(self.size.map(|size| Pin {
+            size,
+            root,
+            exact: true,
+        }))
+    }
+}
+
+fn verify(file: &Path, keys: &Path, expect: &Expect) -> ExitCode {
+    let verdict = verify_file(file, keys, expect).map(|verdict| {
+        // `--expect-root` alone: the root at the export's end.
+        verdict.and_then(|summary| match &expect.root {
+            Some(root) if expect.size.is_none() && !summary.root.eq_ignore_ascii_case(root) => {
+                Err(zt_evidence::Failure {
+                    kind: zt_evidence::FailureKind::Modified,
+                    seq: None,
+                    message: format!(
+                        "the export's root is {}, not the expected {root}",
+                        summary.root
+                    ),
+                })
+            }
+            _ => Ok(summary),
+        })
+    });
+    match verdict {
         Ok(Ok(summary)) => {
             let range = match summary.records {
                 0 => "none".to_owned(),
@@ -325,7 +410,7 @@ fn verify(file: &Path, keys: &Path) -> ExitCode {
 
 type Verdict = Result<zt_evidence::Summary, zt_evidence::Failure>;
 
-fn verify_file(file: &Path, keys: &Path) -> anyhow::Result<Verdict> {
+fn verify_file(file: &Path, keys: &Path, expect: &Expect) -> anyhow::Result<Verdict> {
     let keyring: Keyring = serde_json::from_str(
         &std::fs::read_to_string(keys)
             .with_context(|| format!("cannot read `{}`", keys.display()))?,
@@ -341,9 +426,11 @@ fn verify_file(file: &Path, keys: &Path) -> anyhow::Result<Verdict> {
             .lines()
             .map(|line| line.with_context(|| format!("cannot read `{}`", file.display()))))
     };
+    let pin = expect.pin(&keyring)?;
     let bar = progress(None, "verifying");
-    let verdict =
-        zt_evidence::verify::verify_export(open, &keyring, |done| bar.set_position(done))?;
+    let verdict = zt_evidence::verify::verify_export_pinned(open, &keyring, pin, |done| {
+        bar.set_position(done)
+    })?;
     bar.finish_and_clear();
     Ok(verdict)
 }

@@ -106,8 +106,9 @@ fn run_serve(settings: config::Settings) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let app = zt_server::App::start(&settings.server).await?;
+        // Bound first: a port in use stops the start before a key or store is created.
         let (listener, addr) = zt_server::bind(settings.server.listen).await?;
+        let app = zt_server::App::start(&settings.server).await?;
         tracing::info!(%addr, "listening");
         // One line on standard output, for scripts and tests that start the server on port 0.
         println!("ztinfra listening on http://{addr}");

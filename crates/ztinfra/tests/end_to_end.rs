@@ -46,14 +46,20 @@ impl Server {
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path())
-            .args(args)
+            .args(args);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        Self::launch(command, data)
+    }
+
+    /// Starts a server by `command` (`ztinfra serve ...`), whose state is in `data`.
+    fn launch(mut command: Command, data: std::sync::Arc<tempfile::TempDir>) -> Self {
+        command
             .env_remove("ZTINFRA_LOG_FORMAT")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for (k, v) in env {
-            command.env(k, v);
-        }
         let mut child = command.spawn().unwrap();
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().unwrap();
@@ -128,6 +134,7 @@ fn client() -> http::sync::Client {
 mod end_to_end {
     mod authzen;
     mod evidence;
+    mod hardening;
 }
 
 /// A tiny synchronous HTTP helper over reqwest's async client, on a private runtime.
@@ -202,6 +209,15 @@ mod http {
 
             pub fn post_json(&self, url: &str, body: &serde_json::Value) -> Response {
                 self.send(self.inner.post(url).json(body))
+            }
+
+            pub fn put_json(&self, url: &str, body: &serde_json::Value) -> Response {
+                self.send(self.inner.put(url).json(body))
+            }
+
+            /// A GET that may fail to connect.
+            pub fn try_get(&self, url: &str) -> Option<Response> {
+                self.try_send(self.inner.get(url)).ok()
             }
 
             pub fn post_raw(
@@ -650,6 +666,10 @@ fn decide_command_exit_codes_guard_shell_steps() {
         "r",
     ]);
     assert_eq!(down.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("connection was refused"),
+        "{down:?}"
+    );
 }
 
 #[test]

@@ -232,16 +232,28 @@ fn authzen_certification_scenario_passes_at_every_level() {
         if token.is_empty() {
             break;
         }
-        // A token is bound to its query: the same token with another action is refused.
+        // A token is bound to its query: the same token with another action is refused, and
+        // so is another page limit than the one it was issued for.
         let mut other = body.clone();
         other["action"]["name"] = json!("write");
-        other["page"] = json!({"token": token, "limit": 1});
+        other["page"] = json!({"token": token});
         assert_eq!(
             c.post_json(&server.url("/access/v1/search/subject"), &other)
                 .status,
             400
         );
-        page = json!({"token": token, "limit": 1});
+        let mut wider = body.clone();
+        wider["page"] = json!({"token": token, "limit": 2});
+        let refused = c.post_json(&server.url("/access/v1/search/subject"), &wider);
+        assert_eq!(refused.status, 400);
+        assert_eq!(refused.json()["errors"][0]["pointer"], "/page/limit");
+        // The same limit again is fine; the scenario's follow-up (c-4-5-2) sends the token
+        // alone, and every second round here does so.
+        page = if round % 2 == 0 {
+            json!({"token": token})
+        } else {
+            json!({"token": token, "limit": 1})
+        };
     }
     assert_eq!(
         paged.iter().cloned().collect::<BTreeSet<_>>(),
@@ -535,9 +547,50 @@ fn the_reference_actions_contract_answers_with_signed_audit() {
         allowed["audit"]["current_hash"]
     );
 
+    // The reference client's two request shapes: `decide(actor, action)` sends no
+    // `resource` (read as no particular resource, `Resource::""`), and with one it sends it.
+    for (body, status) in [
+        (
+            json!({"actor": "demo-agent", "action": "aws.ec2.describe_instances"}),
+            200,
+        ),
+        (
+            json!({"actor": "demo-agent", "action": "aws.iam.create_user"}),
+            403,
+        ),
+        (
+            json!({"actor": "demo-agent", "action": "aws.s3.get_object", "resource": "bucket/key"}),
+            200,
+        ),
+    ] {
+        let response = c.post_json(&server.url("/actions"), &body);
+        assert_eq!(
+            response.status,
+            status,
+            "{body}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
+        let answer = response.json();
+        let expected = body.get("resource").cloned().unwrap_or(json!(""));
+        assert_eq!(answer["resource"], expected);
+        let seq = answer["evidence"]["seq"].as_u64().unwrap();
+        let record = c.get(&server.url(&format!("/v1/evidence/{seq}"))).json();
+        assert_eq!(record["record"]["request"]["resource"], expected);
+    }
+    // `/v1/decide` keeps `resource` required.
+    assert_eq!(
+        c.post_json(
+            &server.url("/v1/decide"),
+            &json!({"actor": "a", "action": "x"})
+        )
+        .status,
+        400
+    );
+
     // Bad input: a 400 with problem details, never an allow.
     for bad in [
-        json!({"actor": "a", "action": "x"}),
+        json!({"actor": "a"}),
+        json!({"actor": "a", "action": "x", "resource": 7}),
         json!({"actor": "", "action": "x", "resource": "r"}),
     ] {
         let response = c.post_json(&server.url("/actions"), &bad);

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use zt_evidence::checkpoint::{Keyring, verify_note};
 use zt_evidence::merkle::{Hash, verify_inclusion};
 
-use super::super::{Server, client, decide, run};
+use super::super::{Server, client, decide, run, wait_for};
 
 pub(super) fn export(server_data: &std::path::Path, extra: &[&str], out: &std::path::Path) {
     let mut args = vec![
@@ -530,9 +530,13 @@ fn a_decision_that_cannot_be_recorded_is_denied() {
     let evaluate = || c.post_json(&server.url("/access/v1/evaluation"), &authzen);
     assert_eq!(evaluate().json()["decision"], true);
     assert_eq!(c.post_json(&server.url("/actions"), &allowed).status, 200);
-    // The evidence table goes away under the running server.
+    assert_eq!(c.get(&server.url("/readyz")).status, 200);
+    // The evidence table goes away under the running server (renamed, to come back later).
     let schema = scoped.rsplit("%3D").next().unwrap();
-    psql(&url, &format!("DROP TABLE {schema}.zt_evidence_records"));
+    psql(
+        &url,
+        &format!("ALTER TABLE {schema}.zt_evidence_records RENAME TO hidden_records"),
+    );
     let answer = decide(&c, &server, allowed.clone());
     assert_eq!(answer["decision"], "deny", "{answer}");
     assert_eq!(answer["reasons"][0]["kind"], "error");
@@ -549,10 +553,25 @@ fn a_decision_that_cannot_be_recorded_is_denied() {
     let response = evaluate();
     assert_eq!(response.status, 200);
     assert_eq!(response.json()["decision"], false);
+    // The log is read as the server writes it: wait for the line rather than race it.
+    wait_for("the commit failure in the log", || {
+        server.logs().contains("evidence commit failed")
+    });
+    // While evidence cannot be written the service is not ready, and it is again once writes
+    // succeed, without a decision having to come first.
+    let readyz = c.get(&server.url("/readyz"));
+    assert_eq!(readyz.status, 503);
     assert!(
-        server.logs().contains("evidence commit failed"),
-        "{}",
-        server.logs()
+        readyz.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("evidence cannot be written")
     );
+    psql(
+        &url,
+        &format!("ALTER TABLE {schema}.hidden_records RENAME TO zt_evidence_records"),
+    );
+    assert_eq!(c.get(&server.url("/readyz")).status, 200);
+    assert_eq!(decide(&c, &server, allowed)["decision"], "allow");
     psql(&url, &format!("DROP SCHEMA {schema} CASCADE"));
 }
