@@ -4,6 +4,8 @@
 //! a file descriptor and each unfinished body the memory received so far. [`serve`] bounds all
 //! of it, for the decision service and the MCP gateway alike:
 //!
+//! - a request head is at most [`MAX_HEAD_BYTES`] (431 beyond, answered by hyper), and a
+//!   connection's read buffer at most [`READ_BUFFER_BYTES`];
 //! - a connection must send a request's whole head within `header_timeout` of the server
 //!   starting to wait for it (hyper's header timer, which starts as soon as the connection is
 //!   idle): this closes slow heads, and keep-alive connections idle for that long;
@@ -35,6 +37,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt as _;
 
 use crate::problem::Problem;
+
+/// The most a connection's read buffer holds: the largest request head, and a body's bytes on
+/// their way to the budget.
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The largest request head (request line and headers); a larger one is answered 431.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 /// What one connection and one request may hold (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +120,11 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        // Each connection's read buffer grows to this at most (hyper's default is about 400
+        // KiB): request heads are far smaller, and bodies are counted in the budget instead.
+        .max_buf_size(READ_BUFFER_BYTES)
+        .max_header_size(MAX_HEAD_BYTES);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {

@@ -124,6 +124,15 @@ fn slow_clients_are_cut_off() {
         assert_eq!(status, 413, "{text}");
         assert!(text.contains("body-too-large"), "{text}");
     }
+    // A head over 32 KiB is refused (by hyper, 431) rather than buffered.
+    let mut huge = connect(&server);
+    write!(
+        huge,
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut huge).0, 431);
     // And the service still decides.
     let c = client();
     let allowed =
