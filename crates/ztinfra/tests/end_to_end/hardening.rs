@@ -565,3 +565,31 @@ fn state_is_private_and_config_paths_are_the_files() {
         assert_eq!(mode(&state.join(file)), 0o600, "{file}");
     }
 }
+
+#[test]
+fn listening_beyond_loopback_warns_that_the_admin_api_is_open() {
+    let data = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ztinfra"));
+    command
+        .args(["serve", "--demo", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(data.path());
+    let server = Server::launch(command, data);
+    wait_for("the warning", || {
+        server
+            .logs()
+            .contains("admin API (entity edits, policy reloads) is NOT authenticated")
+    });
+    // Reached by an address it was not told is its own, it refuses: names are given with
+    // `--allowed-host`.
+    let port = server.base.rsplit(':').next().unwrap();
+    let c = client();
+    let status = c
+        .try_get(&format!("http://127.0.0.1:{port}/healthz"))
+        .unwrap()
+        .status;
+    assert_eq!(status, 200);
+    assert_eq!(
+        raw_status(&server, "GET", "/healthz", "Host: 0.0.0.0\r\n", ""),
+        421
+    );
+}
