@@ -72,8 +72,10 @@ impl Reach {
         if self.any_host {
             return true;
         }
-        let host = host_of(value);
-        host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) || self.hosts.contains(&host)
+        // On every request: compared in place, without allocating.
+        let host = host_part(value);
+        self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+            || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 
     fn origin_allowed(&self, value: &str) -> bool {
@@ -90,8 +92,8 @@ fn origin_of(url: &str) -> Option<String> {
     Some(format!("{scheme}://{authority}").to_ascii_lowercase())
 }
 
-/// The host of a `Host` value or authority: no port, no brackets, no trailing dot, lower case.
-fn host_of(authority: &str) -> String {
+/// The host of a `Host` value or authority: no port, no brackets, no trailing dot.
+fn host_part(authority: &str) -> &str {
     let authority = authority.trim();
     let host = if let Some(rest) = authority.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
@@ -101,7 +103,12 @@ fn host_of(authority: &str) -> String {
             _ => authority,
         }
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    host.trim_end_matches('.')
+}
+
+/// [`host_part`], lower case.
+fn host_of(authority: &str) -> String {
+    host_part(authority).to_ascii_lowercase()
 }
 
 /// The middleware that applies [`Reach`].
