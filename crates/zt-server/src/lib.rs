@@ -125,8 +125,6 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("the server stopped")]
-    Serve(#[source] std::io::Error),
 }
 
 /// A started service, not yet listening.
@@ -296,7 +294,7 @@ impl App {
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<(), ServerError> {
+    ) {
         let state = Arc::clone(&self.state);
         let router = self.router();
         if let Ok(addr) = listener.local_addr()
@@ -315,7 +313,6 @@ impl App {
         })
         .await;
         self.state.store.close().await;
-        Ok(())
     }
 }
 
