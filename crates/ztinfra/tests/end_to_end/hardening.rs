@@ -124,12 +124,14 @@ fn slow_clients_are_cut_off() {
         assert_eq!(status, 413, "{text}");
         assert!(text.contains("body-too-large"), "{text}");
     }
-    // A head over 32 KiB is refused (by hyper, 431) rather than buffered.
+    // A head over 32 KiB is refused (by hyper, 431) rather than buffered. (40 KB: within the
+    // read buffer, so the server has read all of it when it closes, and the answer is not lost
+    // to a reset.)
     let mut huge = connect(&server);
     write!(
         huge,
         "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(100_000)
+        "a".repeat(40_000)
     )
     .unwrap();
     assert_eq!(read_response(&mut huge).0, 431);
@@ -154,22 +156,58 @@ fn connections_and_unfinished_bodies_are_bounded() {
     // Two bodies of 60,000 bytes, each sent but for its last byte: the second does not fit in
     // the budget and is refused, 503, while the first waits.
     let head = "POST /v1/decide HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n";
-    let mut first = connect(&server);
-    first.write_all(head.as_bytes()).unwrap();
-    first.write_all(&[b' '; 59_999]).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut second = connect(&server);
-    second.write_all(head.as_bytes()).unwrap();
-    second.write_all(&[b' '; 59_999]).unwrap();
-    let (status, text) = read_response(&mut second);
+    let bodies: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = connect(&server);
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(&[b' '; 59_999]).unwrap();
+            stream
+        })
+        .collect();
+    // Whichever reached the server second is refused (the other waits for its last byte).
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let refused = 'wait: loop {
+        for (i, stream) in bodies.iter().enumerate() {
+            stream
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let mut byte = [0u8; 1];
+            if let Ok(1) = stream.peek(&mut byte) {
+                break 'wait i;
+            }
+        }
+        assert!(Instant::now() < deadline, "neither body was refused");
+    };
+    let mut bodies = bodies;
+    let waiting = bodies.remove(1 - refused);
+    let mut refused = bodies.remove(0);
+    refused
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .unwrap();
+    let (status, text) = read_response(&mut refused);
     assert_eq!(status, 503, "{text}");
     assert!(text.contains("busy"), "{text}");
-    drop(second);
-    drop(first);
+    // Both end, and the server closes them, before the next part counts connections.
+    for mut stream in [refused, waiting] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(8)))
+            .unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        read_to_close(&mut stream);
+    }
 
-    // Eight connections held open: the ninth is answered 503 and closed at once.
-    let held: Vec<TcpStream> = (0..8).map(|_| connect(&server)).collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Eight connections held open, each served once (so each is known to hold its place):
+    // the ninth is answered 503 and closed at once.
+    let held: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut stream = connect(&server);
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .unwrap();
+            assert_eq!(read_response(&mut stream).0, 200);
+            stream
+        })
+        .collect();
     let mut ninth = connect(&server);
     let (text, waited) = read_to_close(&mut ninth);
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
@@ -373,10 +411,11 @@ fn the_running_server_checks_the_store_it_serves_from() {
 
     // The last records and their checkpoints removed while the service is stopped: it refuses
     // to start, rather than hand their sequence numbers to new decisions.
-    std::thread::sleep(Duration::from_millis(400));
+    let kept = server.data.path().join("evidence.checkpoint");
+    wait_for("the kept checkpoint of 3 records", || {
+        std::fs::read_to_string(&kept).is_ok_and(|note| note.contains("\n3\n"))
+    });
     assert!(server.terminate().success());
-    let kept = std::fs::read_to_string(server.data.path().join("evidence.checkpoint")).unwrap();
-    assert!(kept.contains("\n3\n"), "{kept}");
     sqlite(
         &server,
         "DELETE FROM zt_evidence_records WHERE seq >= 1; DELETE FROM zt_evidence_checkpoints WHERE tree_size >= 2;",
