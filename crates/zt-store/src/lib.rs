@@ -140,21 +140,30 @@ pub const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Creates the SQLite file readable by its owner only, and makes an existing one (and its
 /// write-ahead log and shared-memory files, which SQLite creates with the database file's
-/// mode) so: the store holds every request and its context.
+/// mode) so where this process may: the store holds every request and its context. (A reader
+/// that does not own the files, such as an export run by another account, leaves them as
+/// they are.)
 fn private_files(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    std::fs::OpenOptions::new()
-        .create(true)
+    match std::fs::OpenOptions::new()
+        .create_new(true)
         .append(true)
         .mode(0o600)
-        .open(path)?;
+        .open(path)
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        other => drop(other?),
+    }
     for suffix in ["", "-wal", "-shm"] {
         let mut name = path.as_os_str().to_owned();
         name.push(suffix);
         let file = Path::new(&name);
         match std::fs::metadata(file) {
             Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
-                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+                match std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                    other => other?,
+                }
             }
             _ => {}
         }
