@@ -357,13 +357,54 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Binds `addr`, returning the listener and the address actually bound (for port 0).
 pub async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServerError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Listen { addr, source })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| ServerError::Listen { addr, source })?;
-    Ok((listener, local))
+    let reserved = reserve(addr)?;
+    let local = reserved.addr;
+    Ok((reserved.listen()?, local))
+}
+
+/// An address bound but not yet listened on: taken (so a port in use is found before anything
+/// else is done), while a client that connects is refused rather than left waiting for a
+/// service that is still starting.
+#[derive(Debug)]
+pub struct Reserved {
+    socket: tokio::net::TcpSocket,
+    /// The address asked for.
+    asked: SocketAddr,
+    /// The address bound (the port chosen, for port 0).
+    pub addr: SocketAddr,
+}
+
+/// Binds `addr` without listening (see [`Reserved`]).
+pub fn reserve(addr: SocketAddr) -> Result<Reserved, ServerError> {
+    let error = |source| ServerError::Listen { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(error)?;
+    // As the standard library's listener does: a restarted service rebinds its port at once.
+    socket.set_reuseaddr(true).map_err(error)?;
+    socket.bind(addr).map_err(error)?;
+    let local = socket.local_addr().map_err(error)?;
+    Ok(Reserved {
+        socket,
+        asked: addr,
+        addr: local,
+    })
+}
+
+impl Reserved {
+    /// Starts listening: connections are accepted from here on.
+    pub fn listen(self) -> Result<tokio::net::TcpListener, ServerError> {
+        let asked = self.asked;
+        self.socket
+            .listen(1024)
+            .map_err(|source| ServerError::Listen {
+                addr: asked,
+                source,
+            })
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

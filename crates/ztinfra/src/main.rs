@@ -106,9 +106,12 @@ fn run_serve(settings: config::Settings) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        // Bound first: a port in use stops the start before a key or store is created.
-        let (listener, addr) = zt_server::bind(settings.server.listen).await?;
+        // Bound first, so that a port in use stops the start before a key or store is
+        // created; listened on once the service is ready, so that no client waits on it.
+        let reserved = zt_server::reserve(settings.server.listen)?;
         let app = zt_server::App::start(&settings.server).await?;
+        let addr = reserved.addr;
+        let listener = reserved.listen()?;
         tracing::info!(%addr, "listening");
         // One line on standard output, for scripts and tests that start the server on port 0.
         println!("ztinfra listening on http://{addr}");

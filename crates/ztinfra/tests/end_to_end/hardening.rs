@@ -567,6 +567,17 @@ fn a_newcomers_mistakes_get_clear_answers() {
     assert!(!out.status.success());
     assert!(!dir.join("keys/signing.key").exists());
     assert!(!dir.join("ztinfra.db").exists());
+    // Nor does a port in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = serve(&["--demo", "--listen", &port]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot listen"),
+        "{out:?}"
+    );
+    assert!(!dir.join("keys/signing.key").exists());
+    assert!(!dir.join("ztinfra.db").exists());
     // An empty set starts, denying everything, and says so.
     let empty = Server::start(&[]);
     wait_for("the empty-set warning", || {
