@@ -101,8 +101,7 @@ pub async fn serve(
     let limits = zt_server::conn::ConnLimits {
         max_body_bytes: MAX_MESSAGE_BYTES,
         ..zt_server::conn::ConnLimits::default()
-    }
-    .fit_descriptors();
+    };
     zt_server::conn::serve(listener, router, limits, async move {
         shutdown.await;
         cancel.cancel();
@@ -155,15 +154,10 @@ async fn one_meaning(request: Request, next: Next) -> Response {
         Ok(bytes) => bytes,
         Err(e) => return zt_server::body::body_problem(&e).into_response(),
     };
-    if let Some(pointer) = std::str::from_utf8(&bytes)
-        .ok()
-        .and_then(zt_evidence::strict::duplicate_key)
+    if let Ok(text) = std::str::from_utf8(&bytes)
+        && let Err(problem) = zt_server::body::one_meaning(text)
     {
-        return zt_server::problem::Problem::invalid_fields(vec![zt_core::FieldError::new(
-            pointer,
-            "repeats a member name of its object; send each name once",
-        )])
-        .into_response();
+        return problem.into_response();
     }
     next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await

@@ -672,15 +672,7 @@ pub(crate) async fn problem_details(response: Response) -> Response {
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .is_some_and(|essence| essence == "application/json" || essence.ends_with("+json"));
+        .is_some_and(|v| crate::body::is_json(&crate::body::media_type(v)));
     if status.as_u16() < 400 || is_json {
         return response;
     }

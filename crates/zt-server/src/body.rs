@@ -42,22 +42,7 @@ pub fn body_problem(error: &(dyn std::error::Error + 'static)) -> Problem {
             return too_large();
         }
         match e.downcast_ref::<crate::conn::BodyError>() {
-            Some(crate::conn::BodyError::Timeout) => {
-                return Problem::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body-timeout",
-                    "request body timeout",
-                    crate::conn::BodyError::Timeout.to_string(),
-                );
-            }
-            Some(crate::conn::BodyError::Busy) => {
-                return Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "busy",
-                    "service busy",
-                    crate::conn::BodyError::Busy.to_string(),
-                );
-            }
+            Some(cut) => return cut.problem(),
             None => current = e.source(),
         }
     }
@@ -93,11 +78,8 @@ fn check_content_type(value: Option<&header::HeaderValue>) -> Result<(), Problem
             "the request has no `Content-Type`; send `application/json`".to_owned(),
         ));
     };
-    let value = value.to_str().unwrap_or("").to_ascii_lowercase();
-    let essence = value.split(';').next().unwrap_or("").trim();
-    let json = essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"));
-    if json {
+    let essence = media_type(value);
+    if is_json(&essence) {
         Ok(())
     } else {
         Err(unsupported(format!(
@@ -106,17 +88,34 @@ fn check_content_type(value: Option<&header::HeaderValue>) -> Result<(), Problem
     }
 }
 
+/// The media type of a `Content-Type` value, lower case, without parameters.
+pub(crate) fn media_type(value: &header::HeaderValue) -> String {
+    let value = value.to_str().unwrap_or("");
+    value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// `application/json`, or an `application/...+json` type such as problem details.
+pub(crate) fn is_json(media_type: &str) -> bool {
+    media_type == "application/json"
+        || (media_type.starts_with("application/") && media_type.ends_with("+json"))
+}
+
 /// Parses a JSON body, locating the first problem by JSON pointer where it concerns a field.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
-    if let Err(e) = std::str::from_utf8(bytes) {
-        return Err(Problem::invalid(
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        Problem::invalid(
             format!(
                 "the request body is not valid UTF-8 (at byte {})",
                 e.valid_up_to()
             ),
             Vec::new(),
-        ));
-    }
+        )
+    })?;
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
         None => {
@@ -154,15 +153,20 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     })?;
     de.end()
         .map_err(|e| Problem::invalid(format!("malformed JSON: {e}"), Vec::new()))?;
-    // The body is valid UTF-8 (checked above), and JSON (parsed just now).
-    let text = std::str::from_utf8(bytes).unwrap_or_default();
-    if let Some(pointer) = zt_evidence::strict::duplicate_key(text) {
-        return Err(Problem::invalid_fields(vec![FieldError::new(
+    one_meaning(text)?;
+    Ok(value)
+}
+
+/// Refuses a JSON text that repeats a member name of one of its objects, at any depth (400,
+/// naming the pointer): readers disagree on which occurrence wins.
+pub fn one_meaning(text: &str) -> Result<(), Problem> {
+    match zt_evidence::strict::duplicate_key(text) {
+        None => Ok(()),
+        Some(pointer) => Err(Problem::invalid_fields(vec![FieldError::new(
             pointer,
             "repeats a member name of its object; send each name once",
-        )]));
+        )])),
     }
-    Ok(value)
 }
 
 /// The name in serde's "missing field `x`" message.

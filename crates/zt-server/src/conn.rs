@@ -70,8 +70,8 @@ impl Default for ConnLimits {
 impl ConnLimits {
     /// Lowers `max_connections` to what the process's file descriptor limit allows, keeping 64
     /// descriptors for the store, the policy files and the log (after raising the soft limit to
-    /// the hard one, which needs no privilege). Returns the limit that applies.
-    pub fn fit_descriptors(mut self) -> Self {
+    /// the hard one, which needs no privilege).
+    fn fit_descriptors(mut self) -> Self {
         if let Some(available) = descriptors() {
             let fit = available.saturating_sub(64).max(16);
             if self.max_connections > fit {
@@ -107,14 +107,16 @@ fn descriptors() -> Option<usize> {
     None
 }
 
-/// Serves `router` on `listener` under `limits` until `shutdown` resolves, then lets the
-/// connections finish their requests (at most 10 s).
+/// Serves `router` on `listener` under `limits` (with `max_connections` fitted to the open file
+/// limit) until `shutdown` resolves, then lets the connections finish their requests (at most
+/// 10 s).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: ConnLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let limits = limits.fit_descriptors();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let budget = Arc::new(Semaphore::new(limits.max_pending_body_bytes));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -234,6 +236,21 @@ pub enum BodyError {
     Timeout,
     #[error("the service holds as many unfinished request bodies as it allows; try again")]
     Busy,
+}
+
+impl BodyError {
+    /// The answer to a request whose body was cut off.
+    pub fn problem(self) -> Problem {
+        let (status, slug, title) = match self {
+            Self::Timeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "request body timeout",
+            ),
+            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy", "service busy"),
+        };
+        Problem::new(status, slug, title, self.to_string())
+    }
 }
 
 /// A request body bounded in time, and in memory through the shared budget.

@@ -66,6 +66,9 @@ impl Signer {
     }
 }
 
+/// The signing key's file name in the key directory.
+pub const KEY_FILE: &str = "signing.key";
+
 /// Loads the signing key from `dir`, generating it (and `dir`) on first start.
 pub fn load_or_generate(dir: &Path) -> Result<Signer, KeyError> {
     std::fs::DirBuilder::new()
@@ -76,7 +79,7 @@ pub fn load_or_generate(dir: &Path) -> Result<Signer, KeyError> {
             path: dir.to_owned(),
             source,
         })?;
-    let path = dir.join("signing.key");
+    let path = dir.join(KEY_FILE);
     let file_error = |source| KeyError::File {
         path: path.clone(),
         source,
@@ -129,7 +132,7 @@ pub fn load_or_generate(dir: &Path) -> Result<Signer, KeyError> {
 /// public side and the new key. The old private key is gone afterwards: it can no longer sign,
 /// while its public key stays in the log's keyring so that what it signed still verifies.
 pub fn rotate(dir: &Path) -> Result<(KeyInfo, Signer), KeyError> {
-    let path = dir.join("signing.key");
+    let path = dir.join(KEY_FILE);
     if !path.exists() {
         return Err(KeyError::Missing(path));
     }

@@ -144,25 +144,23 @@ impl App {
     pub async fn start(config: &Config) -> Result<Self, ServerError> {
         private_dir(&config.data_dir)?;
         let key_dir = config.data_dir.join("keys");
-        let key_file = key_dir.join("signing.key");
+        let key_file = key_dir.join(keys::KEY_FILE);
         let db_file = match &config.store {
             None => Some(config.data_dir.join(zt_store::SQLITE_FILE)),
             Some(Location::Sqlite(path)) => Some(path.clone()),
             Some(Location::Postgres(_)) => None,
         };
-        let created: Vec<PathBuf> = [Some(key_file), db_file]
-            .into_iter()
-            .flatten()
-            .filter(|p| !p.exists())
-            .collect();
+        let mut created: Vec<PathBuf> = Vec::new();
+        if !key_file.exists() {
+            created.push(key_file);
+        }
+        if let Some(db) = db_file.filter(|db| !db.exists()) {
+            created.extend(zt_store::sqlite_files(&db));
+        }
         let started = Self::start_in(config, &key_dir).await;
         if started.is_err() {
             for path in &created {
-                for suffix in ["", "-wal", "-shm"] {
-                    let mut name = path.as_os_str().to_owned();
-                    name.push(suffix);
-                    let _ = std::fs::remove_file(&name);
-                }
+                let _ = std::fs::remove_file(path);
             }
         }
         started
@@ -305,8 +303,7 @@ impl App {
                 "listening on a non-loopback address: the admin API (entity edits, policy reloads) is NOT authenticated yet; anyone who can reach this address can change what is allowed"
             );
         }
-        let limits = self.conn_limits.fit_descriptors();
-        conn::serve(listener, router, limits, async move {
+        conn::serve(listener, router, self.conn_limits, async move {
             shutdown.await;
             state.ready.store(false, Ordering::Relaxed);
             tracing::info!("shutting down: finishing in-flight requests");

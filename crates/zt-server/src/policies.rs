@@ -333,39 +333,32 @@ impl Policies {
                     changed,
                     policies: engine.policies().policy_count(),
                 };
-                if changed {
-                    let engine = Arc::new(engine);
-                    // The set and the error it clears change together, under the lock that
-                    // `status` reads both under.
-                    let (replaced, recovered) = {
-                        let mut last = self
-                            .last_error
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        let replaced = self.active.swap(Arc::new(Active {
+                let engine = Arc::new(engine);
+                // The set and the error it clears change together, under the lock that
+                // `status` reads both under.
+                let (replaced, recovered) = {
+                    let mut last = self
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let replaced = changed.then(|| {
+                        self.active.swap(Arc::new(Active {
                             engine: Arc::clone(&engine),
                             loaded_at_ms: now_ms(),
-                        }));
-                        (replaced, last.take().is_some())
-                    };
-                    if recovered {
-                        tracing::info!(version = %reloaded.version, "policy set recovered: the files load again");
-                    }
+                        }))
+                    });
+                    (replaced, last.take().is_some())
+                };
+                if recovered {
+                    tracing::info!(version = %reloaded.version, "policy set recovered: the files load again");
+                }
+                if let Some(replaced) = replaced {
                     // Freeing a large set takes milliseconds: not on the decision path either
                     // (a decision still holding it frees it when done). Should the thread not
                     // start, the set is freed here when the closure is dropped.
                     let _ = behind_decisions(move || drop((replaced, previous)));
                     self.record(&engine).await;
                     tracing::info!(version = %reloaded.version, policies = reloaded.policies, "policy set activated");
-                }
-                let recovered = self
-                    .last_error
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .take()
-                    .is_some();
-                if recovered {
-                    tracing::info!(version = %reloaded.version, "policy set recovered: the files load again (unchanged from the active set)");
                 }
                 metrics::counter!("ztinfra_policy_reloads_total", "outcome" => "ok").increment(1);
                 Ok(reloaded)

@@ -138,6 +138,15 @@ pub const PG_STATEMENT_TIMEOUT: &str = "10s";
 /// The longest a PostgreSQL connection may take to be had from the pool, connecting included.
 pub const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// An SQLite store's files: the database, its write-ahead log and its shared-memory index.
+pub fn sqlite_files(path: &Path) -> [PathBuf; 3] {
+    ["", "-wal", "-shm"].map(|suffix| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    })
+}
+
 /// Creates the SQLite file readable by its owner only, and makes an existing one (and its
 /// write-ahead log and shared-memory files, which SQLite creates with the database file's
 /// mode) so where this process may: the store holds every request and its context. (A reader
@@ -154,10 +163,8 @@ fn private_files(path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         other => drop(other?),
     }
-    for suffix in ["", "-wal", "-shm"] {
-        let mut name = path.as_os_str().to_owned();
-        name.push(suffix);
-        let file = Path::new(&name);
+    for file in sqlite_files(path) {
+        let file = file.as_path();
         match std::fs::metadata(file) {
             Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
                 match std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {

@@ -199,11 +199,15 @@ impl Settings {
             .or(file.store)
             .map(|s| Location::parse(&s))
             .transpose()?;
+        let max_body_bytes = args
+            .max_body_bytes
+            .or(file.max_body_bytes)
+            .unwrap_or(defaults::MAX_BODY_BYTES);
         let conn_defaults = zt_server::conn::ConnLimits::default();
         let secs = |flag: Option<u64>, key: Option<u64>, default: std::time::Duration| {
             flag.or(key).map_or(default, std::time::Duration::from_secs)
         };
-        let mut conn_limits = zt_server::conn::ConnLimits {
+        let conn_limits = zt_server::conn::ConnLimits {
             header_timeout: secs(
                 args.header_timeout_secs,
                 file.header_timeout_secs,
@@ -218,7 +222,7 @@ impl Settings {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(conn_defaults.max_connections),
-            max_body_bytes: conn_defaults.max_body_bytes,
+            max_body_bytes,
             max_pending_body_bytes: args
                 .max_pending_body_bytes
                 .or(file.max_pending_body_bytes)
@@ -238,11 +242,6 @@ impl Settings {
                 .or(file.max_batch)
                 .unwrap_or(default_limits.max_batch),
         };
-        let max_body_bytes = args
-            .max_body_bytes
-            .or(file.max_body_bytes)
-            .unwrap_or(defaults::MAX_BODY_BYTES);
-        conn_limits.max_body_bytes = max_body_bytes;
         for (name, value) in [
             ("max_body_bytes", max_body_bytes),
             ("max_batch", limits.max_batch),
