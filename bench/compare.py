@@ -187,8 +187,11 @@ class Reloader(threading.Thread):
         return self.done
 
 
-def post(url: str, body: bytes, timeout: float = 10) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+def post(url: str, body: bytes, timeout: float = 10, token: str | None = None) -> tuple[int, dict]:
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"{}")
@@ -240,8 +243,9 @@ class ZtInfra(System):
         (policies / "bench.cedarschema").write_text(f"entity Agent;\nentity Resource;\ntype Context = {{{context}}};\n")
 
     def command(self, port, work):
+        # Open callers, as the peers have: like for like (BENCHMARKS.md measures credentials).
         return [str(ZTINFRA), "serve", "--listen", f"127.0.0.1:{port}", "--policies", str(work / "policies"),
-                "--data-dir", str(work / "data"), "--no-watch", *self.extra]
+                "--data-dir", str(work / "data"), "--no-watch", "--callers", "open", *self.extra]
 
     def body(self, r):
         return {"actor": r.actor, "action": r.action, "resource": r.resource, "context": r.context}
@@ -253,7 +257,8 @@ class ZtInfra(System):
         text = "\n".join(workload.cedar) + f"\n// generation {generation}\n"
         replace_file(work / "policies" / "bench.cedar", text)
         # A debug build (the smoke run) takes seconds to validate 1,000 policies.
-        status, answer = post(f"http://127.0.0.1:{port}/v1/policies/reload", b"", timeout=120)
+        admin = (work / "data" / "admin.token").read_text().strip()
+        status, answer = post(f"http://127.0.0.1:{port}/v1/policies/reload", b"", timeout=120, token=admin)
         if status != 200:
             raise RuntimeError(f"ztinfra reload answered {status}: {answer}")
 

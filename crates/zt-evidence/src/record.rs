@@ -26,6 +26,9 @@ pub const GENESIS: Hash = Hash([0; 32]);
 pub struct PendingRecord {
     /// Milliseconds since the Unix epoch.
     pub time_ms: i64,
+    /// Who asked, as the service verified it (`{"kind", "name"}`: an enforcement point's or
+    /// operator's credential name); absent when callers are not authenticated.
+    pub caller: Option<Value>,
     pub decision_id: String,
     /// The full decision request as received (and later its session, delegation, approval
     /// and plan step).
@@ -75,13 +78,19 @@ impl Chain {
     /// Gives `pending` the next place in the log.
     ///
     /// The record object is written straight to its canonical encoding, its members in their
-    /// canonical order (`decision`, `decision_id`, `policy_version`, `prev_hash`, `reasons`,
+    /// canonical order (`caller` when there is one, `decision`, `decision_id`, `policy_version`, `prev_hash`, `reasons`,
     /// `request`, `seq`, `time_ms`, `v`), without building it as a JSON value first: this runs
     /// once per decision, in the log's one writer.
     pub fn seal(&mut self, pending: &PendingRecord) -> SealedRecord {
         let seq = self.next_seq;
         let mut out = String::with_capacity(512);
-        out.push_str("{\"decision\":");
+        out.push('{');
+        if let Some(caller) = &pending.caller {
+            out.push_str("\"caller\":");
+            canonical::write(caller, &mut out);
+            out.push(',');
+        }
+        out.push_str("\"decision\":");
         canonical::write_str(&pending.decision, &mut out);
         out.push_str(",\"decision_id\":");
         canonical::write_str(&pending.decision_id, &mut out);
@@ -120,6 +129,7 @@ mod tests {
     fn pending(id: &str) -> PendingRecord {
         PendingRecord {
             time_ms: 1_700_000_000_000,
+            caller: None,
             decision_id: id.into(),
             request: json!({"actor": "a", "action": "x.y", "resource": "r", "context": {"n": 1}}),
             decision: "deny".into(),
@@ -130,7 +140,7 @@ mod tests {
 
     /// The record object a sealed record must encode.
     fn expected(pending: &PendingRecord, seq: u64, prev: Hash) -> Value {
-        json!({
+        let mut object = json!({
             "v": FORMAT_VERSION,
             "seq": seq,
             "time_ms": pending.time_ms,
@@ -140,7 +150,11 @@ mod tests {
             "reasons": pending.reasons,
             "policy_version": pending.policy_version,
             "prev_hash": prev.to_hex(),
-        })
+        });
+        if let (Some(caller), Some(members)) = (&pending.caller, object.as_object_mut()) {
+            members.insert("caller".into(), caller.clone());
+        }
+        object
     }
 
     #[test]
@@ -181,9 +195,11 @@ mod tests {
             text in any::<String>(),
             time_ms in any::<i64>(),
             seq in any::<u64>(),
+            with_caller in any::<bool>(),
         ) {
             let pending = PendingRecord {
                 time_ms,
+                caller: with_caller.then(|| json!({"kind": "pep", "name": key.clone()})),
                 decision_id: id,
                 request: json!({"actor": text, "context": {key.clone(): [text, null, -3]}}),
                 decision,

@@ -56,6 +56,10 @@ struct Args {
     /// The endpoint path for `--bodies`, such as `/v1/decide`.
     #[arg(long, requires = "bodies")]
     path: Option<String>,
+    /// A file holding a credential to present with every request (`Authorization: Bearer`),
+    /// for a service whose callers are authenticated.
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
     /// Print the result as one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -161,6 +165,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (tickets, queue) = tokio::sync::mpsc::channel::<Ticket>(1 << 20);
     let queue = Arc::new(tokio::sync::Mutex::new(queue));
     let open_loop = args.rate.is_some();
+    let authorization = match &args.token_file {
+        Some(file) => Some(format!(
+            "Bearer {}",
+            std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read `{}`", file.display()))?
+                .trim()
+        )),
+        None => None,
+    };
     let mut workers = Vec::new();
     for worker in 0..args.connections {
         let (measuring, stop, errors, queue, bodies) = (
@@ -172,6 +185,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         let uri = format!("http://{}{}", args.addr, path);
         let addr = args.addr;
+        let authorization = authorization.clone();
         workers.push(tokio::spawn(async move {
             let mut histogram =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?;
@@ -202,10 +216,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .get(index % bodies.len())
                     .cloned()
                     .unwrap_or_default();
-                let request = hyper::Request::post(uri.as_str())
+                let mut request = hyper::Request::post(uri.as_str())
                     .header("content-type", "application/json")
-                    .header("host", addr.to_string())
-                    .body(Full::new(body))?;
+                    .header("host", addr.to_string());
+                if let Some(value) = &authorization {
+                    request = request.header("authorization", value.as_str());
+                }
+                let request = request.body(Full::new(body))?;
                 let started = due.unwrap_or_else(Instant::now);
                 let response = sender.send_request(request).await?;
                 let status = response.status();

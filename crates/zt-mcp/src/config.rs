@@ -23,6 +23,12 @@ pub struct GatewayConfig {
     /// Ask this ZT-Infra service (`http://host:port`) for decisions instead of deciding in
     /// process.
     pub decide_url: Option<String>,
+    /// With `decide_url`: a file holding the gateway's own credential (a `pep` credential of
+    /// that service, `ztinfra credentials add NAME --role pep`), sent as `Authorization: Bearer`.
+    pub decide_token_file: Option<PathBuf>,
+    /// The same credential given directly (`ZTINFRA_PEP_TOKEN`), never read from the file.
+    #[serde(skip)]
+    pub decide_token: Option<String>,
     /// In-process decisions: the policy directory, data directory and store, as for `serve`.
     pub policies: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
@@ -185,6 +191,12 @@ impl GatewayConfig {
                     client.actor
                 ));
             }
+        }
+        if self.decide_url.is_none() && self.decide_token_file.is_some() {
+            return invalid(
+                "`decide_token_file` is the credential for a remote service: it needs `decide_url`"
+                    .into(),
+            );
         }
         if self.decide_url.is_some()
             && (self.policies.is_some() || self.data_dir.is_some() || self.store.is_some())

@@ -36,9 +36,18 @@ pub enum Outcome {
 pub const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Decider {
-    /// A remote decider for the service at `base` (`http://host:port`).
-    pub fn remote(base: &str) -> Result<Self, String> {
+    /// A remote decider for the service at `base` (`http://host:port`), presenting `token`
+    /// (the gateway's `pep` credential) with every request.
+    pub fn remote(base: &str, token: Option<&str>) -> Result<Self, String> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
+                .map_err(|_| "the decision service credential is not a valid token".to_owned())?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let client = reqwest::Client::builder()
+            .default_headers(headers)
             .timeout(REMOTE_TIMEOUT)
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
@@ -111,6 +120,14 @@ async fn remote(client: &reqwest::Client, base: &str, request: &DecisionRequest)
             Ok(decided) => Outcome::Decided(decided),
             Err(e) => deny(format!("its answer is not a decision: {e}")),
         };
+    }
+    if matches!(status.as_u16(), 401 | 403)
+        && let Ok(problem) = serde_json::from_slice::<Value>(&body)
+    {
+        let detail = problem.get("detail").and_then(Value::as_str).unwrap_or("");
+        return deny(format!(
+            "it refused the gateway's credential (HTTP {status}: {detail})"
+        ));
     }
     if status == reqwest::StatusCode::BAD_REQUEST
         && let Ok(problem) = serde_json::from_slice::<Value>(&body)

@@ -58,7 +58,25 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Starts the decision point the config names: a remote service, or the embedded one.
 pub async fn decider(config: &GatewayConfig) -> Result<decide::Decider, GatewayError> {
     if let Some(url) = &config.decide_url {
-        return decide::Decider::remote(url).map_err(GatewayError::Decider);
+        let token = match (&config.decide_token, &config.decide_token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        GatewayError::Decider(format!(
+                            "cannot read the decision service credential `{}`: {e}",
+                            path.display()
+                        ))
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => {
+                tracing::warn!(url = %url, "no credential for the decision service (decide_token_file or ZTINFRA_PEP_TOKEN): it must run with `--callers open`, or every call is denied");
+                None
+            }
+        };
+        return decide::Decider::remote(url, token.as_deref()).map_err(GatewayError::Decider);
     }
     let defaults = zt_server::defaults::DATA_DIR;
     let data_dir = config
@@ -88,6 +106,8 @@ pub async fn decider(config: &GatewayConfig) -> Result<decide::Decider, GatewayE
         max_evidence_batch: zt_server::defaults::MAX_EVIDENCE_BATCH,
         record_evidence: true,
         public_url: None,
+        // Not served over HTTP: the gateway decides in process, as the enforcement point.
+        callers: zt_server::auth::CallerMode::Authenticated,
     };
     let app = zt_server::App::start(&server).await?;
     Ok(decide::Decider::InProcess(Arc::new(app)))

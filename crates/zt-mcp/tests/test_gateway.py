@@ -303,9 +303,27 @@ async def test_fail_closed_when_the_control_plane_is_down(tmp_path):
     (root / "scratch").mkdir(parents=True)
     port = free_port()
     serve = [ZTINFRA, "serve", "--listen", f"127.0.0.1:{port}", "--policies", POLICIES, "--data-dir", tmp_path / "pdp"]
-    config = fs_config(tmp_path, root, actor="demo-agent", decide_url=f"http://127.0.0.1:{port}")
+    # The service authenticates its callers (the default): the gateway presents a pep credential.
+    made = subprocess.run(
+        [ZTINFRA, "credentials", "add", "mcp-gateway", "--role", "pep", "--data-dir", tmp_path / "pdp"],
+        check=True, capture_output=True, text=True,
+    )
+    token_file = tmp_path / "gateway.token"
+    token_file.write_text(made.stdout)
+    url = f"http://127.0.0.1:{port}"
+    config = fs_config(tmp_path, root, actor="demo-agent", decide_url=url, decide_token_file=str(token_file))
     params = StdioServerParameters(command=str(ZTINFRA), args=["mcp-gateway", "--config", str(config)])
+    (tmp_path / "anonymous").mkdir()
+    anonymous = StdioServerParameters(
+        command=str(ZTINFRA), args=["mcp-gateway", "--config", str(fs_config(tmp_path / "anonymous", root, actor="demo-agent", decide_url=url))]
+    )
     with running(serve, port) as server:
+        # A gateway without a credential gets no decision: denied, and told why.
+        async with Client(anonymous) as client:
+            refused = await client.call_tool("write_file", {"path": str(root / "scratch" / "anon.txt"), "content": "x"})
+            assert refused.is_error
+            assert "refused the gateway's credential (HTTP 401" in text_of(refused)
+            assert not (root / "scratch" / "anon.txt").exists()
         async with Client(params) as client:
             ok = await client.call_tool("write_file", {"path": str(root / "scratch" / "up.txt"), "content": "pdp up"})
             assert not ok.is_error, text_of(ok)
@@ -327,6 +345,8 @@ async def test_fail_closed_when_the_control_plane_is_down(tmp_path):
     # The remote service's log holds the decision made while it was up, and verifies.
     records = export_and_verify(tmp_path / "pdp")
     assert [(r["request"]["action"], r["decision"]) for r in records] == [("mcp.fs.write_file", "allow")]
+    # Each record names the enforcement point that asked.
+    assert records[0]["caller"] == {"kind": "pep", "name": "mcp-gateway"}
 
 
 @asynccontextmanager

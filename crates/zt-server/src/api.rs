@@ -19,6 +19,7 @@ use zt_core::{
 use zt_evidence::{Keyring, PendingRecord};
 use zt_store::Store;
 
+use crate::auth::{Admin, Callers, Decider, Reader};
 use crate::body::JsonBody;
 use crate::evidence::{
     ConsistencyProof, Durable, EvidenceError, EvidenceLog, InclusionProof, Receipt,
@@ -41,6 +42,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// The service's public base URL (for AuthZEN metadata); `None`: from the `Host` header.
     pub public_url: Option<String>,
+    /// Who may call what.
+    pub callers: Callers,
 }
 
 /// The answer to a decision request.
@@ -174,19 +177,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Which endpoint decides, and when its handler began: the labels and clock of the decision
-/// metrics.
-#[derive(Debug, Clone, Copy)]
+/// Which endpoint decides, for whom, and when its handler began: the labels and clock of the
+/// decision metrics, and the caller its evidence records name.
+#[derive(Debug, Clone)]
 pub(crate) struct Origin {
     pub endpoint: &'static str,
     pub started: Instant,
+    /// The verified caller as records name it (`None`: callers are open).
+    pub caller: Option<serde_json::Value>,
 }
 
 impl Origin {
-    pub fn now(endpoint: &'static str) -> Self {
+    pub fn now(endpoint: &'static str, caller: Option<&zt_identity::Caller>) -> Self {
         Self {
             endpoint,
             started: Instant::now(),
+            caller: caller.map(crate::auth::record_caller),
         }
     }
 }
@@ -208,6 +214,7 @@ pub(crate) async fn answer(
         let decision_id = Uuid::now_v7().to_string();
         pending.push(PendingRecord {
             time_ms,
+            caller: origin.caller.clone(),
             decision_id: decision_id.clone(),
             request: request.record().clone(),
             decision: verdict.decision.as_str().to_owned(),
@@ -225,7 +232,7 @@ pub(crate) async fn answer(
     }
     if !app.record_evidence {
         drop((pending, announced));
-        count(origin, &responses);
+        count(&origin, &responses);
         return responses;
     }
     let recorded = app
@@ -264,12 +271,12 @@ pub(crate) async fn answer(
             }
         }
     }
-    count(origin, &responses);
+    count(&origin, &responses);
     responses
 }
 
 /// Counts answered decisions in the metrics, under their endpoint.
-fn count(origin: Origin, responses: &[DecisionResponse]) {
+fn count(origin: &Origin, responses: &[DecisionResponse]) {
     for response in responses {
         metrics::counter!("ztinfra_decisions_total", "decision" => response.decision.as_str(), "endpoint" => origin.endpoint)
             .increment(1);
@@ -305,9 +312,10 @@ pub(crate) async fn answer_one(
 )]
 async fn decide(
     State(app): State<Arc<AppState>>,
+    Decider(caller): Decider,
     JsonBody(request): JsonBody<DecisionRequest>,
 ) -> Result<Json<DecisionResponse>, Problem> {
-    let origin = Origin::now("decide");
+    let origin = Origin::now("decide", caller.as_ref());
     let announced = app.evidence.announce();
     let request = request
         .validate(&app.limits)
@@ -328,9 +336,10 @@ async fn decide(
 )]
 async fn decide_batch(
     State(app): State<Arc<AppState>>,
+    Decider(caller): Decider,
     JsonBody(batch): JsonBody<BatchRequest>,
 ) -> Result<Json<BatchResponse>, Problem> {
-    let origin = Origin::now("batch");
+    let origin = Origin::now("batch", caller.as_ref());
     if batch.requests.len() > app.limits.max_batch {
         return Err(Problem::invalid_fields(vec![FieldError::new(
             "/requests",
@@ -437,6 +446,7 @@ pub(crate) fn possible(
 )]
 async fn possible_actions(
     State(app): State<Arc<AppState>>,
+    _: Decider,
     JsonBody(query): JsonBody<PossibleQuery>,
 ) -> Result<Json<PossibleActions>, Problem> {
     possible(&app, query)
@@ -458,7 +468,11 @@ async fn policies(State(app): State<Arc<AppState>>) -> Json<PolicyStatus> {
         (status = 422, description = "The set on disk is invalid; every error is listed with file and line, and the previous set stays active", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn reload(State(app): State<Arc<AppState>>) -> Result<Json<Reloaded>, Problem> {
+async fn reload(
+    State(app): State<Arc<AppState>>,
+    Admin(admin): Admin,
+) -> Result<Json<Reloaded>, Problem> {
+    tracing::info!(credential = %admin.name(), "policy reload asked");
     app.policies.reload().await.map(Json).map_err(|errors| {
         let detail = format!(
             "the policy set has {} error(s); the previous set (version {}) stays active. First: {}",
@@ -575,6 +589,7 @@ type Params = axum::extract::Query<std::collections::HashMap<String, String>>;
 )]
 async fn evidence_record(
     State(app): State<Arc<AppState>>,
+    _: Reader,
     axum::extract::Path(seq): axum::extract::Path<String>,
 ) -> Result<Json<EvidenceRecord>, Problem> {
     let seq = parse_number("seq", Some(&seq))?.unwrap_or_default();
@@ -727,7 +742,7 @@ pub struct EntityEdit {
 
 /// Every entity of the entity store (all entity files of the policy directory).
 #[utoipa::path(get, path = "/v1/entities", responses((status = 200, body = EntityList)))]
-async fn entities(State(app): State<Arc<AppState>>) -> Json<EntityList> {
+async fn entities(State(app): State<Arc<AppState>>, _: Reader) -> Json<EntityList> {
     app.policies.with_engine(|engine| {
         Json(EntityList {
             version: engine.version().to_owned(),
@@ -772,8 +787,10 @@ fn entity_edit_problem(e: crate::policies::EntityEditError) -> Problem {
 )]
 async fn replace_entities(
     State(app): State<Arc<AppState>>,
+    Admin(admin): Admin,
     JsonBody(edit): JsonBody<EntityEdit>,
 ) -> Result<Json<Reloaded>, Problem> {
+    tracing::info!(credential = %admin.name(), entities = edit.entities.len(), "entity store replaced");
     app.policies
         .edit_entities(move |_| Ok(edit.entities))
         .await
@@ -803,8 +820,10 @@ fn entity_key(entity: &serde_json::Value) -> Option<(String, String)> {
 )]
 async fn upsert_entities(
     State(app): State<Arc<AppState>>,
+    Admin(admin): Admin,
     JsonBody(edit): JsonBody<EntityEdit>,
 ) -> Result<Json<Reloaded>, Problem> {
+    tracing::info!(credential = %admin.name(), entities = edit.entities.len(), "entities added");
     app.policies
         .edit_entities(move |mut current| {
             for (i, entity) in edit.entities.into_iter().enumerate() {

@@ -25,6 +25,7 @@ use zt_core::authzen::{self, Evaluation, Need};
 use zt_core::{Decision, FieldError};
 
 use crate::api::{AppState, DecisionResponse, Origin, answer, answer_one};
+use crate::auth::Decider;
 use crate::body::JsonBody;
 use crate::problem::Problem;
 
@@ -107,9 +108,10 @@ fn object(
 )]
 pub(crate) async fn evaluation(
     State(app): State<Arc<AppState>>,
+    Decider(caller): Decider,
     body: Result<JsonBody<Map<String, Value>>, Problem>,
 ) -> Result<Json<AuthzenDecision>, Problem> {
-    let origin = Origin::now("authzen.evaluation");
+    let origin = Origin::now("authzen.evaluation", caller.as_ref());
     let body = object(body)?;
     let announced = app.evidence.announce();
     let request = Evaluation::from_object(&body)
@@ -178,9 +180,10 @@ pub struct AuthzenDecisions {
 )]
 pub(crate) async fn evaluations(
     State(app): State<Arc<AppState>>,
+    Decider(caller): Decider,
     body: Result<JsonBody<Map<String, Value>>, Problem>,
 ) -> Result<Response, Problem> {
-    let origin = Origin::now("authzen.evaluations");
+    let origin = Origin::now("authzen.evaluations", caller.as_ref());
     let mut body = object(body)?;
     let items = match body.remove("evaluations") {
         None | Some(Value::Null) => Vec::new(),
@@ -193,7 +196,7 @@ pub(crate) async fn evaluations(
         }
     };
     if items.is_empty() {
-        return evaluation(State(app), Ok(JsonBody(body)))
+        return evaluation(State(app), Decider(caller), Ok(JsonBody(body)))
             .await
             .map(IntoResponse::into_response);
     }
@@ -336,9 +339,10 @@ pub struct SearchResults {
 )]
 pub(crate) async fn search_subject(
     State(app): State<Arc<AppState>>,
+    Decider(caller): Decider,
     body: Result<JsonBody<Map<String, Value>>, Problem>,
 ) -> Result<Json<SearchResults>, Problem> {
-    search(&app, object(body)?, Target::Subject).await
+    search(&app, caller.as_ref(), object(body)?, Target::Subject).await
 }
 
 /// Resource Search API: the resources of a type the subject may perform the action on.
@@ -349,9 +353,10 @@ pub(crate) async fn search_subject(
 )]
 pub(crate) async fn search_resource(
     State(app): State<Arc<AppState>>,
+    Decider(caller): Decider,
     body: Result<JsonBody<Map<String, Value>>, Problem>,
 ) -> Result<Json<SearchResults>, Problem> {
-    search(&app, object(body)?, Target::Resource).await
+    search(&app, caller.as_ref(), object(body)?, Target::Resource).await
 }
 
 /// Action Search API: the actions the subject may perform on the resource.
@@ -362,9 +367,10 @@ pub(crate) async fn search_resource(
 )]
 pub(crate) async fn search_action(
     State(app): State<Arc<AppState>>,
+    Decider(caller): Decider,
     body: Result<JsonBody<Map<String, Value>>, Problem>,
 ) -> Result<Json<SearchResults>, Problem> {
-    search(&app, object(body)?, Target::Action).await
+    search(&app, caller.as_ref(), object(body)?, Target::Action).await
 }
 
 /// The `page` member of a search request.
@@ -475,6 +481,7 @@ fn query_digest(target: Target, body: &Map<String, Value>) -> String {
 
 async fn search(
     app: &AppState,
+    caller: Option<&zt_identity::Caller>,
     body: Map<String, Value>,
     target: Target,
 ) -> Result<Json<SearchResults>, Problem> {
@@ -585,8 +592,8 @@ async fn search(
     drop(engine);
     // Only what the evidence log recorded as allowed is a result.
     let origin = Origin {
-        endpoint: target.endpoint(),
         started,
+        ..Origin::now(target.endpoint(), caller)
     };
     let answered = answer(app, origin, requests.iter().zip(verdicts).collect(), None).await;
     let results: Vec<Value> = found

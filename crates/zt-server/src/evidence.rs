@@ -828,6 +828,7 @@ mod tests {
     fn pending(i: usize) -> PendingRecord {
         PendingRecord {
             time_ms: 1_700_000_000_000,
+            caller: None,
             decision_id: format!("d-{i}"),
             request: json!({"actor": "a", "action": "x.y", "resource": format!("r{i}")}),
             decision: "deny".into(),

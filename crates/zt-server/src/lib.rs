@@ -4,6 +4,7 @@
 //! core stays pure.
 
 pub mod api;
+pub mod auth;
 pub mod authzen;
 pub mod body;
 pub mod conn;
@@ -98,6 +99,8 @@ pub struct Config {
     /// The public base URL (`https://pdp.example.com`), for AuthZEN metadata; `None`: taken
     /// from each request's `Host` header, as `http://<host>`.
     pub public_url: Option<String>,
+    /// Who may ask for decisions and read evidence (`--callers`).
+    pub callers: auth::CallerMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +123,13 @@ pub enum ServerError {
     },
     #[error("cannot watch `{dir}` for changes")]
     Watch { dir: PathBuf, source: notify::Error },
+    #[error(
+        "cannot write the first admin token to `{path}` (the credential made for it was revoked; make another with `ztinfra credentials add NAME --role admin`)"
+    )]
+    AdminToken {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -157,6 +167,10 @@ impl App {
         if let Some(db) = db_file.filter(|db| !db.exists()) {
             created.extend(zt_store::sqlite_files(&db));
         }
+        let admin_token = config.data_dir.join(auth::ADMIN_TOKEN_FILE);
+        if !admin_token.exists() {
+            created.push(admin_token);
+        }
         let started = Self::start_in(config, &key_dir).await;
         if started.is_err() {
             for path in &created {
@@ -174,6 +188,9 @@ impl App {
             None => Store::open_in(&config.data_dir).await?,
         };
         tracing::info!(store = %store.location(), "store open");
+        if let Some(path) = auth::first_admin(&store, &config.data_dir, now_ms()).await? {
+            tracing::info!(file = %path.display(), "the store had no admin: an admin credential was made, its token is in this file (readable by its owner only)");
+        }
         let evidence = evidence::EvidenceLog::open(
             store.clone(),
             std::sync::Arc::new(signer),
@@ -218,12 +235,13 @@ impl App {
             state: Arc::new(AppState {
                 policies,
                 limits: config.limits,
-                store,
+                store: store.clone(),
                 evidence,
                 record_evidence: config.record_evidence,
                 metrics,
                 ready: AtomicBool::new(true),
                 public_url: config.public_url.clone(),
+                callers: auth::Callers::new(config.callers, store.clone()),
             }),
             conn_limits: config.conn_limits,
             reach: Arc::new(reach::Reach::new(
@@ -265,7 +283,7 @@ impl App {
         request: zt_core::DecisionRequest,
         endpoint: &'static str,
     ) -> Result<api::DecisionResponse, Vec<zt_core::FieldError>> {
-        let origin = api::Origin::now(endpoint);
+        let origin = api::Origin::now(endpoint, None);
         let announced = self.state.evidence.announce();
         let request = request.validate(&self.state.limits)?;
         api::answer_one(&self.state, origin, &request, announced)
@@ -297,10 +315,11 @@ impl App {
         let router = self.router();
         if let Ok(addr) = listener.local_addr()
             && !addr.ip().is_loopback()
+            && state.callers.mode() == auth::CallerMode::Open
         {
             tracing::warn!(
                 %addr,
-                "listening on a non-loopback address: the admin API (entity edits, policy reloads) is NOT authenticated yet; anyone who can reach this address can change what is allowed"
+                "listening on a non-loopback address with open callers: anyone who can reach this address may ask for decisions as any actor and read the evidence"
             );
         }
         conn::serve(listener, router, self.conn_limits, async move {

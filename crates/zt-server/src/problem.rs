@@ -24,6 +24,32 @@ pub struct Problem {
     /// For policy sets that failed to load: every error, with file and line.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub policy_errors: Vec<PolicyError>,
+    /// For 401 and 403: the `WWW-Authenticate` challenge sent with the answer.
+    #[serde(skip)]
+    pub challenge: Option<Challenge>,
+}
+
+/// A `WWW-Authenticate: Bearer` challenge (RFC 6750 section 3), by its error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// No credential was sent.
+    Credential,
+    InvalidRequest,
+    InvalidToken,
+    InsufficientScope,
+}
+
+impl Challenge {
+    pub fn header(self) -> &'static str {
+        match self {
+            Challenge::Credential => "Bearer realm=\"ztinfra\"",
+            Challenge::InvalidRequest => "Bearer realm=\"ztinfra\", error=\"invalid_request\"",
+            Challenge::InvalidToken => "Bearer realm=\"ztinfra\", error=\"invalid_token\"",
+            Challenge::InsufficientScope => {
+                "Bearer realm=\"ztinfra\", error=\"insufficient_scope\""
+            }
+        }
+    }
 }
 
 /// Problem types are `urn:zt-infra:problem:<slug>`.
@@ -45,6 +71,7 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             policy_errors: Vec::new(),
+            challenge: None,
         }
     }
 
@@ -97,6 +124,12 @@ impl IntoResponse for Problem {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if let Some(challenge) = self.challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge.header()),
+            );
+        }
         response
     }
 }

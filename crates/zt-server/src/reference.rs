@@ -26,6 +26,7 @@ use utoipa::ToSchema;
 use zt_core::{Decision, DecisionRequest, ReferenceRequest};
 
 use crate::api::{AppState, Origin, answer_one};
+use crate::auth::Decider;
 use crate::body::JsonBody;
 use crate::evidence::Receipt;
 use crate::problem::Problem;
@@ -92,9 +93,10 @@ pub struct ActionAnswer {
 )]
 pub(crate) async fn actions(
     State(app): State<Arc<AppState>>,
+    Decider(caller): Decider,
     JsonBody(ReferenceRequest(request)): JsonBody<ReferenceRequest>,
 ) -> Result<Response, Problem> {
-    let origin = Origin::now("actions");
+    let origin = Origin::now("actions", caller.as_ref());
     let announced = app.evidence.announce();
     let request = request
         .validate_reference(&app.limits)

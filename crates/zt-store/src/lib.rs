@@ -22,7 +22,9 @@ use sqlx::sqlite::{
 use sqlx::{Executor, Row};
 
 mod appender;
+mod credentials;
 mod evidence;
+pub use credentials::{CredentialInfo, Revoked};
 pub use evidence::{StoredCheckpoint, StoredRecord};
 
 /// Where the store lives.
@@ -104,6 +106,8 @@ pub enum StoreError {
     Unsupported(String),
     #[error("cannot start the evidence append thread")]
     Thread(#[source] std::io::Error),
+    #[error("`{0}` exists already")]
+    Exists(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error(
@@ -212,6 +216,13 @@ const MIGRATIONS: &[&[&str]] = &[
             created_at_ms BIGINT NOT NULL
         )",
     ],
+    &["CREATE TABLE zt_credentials (
+        name TEXT NOT NULL PRIMARY KEY,
+        role TEXT NOT NULL,
+        digest TEXT NOT NULL UNIQUE,
+        created_at_ms BIGINT NOT NULL,
+        revoked_at_ms BIGINT
+    )"],
 ];
 
 impl Store {

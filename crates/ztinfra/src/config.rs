@@ -31,7 +31,7 @@ const DEMO_FILES: &[(&str, &str)] = &[
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"            # relative paths: from the config file's directory\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  no_watch = false                # or: watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n  header_timeout_secs = 10\n  body_timeout_secs = 10\n  max_connections = 1024\n  max_pending_body_bytes = 67108864\n  allowed_hosts = [\"pdp.internal\"]\n  allowed_origins = [\"https://console.example.com\"]\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
+    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"            # relative paths: from the config file's directory\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  no_watch = false                # or: watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n  header_timeout_secs = 10\n  body_timeout_secs = 10\n  max_connections = 1024\n  max_pending_body_bytes = 67108864\n  allowed_hosts = [\"pdp.internal\"]\n  allowed_origins = [\"https://console.example.com\"]\n  callers = \"authenticated\"        # or \"open\" (the default with demo = true)\n  allow_open_callers_on_network = false\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
 )]
 pub struct ServeArgs {
     /// Address to listen on, IP:PORT; a bare PORT or localhost:PORT means 127.0.0.1:PORT
@@ -105,6 +105,15 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     allowed_origins: Vec<String>,
+    /// Who may ask for decisions: `authenticated` (an enforcement point's credential; evidence
+    /// reads need an auditor's or admin's) or `open` (anyone, with the actor they declare; for
+    /// demos and loopback) [default: authenticated; open with --demo].
+    #[arg(long, env = "ZTINFRA_CALLERS", value_enum)]
+    callers: Option<Callers>,
+    /// Allow `--callers open` on an address other than loopback (anyone who reaches it may ask
+    /// for decisions as any actor and read all evidence).
+    #[arg(long, env = "ZTINFRA_ALLOW_OPEN_CALLERS_ON_NETWORK")]
+    allow_open_callers_on_network: bool,
     /// A TOML config file; relative paths in it are read from its own directory.
     #[arg(long, env = "ZTINFRA_CONFIG")]
     config: Option<PathBuf>,
@@ -112,6 +121,14 @@ pub struct ServeArgs {
     /// costs. Never in production: nothing is on record. (A flag only, not a config key.)
     #[arg(long)]
     unsafe_no_evidence: bool,
+}
+
+/// `--callers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Callers {
+    Open,
+    Authenticated,
 }
 
 /// The config file: the same settings as the flags.
@@ -138,6 +155,8 @@ struct FileConfig {
     max_context_depth: Option<usize>,
     max_id_bytes: Option<usize>,
     public_url: Option<String>,
+    callers: Option<Callers>,
+    allow_open_callers_on_network: Option<bool>,
 }
 
 /// Resolved settings.
@@ -276,6 +295,22 @@ impl Settings {
             .or(file.public_url)
             .map(|url| check_public_url(&url))
             .transpose()?;
+        let callers = match args.callers.or(file.callers) {
+            Some(Callers::Open) => zt_server::auth::CallerMode::Open,
+            Some(Callers::Authenticated) => zt_server::auth::CallerMode::Authenticated,
+            None if demo => zt_server::auth::CallerMode::Open,
+            None => zt_server::auth::CallerMode::Authenticated,
+        };
+        let open_on_network =
+            args.allow_open_callers_on_network || file.allow_open_callers_on_network == Some(true);
+        if callers == zt_server::auth::CallerMode::Open
+            && !listen.ip().is_loopback()
+            && !open_on_network
+        {
+            bail!(
+                "refusing to listen on {listen} with open callers: anyone who reaches it could ask for decisions as any actor and read every evidence record. Use `--callers authenticated` (enforcement points then need a credential: `ztinfra credentials add NAME --role pep`), listen on loopback, or accept the risk with `--allow-open-callers-on-network`"
+            );
+        }
         // The data directory first, private, before anything is written into it.
         zt_server::private_dir(&data_dir)?;
         if explicit && !policy_dir.is_dir() {
@@ -317,6 +352,7 @@ impl Settings {
                 max_evidence_batch: defaults::MAX_EVIDENCE_BATCH,
                 record_evidence: !args.unsafe_no_evidence,
                 public_url,
+                callers,
             },
             log_format: args
                 .log_format

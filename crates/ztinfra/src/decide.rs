@@ -24,6 +24,14 @@ pub struct DecideArgs {
     /// The service's base URL.
     #[arg(long, env = "ZTINFRA_SERVER", default_value = "http://127.0.0.1:8181")]
     server: String,
+    /// The credential to present (`Authorization: Bearer`): an enforcement point's token, for
+    /// a service whose callers are authenticated.
+    #[arg(long, env = "ZTINFRA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding that credential (instead of `--token`/ZTINFRA_TOKEN, which other users
+    /// of the machine may see in the process list).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<std::path::PathBuf>,
     /// Print the service's JSON answer instead of a summary.
     #[arg(long)]
     json: bool,
@@ -62,6 +70,16 @@ fn ask(args: &DecideArgs) -> Result<u8, String> {
         "resource": args.resource,
         "context": context,
     });
+    let token = match (&args.token, &args.token_file) {
+        (Some(token), _) => Some(token.trim().to_owned()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
     let url = format!("{}/v1/decide", args.server.trim_end_matches('/'));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -72,9 +90,11 @@ fn ask(args: &DecideArgs) -> Result<u8, String> {
             .timeout(Duration::from_secs(args.timeout))
             .build()
             .map_err(|e| e.to_string())?;
-        let response = client
-            .post(&url)
-            .json(&body)
+        let mut request = client.post(&url).json(&body);
+        if let Some(token) = &token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| {

@@ -26,18 +26,28 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(zt_server::defaults::DATA_DIR))
     }
 
-    async fn open(&self) -> anyhow::Result<Store> {
+    pub(crate) async fn open(&self) -> anyhow::Result<Store> {
+        self.open_or(false).await
+    }
+
+    /// Opens the store; `create`: makes the data directory (private) and the SQLite file if
+    /// they are missing, as a first start would.
+    pub(crate) async fn open_or(&self, create: bool) -> anyhow::Result<Store> {
         let location = match &self.store {
             Some(s) => Location::parse(s)?,
-            None => Location::Sqlite(self.data_dir().join("ztinfra.db")),
+            None => Location::Sqlite(self.data_dir().join(zt_store::SQLITE_FILE)),
         };
+        if create && self.store.is_none() {
+            zt_server::private_dir(&self.data_dir())?;
+        }
         if let Location::Sqlite(path) = &location
+            && !create
             && !path.exists()
         {
             bail!(
@@ -103,7 +113,7 @@ pub enum KeysCommand {
     },
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)

@@ -1,6 +1,7 @@
 //! `ztinfra`: the ZT-Infra command line.
 
 mod config;
+mod credentials;
 mod decide;
 mod evidence;
 mod mcp;
@@ -40,6 +41,9 @@ enum Command {
     /// Export and verify the evidence log.
     #[command(subcommand)]
     Evidence(evidence::EvidenceCommand),
+    /// Manage operator and enforcement-point credentials (bearer tokens, stored as digests).
+    #[command(subcommand)]
+    Credentials(credentials::CredentialsCommand),
     /// Manage the evidence signing key.
     #[command(subcommand)]
     Keys(evidence::KeysCommand),
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
         Command::Policy(command) => policy::run(command),
         Command::Evidence(command) => evidence::run_evidence(command),
         Command::Keys(command) => evidence::run_keys(command),
+        Command::Credentials(command) => credentials::run(command),
         Command::McpGateway(args) => {
             // Standard output is the MCP channel in stdio mode: logs go to standard error.
             init_logging(LogFormat::Text, "info,rmcp=warn");

@@ -19,6 +19,7 @@ Config file (TOML), every key optional:
   tools_list = \"hide\"             # or \"annotate\": what tools/list does with tools never allowed
   decide_resource_reads = false
   decide_url = \"http://127.0.0.1:8181\"   # ask a ZT-Infra service; otherwise decide in process:
+  decide_token_file = \"gateway.token\"    # its pep credential (or ZTINFRA_PEP_TOKEN)
   policies = \"policies\"
   data_dir = \".ztinfra-mcp\"
   store = \"postgres://...\"
@@ -53,6 +54,10 @@ pub struct GatewayArgs {
     /// Ask the ZT-Infra service at this URL for decisions, instead of deciding in process.
     #[arg(long, env = "ZTINFRA_DECIDE_URL")]
     decide_url: Option<String>,
+    /// With --decide-url: a file holding the gateway's `pep` credential for that service
+    /// (or the token itself in ZTINFRA_PEP_TOKEN).
+    #[arg(long)]
+    decide_token_file: Option<PathBuf>,
     /// In-process decisions: the policy directory (default `<data-dir>/policies`).
     #[arg(long)]
     policies: Option<PathBuf>,
@@ -98,6 +103,10 @@ impl GatewayArgs {
         config.public_url = self.public_url.or(config.public_url.take());
         config.actor = self.actor.or(config.actor.take());
         config.decide_url = self.decide_url.or(config.decide_url.take());
+        config.decide_token_file = self.decide_token_file.or(config.decide_token_file.take());
+        config.decide_token = std::env::var("ZTINFRA_PEP_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
         config.policies = self.policies.or(config.policies.take());
         config.data_dir = self.data_dir.or(config.data_dir.take());
         config.store = self.store.or(config.store.take());

@@ -47,6 +47,11 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path())
             .args(args);
+        // Most tests are about something else than callers: they declare their actors, as open
+        // callers do. The tests of authenticated callers say so (`identity.rs`).
+        if !args.contains(&"--callers") {
+            command.args(["--callers", "open"]);
+        }
         for (k, v) in env {
             command.env(k, v);
         }
@@ -96,6 +101,19 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// The admin token the first start wrote.
+    fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// A client that presents the admin token with every request.
+    fn admin(&self) -> http::sync::Client {
+        http::sync::Client::with_token(&self.admin_token())
+    }
+
     fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
@@ -135,6 +153,7 @@ mod end_to_end {
     mod authzen;
     mod evidence;
     mod hardening;
+    mod identity;
 }
 
 /// A tiny synchronous HTTP helper over reqwest's async client, on a private runtime.
@@ -162,12 +181,29 @@ mod http {
 
         impl Client {
             pub fn new() -> Self {
+                Self::with_headers(reqwest::header::HeaderMap::new())
+            }
+
+            /// A client that sends `Authorization: Bearer <token>` with every request.
+            pub fn with_token(token: &str) -> Self {
+                let mut headers = reqwest::header::HeaderMap::new();
+                headers.insert(
+                    reqwest::header::AUTHORIZATION,
+                    format!("Bearer {token}").parse().unwrap(),
+                );
+                Self::with_headers(headers)
+            }
+
+            fn with_headers(headers: reqwest::header::HeaderMap) -> Self {
                 Self {
                     runtime: tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
                         .unwrap(),
-                    inner: reqwest::Client::new(),
+                    inner: reqwest::Client::builder()
+                        .default_headers(headers)
+                        .build()
+                        .unwrap(),
                 }
             }
 
@@ -528,7 +564,7 @@ fn a_broken_policy_keeps_the_previous_set_and_is_reported() {
     )
     .unwrap();
     let server = Server::start(&["--policies", policies.path().to_str().unwrap()]);
-    let c = client();
+    let c = server.admin();
     let ask = |action: &str| {
         decide(
             &c,
@@ -778,7 +814,7 @@ fn reference_json_policies_import_and_decide_the_same() {
 #[test]
 fn operations_endpoints() {
     let server = Server::start(&["--demo"]);
-    let c = client();
+    let c = server.admin();
     assert_eq!(c.get(&server.url("/healthz")).json()["status"], "ok");
     assert_eq!(c.get(&server.url("/readyz")).json()["status"], "ready");
     decide(

@@ -373,7 +373,7 @@ fn search_users(
 fn the_entity_store_is_edited_over_the_api() {
     let dir = fixture_copy();
     let server = Server::start(&["--no-watch", "--policies", dir.path().to_str().unwrap()]);
-    let c = client();
+    let c = server.admin();
     assert_eq!(
         search_users(&c, &server, "read", "record-1"),
         ["alice", "bob"]

@@ -292,18 +292,25 @@ fn a_web_page_cannot_reach_the_api_through_dns_rebinding() {
         ),
         200
     );
+    let admin = format!("Authorization: Bearer {}\r\n", server.admin_token());
     assert_eq!(
         raw_status(
             &server,
             "POST",
             "/v1/entities",
-            "Host: localhost\r\nOrigin: https://console.example.com\r\n",
+            &format!("Host: localhost\r\nOrigin: https://console.example.com\r\n{admin}"),
             edit
         ),
         200
     );
     assert_eq!(
-        raw_status(&server, "POST", "/v1/entities", "Host: [::1]:1\r\n", edit),
+        raw_status(
+            &server,
+            "POST",
+            "/v1/entities",
+            &format!("Host: [::1]:1\r\n{admin}"),
+            edit
+        ),
         200
     );
 }
@@ -443,7 +450,7 @@ fn entity_edits_never_follow_a_planted_link() {
     // The name the temporary file used to have, and the entity file itself, as links.
     std::os::unix::fs::symlink(victim.path(), dir.path().join(".entities.json.tmp")).unwrap();
     let server = Server::start(&["--policies", dir.path().to_str().unwrap()]);
-    let c = client();
+    let c = server.admin();
     let edit = json!({"entities": [{"uid": {"type": "Agent", "id": "new-agent"}, "attrs": {}, "parents": []}]});
     let response = c.post_json(&server.url("/v1/entities"), &edit);
     assert_eq!(response.status, 200);
@@ -483,7 +490,7 @@ fn the_policy_status_changes_with_the_set_it_describes() {
     let policy = dir.path().join("p.cedar");
     std::fs::write(&policy, "permit(principal, action, resource);").unwrap();
     let server = Server::start(&["--policies", dir.path().to_str().unwrap(), "--no-watch"]);
-    let c = client();
+    let c = server.admin();
     for round in 0..10 {
         std::fs::write(&policy, "permit(principal, action, resource) when {").unwrap();
         assert_eq!(
@@ -617,17 +624,37 @@ fn state_is_private_and_config_paths_are_the_files() {
 }
 
 #[test]
-fn listening_beyond_loopback_warns_that_the_admin_api_is_open() {
+fn open_callers_stay_on_loopback_unless_allowed_and_then_warn() {
     let data = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    // `--demo` means open callers: refused beyond loopback, before anything is created.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_ztinfra"))
+        .args(["serve", "--demo", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0:0 with open callers"),
+        "{stderr}"
+    );
+    assert!(!data.path().join("ztinfra.db").exists());
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ztinfra"));
     command
-        .args(["serve", "--demo", "--listen", "0.0.0.0:0", "--data-dir"])
+        .args([
+            "serve",
+            "--demo",
+            "--allow-open-callers-on-network",
+            "--listen",
+            "0.0.0.0:0",
+            "--data-dir",
+        ])
         .arg(data.path());
     let server = Server::launch(command, data);
     wait_for("the warning", || {
         server
             .logs()
-            .contains("admin API (entity edits, policy reloads) is NOT authenticated")
+            .contains("non-loopback address with open callers")
     });
     // Reached by an address it was not told is its own, it refuses: names are given with
     // `--allowed-host`.

@@ -1,0 +1,282 @@
+//! Who is calling: bearer credentials checked against the store, and the extractors that let a
+//! handler in only with the right role.
+//!
+//! A handler names what it needs in its signature: [`Admin`] (policies, entities), [`Reader`]
+//! (evidence records and the entity store; anyone when callers are open) or [`Decider`]
+//! (decisions; anyone when callers are open). The extractors run before the body is read, so an
+//! unauthenticated request is refused with 401 whatever its body.
+//!
+//! Verified credentials are cached by digest for [`FRESH`], so that a decision costs a hash and
+//! a map lookup, not a store read; a credential revoked from the command line (which writes the
+//! store) stops working on every node within that time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use zt_identity::{
+    AuthError, Caller, CredentialName, CredentialRecord, NewSecret, Permission, TokenDigest,
+    UnverifiedCredential,
+};
+use zt_store::{Store, StoreError};
+
+use crate::api::AppState;
+use crate::problem::{Challenge, Problem};
+
+/// How long a credential looked up in the store is trusted before it is read again.
+pub const FRESH: Duration = Duration::from_secs(1);
+
+/// Most credentials (known or unknown digests) kept in the cache; it is emptied when full.
+const MAX_CACHED: usize = 4096;
+
+/// The file, in the data directory, to which the first start writes the admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Who may ask for decisions (`--callers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerMode {
+    /// Anyone who reaches the port, with the actor they declare (as before credentials
+    /// existed; `--demo`). Evidence records and the entity store are readable by anyone too.
+    Open,
+    /// A decision needs an enforcement point's credential; evidence reads an auditor's or
+    /// admin's.
+    Authenticated,
+}
+
+impl CallerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallerMode::Open => "open",
+            CallerMode::Authenticated => "authenticated",
+        }
+    }
+}
+
+/// The credentials of callers, checked against the store through a short cache.
+#[derive(Debug)]
+pub struct Callers {
+    mode: CallerMode,
+    store: Store,
+    cache: Mutex<HashMap<TokenDigest, (Option<CredentialRecord>, Instant)>>,
+}
+
+/// Why a caller is not let in: a refusal, or a store that could not say.
+#[derive(Debug)]
+pub enum Refusal {
+    Auth(AuthError),
+    Store(StoreError),
+}
+
+impl Callers {
+    pub fn new(mode: CallerMode, store: Store) -> Self {
+        Self {
+            mode,
+            store,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn mode(&self) -> CallerMode {
+        self.mode
+    }
+
+    /// The caller whose credential is in `headers`, if it is valid.
+    pub async fn verify(&self, headers: &HeaderMap) -> Result<Caller, Refusal> {
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .ok_or(Refusal::Auth(AuthError::Missing))?;
+        let presented =
+            UnverifiedCredential::from_authorization(value.as_bytes()).map_err(Refusal::Auth)?;
+        let stored = self
+            .lookup(presented.digest())
+            .await
+            .map_err(Refusal::Store)?;
+        presented.verify(stored.as_ref()).map_err(Refusal::Auth)
+    }
+
+    async fn lookup(&self, digest: TokenDigest) -> Result<Option<CredentialRecord>, StoreError> {
+        let now = Instant::now();
+        if let Ok(cache) = self.cache.lock()
+            && let Some((record, at)) = cache.get(&digest)
+            && now.duration_since(*at) < FRESH
+        {
+            return Ok(record.clone());
+        }
+        let record = self.store.credential(digest).await?;
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+            cache.insert(digest, (record.clone(), now));
+        }
+        Ok(record)
+    }
+
+    /// The caller, if its credential is valid and its role grants `permission`.
+    pub async fn authorize(
+        &self,
+        headers: &HeaderMap,
+        permission: Permission,
+    ) -> Result<Caller, Problem> {
+        let caller = self.verify(headers).await.map_err(refusal_problem)?;
+        caller.authorize(permission).map_err(|e| {
+            tracing::warn!(credential = %caller.name(), role = %caller.role(), error = %e, "request refused: wrong role");
+            metrics::counter!("ztinfra_auth_refusals_total", "reason" => "wrong_role").increment(1);
+            auth_problem(&e)
+        })?;
+        Ok(caller)
+    }
+
+    /// As [`authorize`](Self::authorize), but `None` without asking when callers are open.
+    async fn unless_open(
+        &self,
+        headers: &HeaderMap,
+        permission: Permission,
+    ) -> Result<Option<Caller>, Problem> {
+        match self.mode {
+            CallerMode::Open => Ok(None),
+            CallerMode::Authenticated => self.authorize(headers, permission).await.map(Some),
+        }
+    }
+}
+
+fn refusal_problem(refusal: Refusal) -> Problem {
+    match refusal {
+        Refusal::Auth(e) => {
+            let reason = match &e {
+                AuthError::Missing => "missing",
+                AuthError::Malformed(_) => "malformed",
+                AuthError::Unknown => "unknown",
+                AuthError::Revoked(_) => "revoked",
+                AuthError::WrongRole { .. } => "wrong_role",
+            };
+            if !matches!(e, AuthError::Missing) {
+                tracing::warn!(error = %e, "request refused: credential not valid");
+            }
+            metrics::counter!("ztinfra_auth_refusals_total", "reason" => reason).increment(1);
+            auth_problem(&e)
+        }
+        Refusal::Store(e) => {
+            tracing::error!(error = %crate::error_chain(&e), "credentials could not be checked");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "service unavailable",
+                "the credential could not be checked (the store does not answer); nothing was done",
+            )
+        }
+    }
+}
+
+/// 401 with a `WWW-Authenticate: Bearer` challenge (RFC 6750), or 403 for a wrong role.
+pub fn auth_problem(e: &AuthError) -> Problem {
+    let (status, slug, title, challenge) = match e {
+        AuthError::Missing => (
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "authentication required",
+            Challenge::Credential,
+        ),
+        AuthError::WrongRole { .. } => (
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "forbidden",
+            Challenge::InsufficientScope,
+        ),
+        AuthError::Malformed(_) => (
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "authentication required",
+            Challenge::InvalidRequest,
+        ),
+        AuthError::Unknown | AuthError::Revoked(_) => (
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "authentication required",
+            Challenge::InvalidToken,
+        ),
+    };
+    Problem {
+        challenge: Some(challenge),
+        ..Problem::new(status, slug, title, e.to_string())
+    }
+}
+
+/// An admin: policies and entities.
+#[derive(Debug)]
+pub struct Admin(pub Caller);
+
+/// Who may read evidence records and the entity store: an auditor or admin, or anyone
+/// (`None`) when callers are open.
+#[derive(Debug)]
+pub struct Reader(pub Option<Caller>);
+
+/// Who may ask for decisions: an enforcement point, or anyone (`None`) when callers are open.
+#[derive(Debug)]
+pub struct Decider(pub Option<Caller>);
+
+/// Each extractor: the permission it needs, and whether open callers are let in without one.
+macro_rules! extractor {
+    ($name:ident, $permission:expr, $check:ident) => {
+        impl FromRequestParts<Arc<AppState>> for $name {
+            type Rejection = Problem;
+
+            async fn from_request_parts(
+                parts: &mut Parts,
+                app: &Arc<AppState>,
+            ) -> Result<Self, Self::Rejection> {
+                app.callers
+                    .$check(&parts.headers, $permission)
+                    .await
+                    .map($name)
+            }
+        }
+    };
+}
+extractor!(Admin, Permission::Administer, authorize);
+extractor!(Reader, Permission::ReadEvidence, unless_open);
+extractor!(Decider, Permission::Decide, unless_open);
+
+/// A caller as an evidence record names it.
+pub fn record_caller(caller: &Caller) -> serde_json::Value {
+    serde_json::json!({"kind": caller.kind().as_str(), "name": caller.name().as_str()})
+}
+
+/// A new credential token, from the operating system's random source.
+pub fn new_secret() -> NewSecret {
+    use rand_core::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    NewSecret::from_random(bytes)
+}
+
+/// On a store that has never had an admin credential, makes one named `admin` and writes its
+/// token to `<data-dir>/admin.token` (readable by its owner only). Returns the file's path
+/// when it did.
+pub async fn first_admin(
+    store: &Store,
+    data_dir: &std::path::Path,
+    now_ms: i64,
+) -> Result<Option<std::path::PathBuf>, crate::ServerError> {
+    let name = CredentialName::parse("admin")
+        .map_err(|_| crate::ServerError::Store(StoreError::Corrupt("the admin name".into())))?;
+    let secret = new_secret();
+    if !store
+        .add_first_admin(&name, secret.digest(), now_ms)
+        .await?
+    {
+        return Ok(None);
+    }
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    let mut text = secret.token().to_owned();
+    text.push('\n');
+    if let Err(source) = crate::write_private_file(&path, text.as_bytes()) {
+        // Nobody could ever use it: take it back, and say why the start failed.
+        let _ = store.revoke_credential(&name, now_ms).await;
+        return Err(crate::ServerError::AdminToken { path, source });
+    }
+    Ok(Some(path))
+}
