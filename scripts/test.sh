@@ -15,7 +15,7 @@ cargo test --workspace --all-targets --locked
 
 # The MCP gateway end to end, against parts this project did not write: the official Python MCP
 # SDK as the client and real MCP servers from PyPI and npm, at the versions pinned in
-# crates/zt-mcp/tests/peers. They install into target/mcp-venv and that folder's node_modules.
+# crates/zt-mcp/tests/peers; and agent session tokens verified by PyJWT (crates/ztinfra/tests/python). They install into target/mcp-venv and that folder's node_modules.
 # The gateway under test is the binary `cargo test` built above (target/debug/ztinfra).
 peers=crates/zt-mcp/tests/peers
 if [ ! -x target/mcp-venv/bin/python ]; then
@@ -23,7 +23,8 @@ if [ ! -x target/mcp-venv/bin/python ]; then
 fi
 target/mcp-venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$peers/requirements.txt"
 npm ci --prefix "$peers" --no-audit --no-fund --loglevel=error
-ZTINFRA_BIN="$PWD/target/debug/ztinfra" target/mcp-venv/bin/python -m pytest -q -p no:cacheprovider crates/zt-mcp/tests
+ZTINFRA_BIN="$PWD/target/debug/ztinfra" target/mcp-venv/bin/python -m pytest -q -p no:cacheprovider \
+  crates/zt-mcp/tests crates/ztinfra/tests/python
 
 # A smoke run of the side-by-side benchmark (bench/compare.sh): seconds, not minutes. Each
 # system must give every workload's expected decisions and answer load without errors. Peers

@@ -41,7 +41,8 @@ impl Default for Limits {
 #[schema(example = json!({"actor": "demo-agent", "action": "aws.ec2.terminate_instances", "resource": "i-demo", "context": {"env": "prod"}}))]
 pub struct DecisionRequest {
     /// Who acts: the agent (or agent session) asking to act. Becomes the Cedar principal
-    /// `Agent::"<actor>"`.
+    /// `Agent::"<actor>"`. May be left out when the request carries an agent session token:
+    /// the session's agent is the actor.
     pub actor: String,
     /// What it attempts, as a dotted name such as `aws.ec2.terminate_instances`. Becomes
     /// `Action::"<action>"`, a member of `Action::"aws.ec2"`, itself a member of `Action::"aws"`.
@@ -119,7 +120,9 @@ impl<'de> serde::de::Visitor<'de> for RequestVisitor {
             *slot = Some(map.next_value()?);
         }
         Ok(DecisionRequest {
-            actor: actor.ok_or_else(|| A::Error::missing_field("actor"))?,
+            // Left out, it is the actor of the caller's agent session, or else an error of
+            // `validate`.
+            actor: actor.unwrap_or_default(),
             action: action.ok_or_else(|| A::Error::missing_field("action"))?,
             resource: match resource {
                 Some(resource) => resource,

@@ -3,9 +3,12 @@
 //! Pure: no I/O, no clock, no randomness. A credential arrives as an
 //! [`UnverifiedCredential`] (text from an `Authorization` header); it becomes a [`Caller`] only
 //! through [`UnverifiedCredential::verify`], given the stored record its digest names. What a
-//! caller may do is its [`Role`]'s, asked through [`Caller::authorize`].
+//! caller may do is its [`Role`]'s, asked through [`Caller::authorize`]. Agent sessions
+//! ([`session`]) carry signed access tokens: an [`session::UnverifiedToken`] becomes a
+//! [`session::VerifiedSession`] only through its `verify`, given the keys and the time.
 
 pub mod credential;
+pub mod session;
 
 pub use credential::{
     AuthError, Caller, CallerKind, CredentialName, CredentialRecord, NewSecret, Permission, Role,

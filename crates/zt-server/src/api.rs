@@ -44,6 +44,8 @@ pub struct AppState {
     pub public_url: Option<String>,
     /// Who may call what.
     pub callers: Callers,
+    /// Agents and their sessions.
+    pub sessions: crate::sessions::Sessions,
 }
 
 /// The answer to a decision request.
@@ -110,7 +112,12 @@ pub struct Health {
         crate::authzen::search_action,
         crate::authzen::metadata,
         crate::reference::actions,
-        crate::reference::health
+        crate::reference::health,
+        crate::identity::agents,
+        crate::identity::add_agent,
+        crate::identity::disable_agent,
+        crate::identity::start_session,
+        crate::identity::revoke_session
     ),
     components(schemas(
         DecisionRequest,
@@ -140,7 +147,12 @@ pub struct Health {
         crate::reference::ActionAnswer,
         crate::reference::Audit,
         crate::reference::KmsSignature,
-        crate::reference::ReferenceHealth
+        crate::reference::ReferenceHealth,
+        crate::sessions::AgentInfo,
+        crate::sessions::SessionStart,
+        crate::sessions::StartedSession,
+        crate::identity::AgentList,
+        crate::identity::Revocation
     ))
 )]
 struct ApiDoc;
@@ -171,6 +183,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(entities).put(replace_entities).post(upsert_entities),
         )
         .merge(crate::authzen::routes())
+        .merge(crate::identity::routes())
         .merge(crate::reference::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -188,11 +201,11 @@ pub(crate) struct Origin {
 }
 
 impl Origin {
-    pub fn now(endpoint: &'static str, caller: Option<&zt_identity::Caller>) -> Self {
+    pub fn now(endpoint: &'static str, caller: Option<serde_json::Value>) -> Self {
         Self {
             endpoint,
             started: Instant::now(),
-            caller: caller.map(crate::auth::record_caller),
+            caller,
         }
     }
 }
@@ -312,10 +325,13 @@ pub(crate) async fn answer_one(
 )]
 async fn decide(
     State(app): State<Arc<AppState>>,
-    Decider(caller): Decider,
-    JsonBody(request): JsonBody<DecisionRequest>,
+    decider: Decider,
+    JsonBody(mut request): JsonBody<DecisionRequest>,
 ) -> Result<Json<DecisionResponse>, Problem> {
-    let origin = Origin::now("decide", caller.as_ref());
+    let origin = Origin::now("decide", decider.record());
+    decider
+        .bind(&mut request, "")
+        .map_err(|e| Problem::invalid_fields(vec![e]))?;
     let announced = app.evidence.announce();
     let request = request
         .validate(&app.limits)
@@ -336,10 +352,10 @@ async fn decide(
 )]
 async fn decide_batch(
     State(app): State<Arc<AppState>>,
-    Decider(caller): Decider,
+    decider: Decider,
     JsonBody(batch): JsonBody<BatchRequest>,
 ) -> Result<Json<BatchResponse>, Problem> {
-    let origin = Origin::now("batch", caller.as_ref());
+    let origin = Origin::now("batch", decider.record());
     if batch.requests.len() > app.limits.max_batch {
         return Err(Problem::invalid_fields(vec![FieldError::new(
             "/requests",
@@ -352,7 +368,11 @@ async fn decide_batch(
     }
     let mut valid: Vec<ValidRequest> = Vec::with_capacity(batch.requests.len());
     let mut errors = Vec::new();
-    for (i, request) in batch.requests.into_iter().enumerate() {
+    for (i, mut request) in batch.requests.into_iter().enumerate() {
+        if let Err(e) = decider.bind(&mut request, &format!("/requests/{i}")) {
+            errors.push(e);
+            continue;
+        }
         match request.validate(&app.limits) {
             Ok(v) => valid.push(v),
             Err(errs) => errors.extend(
@@ -446,9 +466,12 @@ pub(crate) fn possible(
 )]
 async fn possible_actions(
     State(app): State<Arc<AppState>>,
-    _: Decider,
-    JsonBody(query): JsonBody<PossibleQuery>,
+    decider: Decider,
+    JsonBody(mut query): JsonBody<PossibleQuery>,
 ) -> Result<Json<PossibleActions>, Problem> {
+    decider
+        .bind_actor(&mut query.actor, "")
+        .map_err(|e| Problem::invalid_fields(vec![e]))?;
     possible(&app, query)
         .map(Json)
         .map_err(Problem::invalid_fields)

@@ -143,7 +143,7 @@ impl Callers {
     }
 }
 
-fn refusal_problem(refusal: Refusal) -> Problem {
+pub(crate) fn refusal_problem(refusal: Refusal) -> Problem {
     match refusal {
         Refusal::Auth(e) => {
             let reason = match &e {
@@ -214,9 +214,193 @@ pub struct Admin(pub Caller);
 #[derive(Debug)]
 pub struct Reader(pub Option<Caller>);
 
-/// Who may ask for decisions: an enforcement point, or anyone (`None`) when callers are open.
+/// Who asks for a decision, and for which agent session.
+///
+/// An agent session presents its own token (`Authorization: Bearer <access token>`), or an
+/// enforcement point presents its credential and passes the agent's token in the
+/// `ZT-Agent-Token` header; the actor is then the session's agent. An enforcement point that
+/// passes no agent token vouches for the actor it declares (asserted, and policies see it so).
+/// With open callers, no credential is needed or read, but an agent session token still is.
+#[derive(Debug, Default)]
+pub struct Decider {
+    /// The enforcement point that asked, if one did.
+    pub pep: Option<Caller>,
+    /// The verified, live agent session the request is for, if any.
+    pub session: Option<crate::sessions::LiveSession>,
+}
+
+/// The header in which an enforcement point passes the agent session's token.
+pub const AGENT_TOKEN_HEADER: &str = "zt-agent-token";
+
+impl Decider {
+    /// Binds a request's actor to this caller: with a session, the actor is the session's
+    /// agent (filled in when left out; a request that declares another is refused).
+    pub fn bind_actor(&self, actor: &mut String, pointer: &str) -> Result<(), zt_core::FieldError> {
+        if let Some(session) = &self.session {
+            let agent = &session.claims.session.agent;
+            if actor.is_empty() {
+                actor.clone_from(agent);
+            } else if actor != agent {
+                return Err(zt_core::FieldError::new(
+                    format!("{pointer}/actor"),
+                    format!("declares `{actor}`, but the agent session token is for `{agent}`"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets `context.session`, which is the service's alone: the verified session, or the
+    /// enforcement point that asserted the actor (nothing with open callers and no session).
+    /// A context that already has a `session` member is refused.
+    pub fn bind_context(
+        &self,
+        context: &mut serde_json::Map<String, serde_json::Value>,
+        pointer: &str,
+    ) -> Result<(), zt_core::FieldError> {
+        if context.contains_key("session") {
+            return Err(zt_core::FieldError::new(
+                format!("{pointer}/session"),
+                "is set by the service, from the caller's verified session; it cannot be sent",
+            ));
+        }
+        if let Some(view) = crate::sessions::policy_view(
+            self.session.as_ref(),
+            self.pep.as_ref().map(|p| p.name().as_str()),
+        ) {
+            context.insert("session".into(), view);
+        }
+        Ok(())
+    }
+
+    /// Both bindings, for the ZT-Infra contract's request shape.
+    pub fn bind(
+        &self,
+        request: &mut zt_core::DecisionRequest,
+        pointer: &str,
+    ) -> Result<(), zt_core::FieldError> {
+        self.bind_actor(&mut request.actor, pointer)?;
+        self.bind_context(&mut request.context, &format!("{pointer}/context"))
+    }
+
+    /// Who asked, as the evidence record names it.
+    pub fn record(&self) -> Option<serde_json::Value> {
+        let mut who = match (&self.pep, &self.session) {
+            (Some(pep), _) => record_caller(pep),
+            (None, Some(session)) => serde_json::json!({
+                "kind": "session",
+                "name": session.claims.sub,
+            }),
+            (None, None) => return None,
+        };
+        if let (Some(session), Some(members)) = (&self.session, who.as_object_mut()) {
+            members.insert(
+                "session".into(),
+                session.claims.session.session_id.clone().into(),
+            );
+        }
+        Some(who)
+    }
+}
+
+/// The bearer token of an `Authorization` header, when it is an access token (a JWT).
+fn bearer_jwt(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer")
+        && zt_identity::session::UnverifiedToken::looks_like_jwt(token))
+    .then_some(token)
+}
+
+/// The session of an access token, or the problem that refuses it (401, `invalid_token`).
+pub fn live_session(app: &AppState, token: &str) -> Result<crate::sessions::LiveSession, Problem> {
+    app.sessions.verify(token, crate::now_ms()).map_err(|e| {
+        tracing::warn!(error = %e, "request refused: agent session token not valid");
+        metrics::counter!("ztinfra_auth_refusals_total", "reason" => "session").increment(1);
+        Problem {
+            challenge: Some(Challenge::InvalidToken),
+            ..Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "authentication required",
+                e.to_string(),
+            )
+        }
+    })
+}
+
+impl FromRequestParts<Arc<AppState>> for Decider {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let agent_token = parts
+            .headers
+            .get(AGENT_TOKEN_HEADER)
+            .map(|v| {
+                v.to_str().map(str::trim).map_err(|_| {
+                    auth_problem(&AuthError::Malformed(
+                        "the `ZT-Agent-Token` header is not text",
+                    ))
+                })
+            })
+            .transpose()?;
+        if let Some(token) = bearer_jwt(&parts.headers) {
+            // The agent session itself asks.
+            if agent_token.is_some() {
+                return Err(Problem::invalid(
+                    "a request carries one agent session token: in `Authorization` (the agent asks) or in `ZT-Agent-Token` (an enforcement point asks for it), not both",
+                    Vec::new(),
+                ));
+            }
+            return Ok(Self {
+                pep: None,
+                session: Some(live_session(app, token)?),
+            });
+        }
+        // Open callers need no credential, and one sent is not read: only an agent session
+        // token, which names the actor, is.
+        let pep = match app.callers.mode() {
+            CallerMode::Open => None,
+            CallerMode::Authenticated => Some(
+                app.callers
+                    .authorize(&parts.headers, Permission::Decide)
+                    .await?,
+            ),
+        };
+        let session = agent_token
+            .map(|token| live_session(app, token))
+            .transpose()?;
+        Ok(Self { pep, session })
+    }
+}
+
+/// Who may start a session: a broker, or a session starting a child with its own token.
 #[derive(Debug)]
-pub struct Decider(pub Option<Caller>);
+pub enum SessionStarter {
+    Broker(Caller),
+    Parent(crate::sessions::LiveSession),
+}
+
+impl FromRequestParts<Arc<AppState>> for SessionStarter {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(token) = bearer_jwt(&parts.headers) {
+            return live_session(app, token).map(Self::Parent);
+        }
+        app.callers
+            .authorize(&parts.headers, Permission::StartSessions)
+            .await
+            .map(Self::Broker)
+    }
+}
 
 /// Each extractor: the permission it needs, and whether open callers are let in without one.
 macro_rules! extractor {
@@ -238,7 +422,6 @@ macro_rules! extractor {
 }
 extractor!(Admin, Permission::Administer, authorize);
 extractor!(Reader, Permission::ReadEvidence, unless_open);
-extractor!(Decider, Permission::Decide, unless_open);
 
 /// A caller as an evidence record names it.
 pub fn record_caller(caller: &Caller) -> serde_json::Value {

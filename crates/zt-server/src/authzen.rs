@@ -97,6 +97,55 @@ fn object(
     })
 }
 
+/// Binds an AuthZEN request object (or, `top` false, an item of a batch at `pointer`) to its
+/// caller: with an agent session, the subject is `Agent::"<agent>"` (filled in at the top when
+/// left out; any other is refused), and `context.session` is the service's (see
+/// [`Decider::bind_context`]).
+fn bind(
+    decider: &Decider,
+    object: &mut Map<String, Value>,
+    pointer: &str,
+    top: bool,
+) -> Result<(), FieldError> {
+    if let Some(session) = &decider.session {
+        let agent = &session.claims.session.agent;
+        match object.get("subject") {
+            None | Some(Value::Null) => {
+                if top {
+                    object.insert("subject".into(), json!({"type": "Agent", "id": agent}));
+                }
+            }
+            Some(subject) => {
+                if subject.get("type").and_then(Value::as_str) != Some("Agent")
+                    || subject.get("id").and_then(Value::as_str) != Some(agent)
+                {
+                    return Err(FieldError::new(
+                        format!("{pointer}/subject"),
+                        format!(
+                            "the agent session token is for `Agent::\"{agent}\"`; the subject must be that agent"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    let context_pointer = format!("{pointer}/context");
+    match object.get_mut("context") {
+        Some(Value::Object(context)) => decider.bind_context(context, &context_pointer),
+        None | Some(Value::Null) if top => {
+            let mut context = Map::new();
+            decider.bind_context(&mut context, &context_pointer)?;
+            if !context.is_empty() {
+                object.insert("context".into(), Value::Object(context));
+            }
+            Ok(())
+        }
+        // Absent from an item (it inherits the default), or not an object (an error of its
+        // own, reported by validation).
+        _ => Ok(()),
+    }
+}
+
 /// Access Evaluation API: one decision.
 #[utoipa::path(
     post, path = "/access/v1/evaluation",
@@ -108,11 +157,12 @@ fn object(
 )]
 pub(crate) async fn evaluation(
     State(app): State<Arc<AppState>>,
-    Decider(caller): Decider,
+    decider: Decider,
     body: Result<JsonBody<Map<String, Value>>, Problem>,
 ) -> Result<Json<AuthzenDecision>, Problem> {
-    let origin = Origin::now("authzen.evaluation", caller.as_ref());
-    let body = object(body)?;
+    let origin = Origin::now("authzen.evaluation", decider.record());
+    let mut body = object(body)?;
+    bind(&decider, &mut body, "", true).map_err(|e| Problem::invalid_fields(vec![e]))?;
     let announced = app.evidence.announce();
     let request = Evaluation::from_object(&body)
         .validate(&app.limits)
@@ -180,12 +230,12 @@ pub struct AuthzenDecisions {
 )]
 pub(crate) async fn evaluations(
     State(app): State<Arc<AppState>>,
-    Decider(caller): Decider,
+    decider: Decider,
     body: Result<JsonBody<Map<String, Value>>, Problem>,
 ) -> Result<Response, Problem> {
-    let origin = Origin::now("authzen.evaluations", caller.as_ref());
+    let origin = Origin::now("authzen.evaluations", decider.record());
     let mut body = object(body)?;
-    let items = match body.remove("evaluations") {
+    let mut items = match body.remove("evaluations") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items,
         Some(_) => {
@@ -196,9 +246,16 @@ pub(crate) async fn evaluations(
         }
     };
     if items.is_empty() {
-        return evaluation(State(app), Decider(caller), Ok(JsonBody(body)))
+        return evaluation(State(app), decider, Ok(JsonBody(body)))
             .await
             .map(IntoResponse::into_response);
+    }
+    bind(&decider, &mut body, "", true).map_err(|e| Problem::invalid_fields(vec![e]))?;
+    for (i, item) in items.iter_mut().enumerate() {
+        if let Value::Object(item) = item {
+            bind(&decider, item, &format!("/evaluations/{i}"), false)
+                .map_err(|e| Problem::invalid_fields(vec![e]))?;
+        }
     }
     if items.len() > app.limits.max_batch {
         return Err(Problem::invalid_fields(vec![FieldError::new(
@@ -339,10 +396,10 @@ pub struct SearchResults {
 )]
 pub(crate) async fn search_subject(
     State(app): State<Arc<AppState>>,
-    Decider(caller): Decider,
+    decider: Decider,
     body: Result<JsonBody<Map<String, Value>>, Problem>,
 ) -> Result<Json<SearchResults>, Problem> {
-    search(&app, caller.as_ref(), object(body)?, Target::Subject).await
+    search(&app, &decider, object(body)?, Target::Subject).await
 }
 
 /// Resource Search API: the resources of a type the subject may perform the action on.
@@ -353,10 +410,10 @@ pub(crate) async fn search_subject(
 )]
 pub(crate) async fn search_resource(
     State(app): State<Arc<AppState>>,
-    Decider(caller): Decider,
+    decider: Decider,
     body: Result<JsonBody<Map<String, Value>>, Problem>,
 ) -> Result<Json<SearchResults>, Problem> {
-    search(&app, caller.as_ref(), object(body)?, Target::Resource).await
+    search(&app, &decider, object(body)?, Target::Resource).await
 }
 
 /// Action Search API: the actions the subject may perform on the resource.
@@ -367,10 +424,10 @@ pub(crate) async fn search_resource(
 )]
 pub(crate) async fn search_action(
     State(app): State<Arc<AppState>>,
-    Decider(caller): Decider,
+    decider: Decider,
     body: Result<JsonBody<Map<String, Value>>, Problem>,
 ) -> Result<Json<SearchResults>, Problem> {
-    search(&app, caller.as_ref(), object(body)?, Target::Action).await
+    search(&app, &decider, object(body)?, Target::Action).await
 }
 
 /// The `page` member of a search request.
@@ -481,11 +538,20 @@ fn query_digest(target: Target, body: &Map<String, Value>) -> String {
 
 async fn search(
     app: &AppState,
-    caller: Option<&zt_identity::Caller>,
-    body: Map<String, Value>,
+    decider: &Decider,
+    mut body: Map<String, Value>,
     target: Target,
 ) -> Result<Json<SearchResults>, Problem> {
     let started = std::time::Instant::now();
+    if decider.session.is_some() {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "forbidden",
+            "searches are asked by enforcement points: an agent session cannot list what may be done",
+        ));
+    }
+    bind(decider, &mut body, "", true).map_err(|e| Problem::invalid_fields(vec![e]))?;
     let limits = &app.limits;
     let mut errors = Vec::new();
     let need = |t: Target| {
@@ -593,7 +659,7 @@ async fn search(
     // Only what the evidence log recorded as allowed is a result.
     let origin = Origin {
         started,
-        ..Origin::now(target.endpoint(), caller)
+        ..Origin::now(target.endpoint(), decider.record())
     };
     let answered = answer(app, origin, requests.iter().zip(verdicts).collect(), None).await;
     let results: Vec<Value> = found

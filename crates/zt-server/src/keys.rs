@@ -60,6 +60,11 @@ impl Signer {
         self.key.verifying_key()
     }
 
+    /// This key as the signer of agent sessions' access tokens, named by its key id.
+    pub fn token_signer(&self) -> zt_identity::session::TokenSigner {
+        zt_identity::session::TokenSigner::new(self.info.key_id.clone(), &self.key)
+    }
+
     /// The signed note of a checkpoint.
     pub fn sign_checkpoint(&self, checkpoint: &zt_evidence::Checkpoint) -> String {
         checkpoint.sign(&self.key)
@@ -69,8 +74,17 @@ impl Signer {
 /// The signing key's file name in the key directory.
 pub const KEY_FILE: &str = "signing.key";
 
+/// The file, in the key directory, of the key that signs agent sessions' access tokens (a key
+/// of its own: evidence and tokens do not share one).
+pub const SESSION_KEY_FILE: &str = "session.key";
+
 /// Loads the signing key from `dir`, generating it (and `dir`) on first start.
 pub fn load_or_generate(dir: &Path) -> Result<Signer, KeyError> {
+    load_or_generate_file(dir, KEY_FILE)
+}
+
+/// Loads the key in `dir/file`, generating it (and `dir`) if there is none.
+pub fn load_or_generate_file(dir: &Path, file: &str) -> Result<Signer, KeyError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -79,7 +93,7 @@ pub fn load_or_generate(dir: &Path) -> Result<Signer, KeyError> {
             path: dir.to_owned(),
             source,
         })?;
-    let path = dir.join(KEY_FILE);
+    let path = dir.join(file);
     let file_error = |source| KeyError::File {
         path: path.clone(),
         source,

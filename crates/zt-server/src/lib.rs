@@ -9,11 +9,13 @@ pub mod authzen;
 pub mod body;
 pub mod conn;
 pub mod evidence;
+pub mod identity;
 pub mod keys;
 pub mod policies;
 pub mod problem;
 pub mod reach;
 pub mod reference;
+pub mod sessions;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -101,6 +103,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Who may ask for decisions and read evidence (`--callers`).
     pub callers: auth::CallerMode,
+    /// Agent sessions: trust domain, token audience, lifetimes.
+    pub sessions: sessions::SessionSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,8 +165,10 @@ impl App {
             Some(Location::Postgres(_)) => None,
         };
         let mut created: Vec<PathBuf> = Vec::new();
-        if !key_file.exists() {
-            created.push(key_file);
+        for file in [key_file, key_dir.join(keys::SESSION_KEY_FILE)] {
+            if !file.exists() {
+                created.push(file);
+            }
         }
         if let Some(db) = db_file.filter(|db| !db.exists()) {
             created.extend(zt_store::sqlite_files(&db));
@@ -191,6 +197,20 @@ impl App {
         if let Some(path) = auth::first_admin(&store, &config.data_dir, now_ms()).await? {
             tracing::info!(file = %path.display(), "the store had no admin: an admin credential was made, its token is in this file (readable by its owner only)");
         }
+        let session_key = keys::load_or_generate_file(key_dir, keys::SESSION_KEY_FILE)?;
+        let issuer = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", config.listen));
+        let sessions = sessions::Sessions::load(
+            config.sessions.clone(),
+            issuer,
+            session_key.token_signer(),
+            store.clone(),
+            now_ms(),
+        )
+        .await?;
+        tracing::info!(issuer = %sessions.issuer(), key_id = %session_key.info().key_id, "session tokens ready");
         let evidence = evidence::EvidenceLog::open(
             store.clone(),
             std::sync::Arc::new(signer),
@@ -242,6 +262,7 @@ impl App {
                 ready: AtomicBool::new(true),
                 public_url: config.public_url.clone(),
                 callers: auth::Callers::new(config.callers, store.clone()),
+                sessions,
             }),
             conn_limits: config.conn_limits,
             reach: Arc::new(reach::Reach::new(

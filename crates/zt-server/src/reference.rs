@@ -93,10 +93,13 @@ pub struct ActionAnswer {
 )]
 pub(crate) async fn actions(
     State(app): State<Arc<AppState>>,
-    Decider(caller): Decider,
-    JsonBody(ReferenceRequest(request)): JsonBody<ReferenceRequest>,
+    decider: Decider,
+    JsonBody(ReferenceRequest(mut request)): JsonBody<ReferenceRequest>,
 ) -> Result<Response, Problem> {
-    let origin = Origin::now("actions", caller.as_ref());
+    let origin = Origin::now("actions", decider.record());
+    decider
+        .bind(&mut request, "")
+        .map_err(|e| Problem::invalid_fields(vec![e]))?;
     let announced = app.evidence.announce();
     let request = request
         .validate_reference(&app.limits)

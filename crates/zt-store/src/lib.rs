@@ -21,9 +21,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{Executor, Row};
 
+mod agents;
 mod appender;
 mod credentials;
 mod evidence;
+pub use agents::{StoredAgent, StoredSession};
 pub use credentials::{CredentialInfo, Revoked};
 pub use evidence::{StoredCheckpoint, StoredRecord};
 
@@ -223,6 +225,26 @@ const MIGRATIONS: &[&[&str]] = &[
         created_at_ms BIGINT NOT NULL,
         revoked_at_ms BIGINT
     )"],
+    &[
+        "CREATE TABLE zt_agents (
+            name TEXT NOT NULL PRIMARY KEY,
+            owner TEXT NOT NULL,
+            details TEXT NOT NULL,
+            created_at_ms BIGINT NOT NULL,
+            disabled_at_ms BIGINT
+        )",
+        "CREATE TABLE zt_sessions (
+            id TEXT NOT NULL PRIMARY KEY,
+            agent TEXT NOT NULL,
+            parent TEXT,
+            claim TEXT NOT NULL,
+            started_by TEXT NOT NULL,
+            created_at_ms BIGINT NOT NULL,
+            expires_at_ms BIGINT NOT NULL,
+            revoked_at_ms BIGINT
+        )",
+        "CREATE INDEX zt_sessions_expiry ON zt_sessions (expires_at_ms)",
+    ],
 ];
 
 impl Store {

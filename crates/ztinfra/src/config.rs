@@ -31,7 +31,7 @@ const DEMO_FILES: &[(&str, &str)] = &[
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"            # relative paths: from the config file's directory\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  no_watch = false                # or: watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n  header_timeout_secs = 10\n  body_timeout_secs = 10\n  max_connections = 1024\n  max_pending_body_bytes = 67108864\n  allowed_hosts = [\"pdp.internal\"]\n  allowed_origins = [\"https://console.example.com\"]\n  callers = \"authenticated\"        # or \"open\" (the default with demo = true)\n  allow_open_callers_on_network = false\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
+    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"            # relative paths: from the config file's directory\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  no_watch = false                # or: watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n  header_timeout_secs = 10\n  body_timeout_secs = 10\n  max_connections = 1024\n  max_pending_body_bytes = 67108864\n  allowed_hosts = [\"pdp.internal\"]\n  allowed_origins = [\"https://console.example.com\"]\n  callers = \"authenticated\"        # or \"open\" (the default with demo = true)\n  allow_open_callers_on_network = false\n  trust_domain = \"ztinfra.local\"\n  session_ttl_secs = 900\n  max_session_ttl_secs = 3600\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
 )]
 pub struct ServeArgs {
     /// Address to listen on, IP:PORT; a bare PORT or localhost:PORT means 127.0.0.1:PORT
@@ -114,6 +114,16 @@ pub struct ServeArgs {
     /// for decisions as any actor and read all evidence).
     #[arg(long, env = "ZTINFRA_ALLOW_OPEN_CALLERS_ON_NETWORK")]
     allow_open_callers_on_network: bool,
+    /// The SPIFFE trust domain of agent sessions' IDs
+    /// (`spiffe://<trust-domain>/agent/<agent>/session/<id>`) [default: ztinfra.local].
+    #[arg(long, env = "ZTINFRA_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
+    /// Seconds an agent session lives when its start asks for no `ttl` [default: 900].
+    #[arg(long, env = "ZTINFRA_SESSION_TTL_SECS")]
+    session_ttl_secs: Option<u64>,
+    /// The longest an agent session may live, in seconds [default: 3600].
+    #[arg(long, env = "ZTINFRA_MAX_SESSION_TTL_SECS")]
+    max_session_ttl_secs: Option<u64>,
     /// A TOML config file; relative paths in it are read from its own directory.
     #[arg(long, env = "ZTINFRA_CONFIG")]
     config: Option<PathBuf>,
@@ -157,6 +167,9 @@ struct FileConfig {
     public_url: Option<String>,
     callers: Option<Callers>,
     allow_open_callers_on_network: Option<bool>,
+    trust_domain: Option<String>,
+    session_ttl_secs: Option<u64>,
+    max_session_ttl_secs: Option<u64>,
 }
 
 /// Resolved settings.
@@ -311,6 +324,30 @@ impl Settings {
                 "refusing to listen on {listen} with open callers: anyone who reaches it could ask for decisions as any actor and read every evidence record. Use `--callers authenticated` (enforcement points then need a credential: `ztinfra credentials add NAME --role pep`), listen on loopback, or accept the risk with `--allow-open-callers-on-network`"
             );
         }
+        let session_defaults = zt_server::sessions::SessionSettings::default();
+        let sessions = zt_server::sessions::SessionSettings {
+            trust_domain: args
+                .trust_domain
+                .or(file.trust_domain)
+                .unwrap_or(session_defaults.trust_domain),
+            default_ttl: args
+                .session_ttl_secs
+                .or(file.session_ttl_secs)
+                .map_or(session_defaults.default_ttl, |s| s as i64),
+            max_ttl: args
+                .max_session_ttl_secs
+                .or(file.max_session_ttl_secs)
+                .map_or(session_defaults.max_ttl, |s| s as i64),
+            ..session_defaults
+        };
+        check_trust_domain(&sessions.trust_domain)?;
+        if sessions.default_ttl < 1 || sessions.default_ttl > sessions.max_ttl {
+            bail!(
+                "`session_ttl_secs` ({}) must be at least 1 and at most `max_session_ttl_secs` ({})",
+                sessions.default_ttl,
+                sessions.max_ttl
+            );
+        }
         // The data directory first, private, before anything is written into it.
         zt_server::private_dir(&data_dir)?;
         if explicit && !policy_dir.is_dir() {
@@ -353,12 +390,30 @@ impl Settings {
                 record_evidence: !args.unsafe_no_evidence,
                 public_url,
                 callers,
+                sessions,
             },
             log_format: args
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
         })
+    }
+}
+
+/// A SPIFFE trust domain name: lowercase letters, digits, `.`, `-` and `_` (the SPIFFE ID
+/// standard), at most 255 bytes.
+fn check_trust_domain(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        bail!(
+            "`trust_domain` must be a SPIFFE trust domain name (lowercase letters, digits, `.`, `-`, `_`), such as `ztinfra.local`; got `{name}`"
+        )
     }
 }
 

@@ -114,7 +114,11 @@ fn run_serve(settings: config::Settings) -> anyhow::Result<()> {
         // Bound first, so that a port in use stops the start before a key or store is
         // created; listened on once the service is ready, so that no client waits on it.
         let reserved = zt_server::reserve(settings.server.listen)?;
-        let app = zt_server::App::start(&settings.server).await?;
+        // The address bound (the port chosen, for port 0) names the service: its `Host`
+        // check and its tokens' issuer.
+        let mut server = settings.server;
+        server.listen = reserved.addr;
+        let app = zt_server::App::start(&server).await?;
         let addr = reserved.addr;
         let listener = reserved.listen()?;
         tracing::info!(%addr, "listening");

@@ -31,7 +31,23 @@ pub const BUILT_IN: &str = "\
 // ZT-Infra's built-in schema: used when the policy directory has no schema of its own.
 entity Agent;
 entity Resource;
-type Context = {};
+type Context = { session?: Session };
+type Session = {
+  verified: Bool,
+  asserted_by?: String,
+  via?: String,
+  id?: String,
+  agent?: String,
+  parent?: String,
+  depth?: Long,
+  on_behalf_of?: String,
+  ticket?: String,
+  workflow?: String,
+  model?: String,
+  tool_manifest?: String,
+  sandbox?: String,
+  broker?: String,
+};
 ";
 
 /// The action declared in every schema so that policies scoped to every action are

@@ -11,17 +11,23 @@ use crate::{BIN, Server, client, demo_dir, run, wait_for};
 /// A copy of the demo policy set, served with authenticated callers (the default without
 /// `--demo`).
 fn authenticated_server() -> (Server, tempfile::TempDir) {
+    authenticated_server_with(&[])
+}
+
+fn authenticated_server_with(extra: &[&str]) -> (Server, tempfile::TempDir) {
     let policies = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(demo_dir()).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), policies.path().join(entry.file_name())).unwrap();
     }
-    let server = Server::start(&[
+    let mut args = vec![
         "--callers",
         "authenticated",
         "--policies",
         policies.path().to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args);
     (server, policies)
 }
 
@@ -369,5 +375,523 @@ fn the_decide_command_presents_a_credential() {
     assert_eq!(
         ask(&["--token-file", file.to_str().unwrap()]).status.code(),
         Some(0)
+    );
+}
+
+/// A policy that only verified sessions launched by the broker `launcher`, in the sandbox
+/// `sbx-1`, on behalf of someone, may write objects; agents of any kind may read.
+const SESSION_POLICY: &str = r#"
+@id("sandboxed-writes")
+@reason("writes only from verified sessions of the launcher broker, in sbx-1")
+permit(principal, action == Action::"aws.s3.put_object", resource)
+when {
+  context has session && context.session.verified &&
+  context.session has broker && context.session.broker == "launcher" &&
+  context.session has sandbox && context.session.sandbox == "sbx-1" &&
+  context.session has on_behalf_of
+};
+"#;
+
+const MANIFEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+fn session_server() -> (Server, tempfile::TempDir) {
+    // The issuer of tokens is the public URL: it stays the same across restarts.
+    let (server, policies) = authenticated_server_with(&["--public-url", "http://pdp.test"]);
+    std::fs::write(policies.path().join("sessions.cedar"), SESSION_POLICY).unwrap();
+    let admin = server.admin();
+    let reload = admin.post_json(&server.url("/v1/policies/reload"), &json!({}));
+    assert_eq!(
+        reload.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reload.body)
+    );
+    let agent = admin.post_json(
+        &server.url("/v1/agents"),
+        &json!({"name": "demo-agent", "owner": "team-sre", "allowed_models": ["gpt-5"], "allowed_tool_manifests": [MANIFEST]}),
+    );
+    assert_eq!(
+        agent.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&agent.body)
+    );
+    (server, policies)
+}
+
+fn start(c: &Client, server: &Server, body: &Value) -> (u16, Value) {
+    let response = c.post_json(&server.url("/v1/sessions"), body);
+    (
+        response.status,
+        serde_json::from_slice(&response.body).unwrap_or(Value::Null),
+    )
+}
+
+fn root_session() -> Value {
+    json!({"agent": "demo-agent", "on_behalf_of": "alice", "ticket": "CHG-7",
+           "lineage": {"workflow": "triage", "model": "gpt-5", "tool_manifest": MANIFEST, "sandbox": "sbx-1"}})
+}
+
+const WRITE: &str = r#"{"action": "aws.s3.put_object", "resource": "bucket/report.csv"}"#;
+
+fn write() -> Value {
+    serde_json::from_str(WRITE).unwrap()
+}
+
+#[test]
+fn agent_sessions_decide_with_their_lineage_and_revocation_cascades() {
+    let (server, _policies) = session_server();
+    let broker = Client::with_token(&add(&server, "launcher", "broker"));
+    let pep_token = add(&server, "gateway-1", "pep");
+    let pep = Client::with_token(&pep_token);
+    let admin = server.admin();
+
+    let (status, started) = start(&broker, &server, &root_session());
+    assert_eq!(status, 201, "{started}");
+    let id = started["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        started["spiffe_id"],
+        format!("spiffe://ztinfra.local/agent/demo-agent/session/{id}")
+    );
+    assert_eq!(started["token_type"], "Bearer");
+    assert_eq!(started["expires_in"], 900);
+    let token = started["access_token"].as_str().unwrap().to_owned();
+    let agent = Client::with_token(&token);
+
+    // The agent asks itself: the actor is its session's agent, and policies see the lineage.
+    let decided = agent.post_json(&server.url("/v1/decide"), &write());
+    assert_eq!(
+        decided.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&decided.body)
+    );
+    let decided = decided.json();
+    assert_eq!(decided["decision"], "allow", "{decided}");
+    assert_eq!(decided["reasons"][0]["policy"], "sandboxed-writes");
+    let seq = decided["evidence"]["seq"].as_u64().unwrap();
+    let record = admin
+        .get(&server.url(&format!("/v1/evidence/{seq}")))
+        .json()["record"]
+        .clone();
+    assert_eq!(record["caller"]["kind"], "session");
+    assert_eq!(record["caller"]["session"], id.as_str());
+    assert_eq!(record["request"]["actor"], "demo-agent");
+    let seen = &record["request"]["context"]["session"];
+    assert_eq!(seen["verified"], true);
+    assert_eq!(seen["broker"], "launcher");
+    assert_eq!(seen["sandbox"], "sbx-1");
+    assert_eq!(seen["model"], "gpt-5");
+    assert_eq!(seen["tool_manifest"], MANIFEST);
+    assert_eq!(seen["on_behalf_of"], "alice");
+    assert_eq!(seen["ticket"], "CHG-7");
+    assert_eq!(seen["depth"], 0);
+
+    // An enforcement point passes the agent's token: the same decision, and it is on record
+    // as the one that asked.
+    let through = pep.send(
+        pep.inner()
+            .post(server.url("/v1/decide"))
+            .header("zt-agent-token", &token)
+            .json(&write()),
+    );
+    assert_eq!(through.json()["decision"], "allow");
+    // Without the agent's token, the actor it declares is asserted, not verified: no write.
+    let mut asserted = write();
+    asserted["actor"] = json!("demo-agent");
+    let answer = pep.post_json(&server.url("/v1/decide"), &asserted).json();
+    assert_eq!(answer["decision"], "deny");
+    let record = admin
+        .get(&server.url(&format!("/v1/evidence/{}", answer["evidence"]["seq"])))
+        .json()["record"]
+        .clone();
+    assert_eq!(
+        record["request"]["context"]["session"],
+        json!({"verified": false, "asserted_by": "gateway-1"})
+    );
+    // A read is for any agent, asserted or not.
+    let read = json!({"actor": "demo-agent", "action": "aws.ec2.describe_instances", "resource": "i-1", "context": {"env": "prod"}});
+    assert_eq!(
+        pep.post_json(&server.url("/v1/decide"), &read).json()["decision"],
+        "allow"
+    );
+
+    // A child session, started with its parent's token: it inherits the human and the ticket,
+    // and cannot outlive the parent.
+    let child_body = json!({"agent": "demo-agent", "lineage": {"model": "gpt-5", "tool_manifest": MANIFEST, "sandbox": "sbx-1"}, "ttl": 60});
+    let too_long = json!({"agent": "demo-agent", "lineage": {"model": "gpt-5", "tool_manifest": MANIFEST}, "ttl": 3000});
+    let (status, problem) = start(&agent, &server, &too_long);
+    assert_eq!(status, 400);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("outlive the parent"),
+        "{problem}"
+    );
+    let (status, child) = start(&agent, &server, &child_body);
+    assert_eq!(status, 201, "{child}");
+    let child_token = child["access_token"].as_str().unwrap().to_owned();
+    let child_agent = Client::with_token(&child_token);
+    let answer = child_agent
+        .post_json(&server.url("/v1/decide"), &write())
+        .json();
+    assert_eq!(answer["decision"], "allow", "{answer}");
+    let record = admin
+        .get(&server.url(&format!("/v1/evidence/{}", answer["evidence"]["seq"])))
+        .json()["record"]
+        .clone();
+    let seen = &record["request"]["context"]["session"];
+    assert_eq!(seen["parent"], id.as_str());
+    assert_eq!(seen["depth"], 1);
+    assert_eq!(seen["on_behalf_of"], "alice");
+    assert_eq!(seen["broker"], "launcher");
+
+    // Revoking the parent revokes the child: the very next decision of either is refused.
+    let revoked = admin.post_json(
+        &server.url(&format!("/v1/sessions/{id}/revoke")),
+        &json!({}),
+    );
+    assert_eq!(revoked.status, 200);
+    assert_eq!(revoked.json()["revoked"].as_array().unwrap().len(), 2);
+    for (who, c) in [("parent", &agent), ("child", &child_agent)] {
+        let refused = c.post_json(&server.url("/v1/decide"), &write());
+        assert_eq!(refused.status, 401, "{who}");
+        assert!(
+            refused.json()["detail"]
+                .as_str()
+                .unwrap()
+                .ends_with("was revoked"),
+            "{who}"
+        );
+    }
+    let through = pep.send(
+        pep.inner()
+            .post(server.url("/v1/decide"))
+            .header("zt-agent-token", &child_token)
+            .json(&write()),
+    );
+    assert_eq!(through.status, 401);
+    // A revoked session starts no child.
+    assert_eq!(start(&agent, &server, &child_body).0, 401);
+
+    // Revocation survives a restart; sessions started before it still work after it.
+    let (status, other) = start(&broker, &server, &root_session());
+    assert_eq!(status, 201);
+    let other = Client::with_token(other["access_token"].as_str().unwrap());
+    let data = std::sync::Arc::clone(&server.data);
+    let mut server = server;
+    assert_eq!(server.terminate().code(), Some(0));
+    drop(server);
+    let args = [
+        "--callers",
+        "authenticated",
+        "--policies",
+        _policies.path().to_str().unwrap(),
+        "--public-url",
+        "http://pdp.test",
+    ];
+    let server = Server::start_in(data, &args, &[]);
+    assert_eq!(
+        other.post_json(&server.url("/v1/decide"), &write()).json()["decision"],
+        "allow"
+    );
+    let refused = child_agent.post_json(&server.url("/v1/decide"), &write());
+    assert_eq!(refused.status, 401);
+    assert!(
+        refused.json()["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("was revoked")
+    );
+    // Another issuer (this service under another name) is refused.
+    let (elsewhere, _p) = authenticated_server();
+    let refused = other.post_json(&elsewhere.url("/v1/decide"), &write());
+    assert_eq!(refused.status, 401);
+    let detail = refused.json()["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail.contains("not one of this service's") || detail.contains("issued by"),
+        "{detail}"
+    );
+}
+
+#[test]
+fn bad_sessions_and_tokens_are_refused_with_their_reason() {
+    let (server, _policies) = session_server();
+    let broker = Client::with_token(&add(&server, "launcher", "broker"));
+    let pep = Client::with_token(&add(&server, "gateway-1", "pep"));
+    let admin = server.admin();
+
+    // Who may start sessions: a broker, not an enforcement point or an admin.
+    for c in [&pep, &admin] {
+        assert_eq!(start(c, &server, &root_session()).0, 403);
+    }
+    assert_eq!(start(&client(), &server, &root_session()).0, 401);
+    let mut cases: Vec<(Value, u16, &str)> = Vec::new();
+    let with = |patch: &dyn Fn(&mut Value)| {
+        let mut body = root_session();
+        patch(&mut body);
+        body
+    };
+    cases.push((
+        with(&|b| b["agent"] = json!("ghost")),
+        404,
+        "there is no agent `ghost`",
+    ));
+    cases.push((
+        with(&|b| b["lineage"]["model"] = json!("gpt-4")),
+        400,
+        "may not run on the model `gpt-4`",
+    ));
+    cases.push((
+        with(&|b| b["lineage"]["tool_manifest"] = json!("sha256:00")),
+        400,
+        "is not a tool manifest digest",
+    ));
+    cases.push((
+        with(&|b| b["lineage"]["tool_manifest"] = json!(format!("sha256:{}", "b".repeat(64)))),
+        400,
+        "may not run with the tool manifest",
+    ));
+    cases.push((
+        with(&|b| b["lineage"]["broker"] = json!("me")),
+        400,
+        "recorded by the service",
+    ));
+    cases.push((
+        with(&|b| b["ttl"] = json!(7200)),
+        400,
+        "the longest a session may live is 3600",
+    ));
+    cases.push((with(&|b| b["ttl"] = json!(0)), 400, "at least 1 second"));
+    cases.push((
+        with(&|b| {
+            b.as_object_mut().unwrap().remove("on_behalf_of");
+        }),
+        400,
+        "`on_behalf_of`",
+    ));
+    cases.push((
+        with(&|b| b["parent_session"] = json!("abc")),
+        400,
+        "parent session's own token",
+    ));
+    cases.push((
+        with(&|b| b["extra"] = json!(1)),
+        400,
+        "unknown field `extra`",
+    ));
+    for (body, status, message) in cases {
+        let (got, problem) = start(&broker, &server, &body);
+        assert_eq!(got, status, "{body}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(message),
+            "{body}: {problem}"
+        );
+    }
+
+    let (_, started) = start(&broker, &server, &root_session());
+    let token = started["access_token"].as_str().unwrap().to_owned();
+    let agent = Client::with_token(&token);
+    // The session's agent is the actor: another one is refused, and so is a context that
+    // claims a session itself.
+    let mut other = write();
+    other["actor"] = json!("admin-bot");
+    let refused = agent.post_json(&server.url("/v1/decide"), &other);
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["errors"][0]["pointer"], "/actor");
+    let mut forged = write();
+    forged["context"] = json!({"session": {"verified": true, "broker": "launcher"}});
+    for c in [&agent, &pep] {
+        let refused = c.post_json(&server.url("/v1/decide"), &forged);
+        assert_eq!(refused.status, 400);
+        assert_eq!(refused.json()["errors"][0]["pointer"], "/context/session");
+    }
+    // AuthZEN: the subject must be the session's agent.
+    let evaluation = json!({"subject": {"type": "Agent", "id": "admin-bot"}, "action": {"name": "aws.s3.put_object"}, "resource": {"type": "Resource", "id": "b"}});
+    assert_eq!(
+        agent
+            .post_json(&server.url("/access/v1/evaluation"), &evaluation)
+            .status,
+        400
+    );
+    let evaluation = json!({"action": {"name": "aws.s3.put_object"}, "resource": {"type": "Resource", "id": "b"}});
+    assert_eq!(
+        agent
+            .post_json(&server.url("/access/v1/evaluation"), &evaluation)
+            .json()["decision"],
+        true
+    );
+    // Two session tokens in one request.
+    let both = agent.send(
+        agent
+            .inner()
+            .post(server.url("/v1/decide"))
+            .header("zt-agent-token", &token)
+            .json(&write()),
+    );
+    assert_eq!(both.status, 400);
+
+    // Tampered and forged tokens.
+    // One character of the signature changed (not the last, whose low bits are padding).
+    let mut tampered = token.clone().into_bytes();
+    let at = tampered.len() - 10;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let parts: Vec<&str> = token.split('.').collect();
+    let none = format!(
+        "{}.{}.",
+        base64url(br#"{"alg":"none","typ":"at+jwt"}"#),
+        parts[1]
+    );
+    let jwt = format!(
+        "{}.{}.{}",
+        base64url(br#"{"alg":"EdDSA","typ":"JWT","kid":"x"}"#),
+        parts[1],
+        parts[2]
+    );
+    for (bad, reason) in [
+        (tampered.as_str(), "signature does not verify"),
+        (none.as_str(), "not a JWT"),
+        (jwt.as_str(), "`typ` is `JWT`"),
+    ] {
+        let refused = Client::with_token(bad).post_json(&server.url("/v1/decide"), &write());
+        assert_eq!(refused.status, 401, "{bad}");
+        let detail = refused.json()["detail"].as_str().unwrap().to_owned();
+        assert!(detail.contains(reason), "{detail}");
+    }
+
+    // A session that expires: refused after.
+    let mut short = root_session();
+    short["ttl"] = json!(1);
+    let (_, brief) = start(&broker, &server, &short);
+    let brief = Client::with_token(brief["access_token"].as_str().unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let refused = brief.post_json(&server.url("/v1/decide"), &write());
+    assert_eq!(refused.status, 401);
+    assert!(
+        refused.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+
+    // Introspection (an enforcement point or admin) and revocation by the token's holder.
+    let introspect = |c: &Client, token: &str| {
+        c.send(
+            c.inner()
+                .post(server.url("/oauth2/introspect"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("token={token}")),
+        )
+    };
+    let active = introspect(&pep, &token).json();
+    assert_eq!(active["active"], true);
+    assert_eq!(active["client_id"], "demo-agent");
+    assert_eq!(introspect(&client(), &token).status, 401);
+    assert_eq!(introspect(&broker, &token).status, 403);
+    let revoke = client().send(
+        client()
+            .inner()
+            .post(server.url("/oauth2/revoke"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}")),
+    );
+    assert_eq!(revoke.status, 200);
+    assert_eq!(introspect(&pep, &token).json(), json!({"active": false}));
+    assert_eq!(
+        agent.post_json(&server.url("/v1/decide"), &write()).status,
+        401
+    );
+    // An unknown token is no error to revoke (RFC 7009).
+    let revoke = client().send(
+        client()
+            .inner()
+            .post(server.url("/oauth2/revoke"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("token=whatever"),
+    );
+    assert_eq!(revoke.status, 200);
+
+    // Disabling the agent revokes its sessions and refuses new ones.
+    let (_, live) = start(&broker, &server, &root_session());
+    let live = Client::with_token(live["access_token"].as_str().unwrap());
+    assert_eq!(
+        live.post_json(&server.url("/v1/decide"), &write()).status,
+        200
+    );
+    let disabled = admin.post_json(&server.url("/v1/agents/demo-agent/disable"), &json!({}));
+    assert_eq!(disabled.status, 200);
+    assert_eq!(
+        live.post_json(&server.url("/v1/decide"), &write()).status,
+        401
+    );
+    let (status, problem) = start(&broker, &server, &root_session());
+    assert_eq!(status, 403);
+    assert!(problem["detail"].as_str().unwrap().contains("is disabled"));
+    let agents = admin.get(&server.url("/v1/agents")).json();
+    assert_eq!(agents["agents"][0]["disabled"], true);
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[test]
+fn open_callers_need_no_credential_but_agent_sessions_still_count() {
+    let server = Server::start(&["--demo"]);
+    let admin = server.admin();
+    let broker = Client::with_token(&add(&server, "launcher", "broker"));
+    assert_eq!(
+        admin
+            .post_json(
+                &server.url("/v1/agents"),
+                &json!({"name": "demo-agent", "owner": "team-sre"})
+            )
+            .status,
+        201
+    );
+    let (_, started) = start(
+        &broker,
+        &server,
+        &json!({"agent": "demo-agent", "on_behalf_of": "bob"}),
+    );
+    let token = started["access_token"].as_str().unwrap().to_owned();
+    // Anyone may ask; a credential sent is not read.
+    for c in [client(), Client::with_token("zt_not-a-credential")] {
+        assert_eq!(
+            c.post_json(&server.url("/v1/decide"), &body()).json()["decision"],
+            "allow"
+        );
+    }
+    // An agent session token still names the actor, and is on record.
+    let decided = Client::with_token(&token)
+        .post_json(
+            &server.url("/v1/decide"),
+            &json!({"action": "aws.ec2.describe_instances", "resource": "i-1", "context": {"env": "prod"}}),
+        )
+        .json();
+    assert_eq!(decided["decision"], "allow");
+    let record = client()
+        .get(&server.url(&format!("/v1/evidence/{}", decided["evidence"]["seq"])))
+        .json()["record"]
+        .clone();
+    assert_eq!(record["caller"]["kind"], "session");
+    assert_eq!(
+        record["request"]["context"]["session"]["on_behalf_of"],
+        "bob"
+    );
+    // A revoked one is refused, not taken as anonymous.
+    let id = started["session_id"].as_str().unwrap();
+    admin.post_json(
+        &server.url(&format!("/v1/sessions/{id}/revoke")),
+        &json!({}),
+    );
+    assert_eq!(
+        Client::with_token(&token)
+            .post_json(&server.url("/v1/decide"), &body())
+            .status,
+        401
     );
 }

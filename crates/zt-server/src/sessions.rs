@@ -1,0 +1,694 @@
+//! Agents and their sessions: registration, session starts with lineage, access tokens, their
+//! verification on every decision, and revocation that cascades to descendants.
+//!
+//! The registry of agents and unexpired sessions is held in memory (loaded from the store at
+//! start, written through on every change), so that a decision checks a session with a map
+//! lookup and a revocation is effective for the very next decision on this node. Verified tokens
+//! are cached by digest until they expire (bounded); revocation is checked on every use.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use utoipa::ToSchema;
+use zt_identity::session::{
+    AccessClaims, Expectations, Lineage, MAX_DEPTH, SessionClaim, TokenError, TokenSigner,
+    UnverifiedToken, VerifyingKeys, session_expiry, spiffe_id,
+};
+use zt_store::{Store, StoreError, StoredAgent, StoredSession};
+
+/// Session settings (`--trust-domain`, `--session-ttl-secs`, `--max-session-ttl-secs`).
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// The SPIFFE trust domain of session IDs.
+    pub trust_domain: String,
+    /// The `aud` of access tokens.
+    pub audience: String,
+    /// Seconds a session lives when its start asks for no `ttl`.
+    pub default_ttl: i64,
+    /// The longest a session may live.
+    pub max_ttl: i64,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            trust_domain: "ztinfra.local".into(),
+            audience: "ztinfra".into(),
+            default_ttl: 15 * 60,
+            max_ttl: 60 * 60,
+        }
+    }
+}
+
+/// What the registry knows of an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentInfo {
+    pub name: String,
+    /// The person or team responsible for it.
+    pub owner: String,
+    #[serde(default)]
+    pub description: String,
+    /// The models its sessions may run on (absent: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_models: Option<Vec<String>>,
+    /// The digests (`sha256:<hex>`) of the tool manifests its sessions may run with (absent:
+    /// any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_tool_manifests: Option<Vec<String>>,
+    #[serde(default, skip_deserializing)]
+    pub disabled: bool,
+}
+
+/// The part of an agent kept as JSON in the store.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct AgentDetails {
+    #[serde(default)]
+    description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    allowed_models: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    allowed_tool_manifests: Option<Vec<String>>,
+}
+
+/// `POST /v1/sessions`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionStart {
+    pub agent: String,
+    /// What launched the session: `workflow`, `model`, `tool_manifest` (`sha256:<hex>`),
+    /// `sandbox`. The broker is the service's to record.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub lineage: Lineage,
+    /// The human the session acts for (inherited by a child that names none).
+    #[serde(default)]
+    pub on_behalf_of: Option<String>,
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// For a child session: its parent (whose token starts it).
+    #[serde(default)]
+    pub parent_session: Option<String>,
+    /// Seconds to live (default 15 minutes; never beyond the maximum or the parent's end).
+    #[serde(default)]
+    pub ttl: Option<i64>,
+}
+
+/// A started session and its access token (shown once).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StartedSession {
+    pub session_id: String,
+    pub spiffe_id: String,
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+}
+
+#[derive(Debug, Clone)]
+struct SessionEntry {
+    claim: SessionClaim,
+    expires: i64,
+    revoked: bool,
+    children: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    agents: HashMap<String, AgentInfo>,
+    sessions: HashMap<String, SessionEntry>,
+}
+
+/// A session whose token verified and which is live (not revoked, not expired, its agent
+/// enabled) at the moment it was checked.
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    pub claims: Arc<AccessClaims>,
+}
+
+/// Why a session cannot act or start another.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("the session `{0}` was revoked")]
+    Revoked(String),
+    #[error("the session `{0}` is not known to this service")]
+    Unknown(String),
+    #[error("the agent `{0}` is disabled")]
+    AgentDisabled(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("there is no agent `{0}`")]
+    NoAgent(String),
+    #[error("there is no session `{0}`")]
+    NoSession(String),
+    #[error("an agent named `{0}` exists already")]
+    AgentExists(String),
+    #[error("the store could not be written")]
+    Store(#[from] StoreError),
+}
+
+/// Most verified tokens cached; the cache is emptied when full.
+const MAX_CACHED_TOKENS: usize = 16_384;
+
+/// Agents, sessions and the key that signs their tokens.
+pub struct Sessions {
+    settings: SessionSettings,
+    issuer: String,
+    signer: TokenSigner,
+    keys: VerifyingKeys,
+    store: Store,
+    state: RwLock<State>,
+    verified: Mutex<HashMap<[u8; 32], Arc<AccessClaims>>>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("issuer", &self.issuer)
+            .field("signer", &self.signer)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(detail: impl Into<String>) -> SessionError {
+    SessionError::Invalid(detail.into())
+}
+
+impl Sessions {
+    /// Loads agents and unexpired sessions from the store.
+    pub async fn load(
+        settings: SessionSettings,
+        issuer: String,
+        signer: TokenSigner,
+        store: Store,
+        now_ms: i64,
+    ) -> Result<Self, StoreError> {
+        let mut state = State::default();
+        for agent in store.agents().await? {
+            let details: AgentDetails = serde_json::from_str(&agent.details)
+                .map_err(|e| StoreError::Corrupt(format!("agent `{}`: {e}", agent.name)))?;
+            state.agents.insert(
+                agent.name.clone(),
+                AgentInfo {
+                    name: agent.name,
+                    owner: agent.owner,
+                    description: details.description,
+                    allowed_models: details.allowed_models,
+                    allowed_tool_manifests: details.allowed_tool_manifests,
+                    disabled: agent.disabled_at_ms.is_some(),
+                },
+            );
+        }
+        let stored = store.unexpired_sessions(now_ms).await?;
+        for session in &stored {
+            let claim: SessionClaim = serde_json::from_str(&session.claim)
+                .map_err(|e| StoreError::Corrupt(format!("session `{}`: {e}", session.id)))?;
+            state.sessions.insert(
+                session.id.clone(),
+                SessionEntry {
+                    claim,
+                    expires: session.expires_at_ms / 1000,
+                    revoked: session.revoked_at_ms.is_some(),
+                    children: Vec::new(),
+                },
+            );
+        }
+        for session in &stored {
+            if let Some(parent) = &session.parent
+                && let Some(entry) = state.sessions.get_mut(parent)
+            {
+                entry.children.push(session.id.clone());
+            }
+        }
+        let keys = VerifyingKeys::new(&[signer.public_key()]);
+        Ok(Self {
+            settings,
+            issuer,
+            signer,
+            keys,
+            store,
+            state: RwLock::new(state),
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.settings.audience
+    }
+
+    /// The JWKS of access tokens.
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({"keys": [self.signer.public_key().jwk()]})
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn agents(&self) -> Vec<AgentInfo> {
+        let mut agents: Vec<AgentInfo> = self.read().agents.values().cloned().collect();
+        agents.sort_by(|a, b| a.name.cmp(&b.name));
+        agents
+    }
+
+    /// Registers an agent.
+    pub async fn add_agent(
+        &self,
+        agent: AgentInfo,
+        now_ms: i64,
+    ) -> Result<AgentInfo, SessionError> {
+        zt_identity::session::check_name("agent name", &agent.name).map_err(invalid)?;
+        if agent.owner.trim().is_empty() {
+            return Err(invalid("`owner` must name the person or team responsible"));
+        }
+        for digest in agent.allowed_tool_manifests.iter().flatten() {
+            check_manifest(digest)?;
+        }
+        let details = AgentDetails {
+            description: agent.description.clone(),
+            allowed_models: agent.allowed_models.clone(),
+            allowed_tool_manifests: agent.allowed_tool_manifests.clone(),
+        };
+        let stored = StoredAgent {
+            name: agent.name.clone(),
+            owner: agent.owner.clone(),
+            details: serde_json::to_string(&details).unwrap_or_default(),
+            created_at_ms: now_ms,
+            disabled_at_ms: None,
+        };
+        match self.store.add_agent(&stored).await {
+            Err(StoreError::Exists(name)) => return Err(SessionError::AgentExists(name)),
+            other => other?,
+        }
+        let agent = AgentInfo {
+            disabled: false,
+            ..agent
+        };
+        self.write()
+            .agents
+            .insert(agent.name.clone(), agent.clone());
+        Ok(agent)
+    }
+
+    /// Disables an agent and revokes every session of it (and their descendants). Returns the
+    /// revoked session ids.
+    pub async fn disable_agent(
+        &self,
+        name: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, SessionError> {
+        let revoked = {
+            let mut state = self.write();
+            let agent = state
+                .agents
+                .get_mut(name)
+                .ok_or_else(|| SessionError::NoAgent(name.to_owned()))?;
+            agent.disabled = true;
+            let roots: Vec<String> = state
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.claim.agent == name)
+                .map(|(id, _)| id.clone())
+                .collect();
+            let mut revoked = Vec::new();
+            for root in roots {
+                revoke_tree(&mut state, &root, &mut revoked);
+            }
+            revoked
+        };
+        self.store.disable_agent(name, now_ms).await?;
+        self.store.revoke_sessions(&revoked, now_ms).await?;
+        Ok(revoked)
+    }
+
+    /// Revokes a session and every session descending from it. Effective in memory before the
+    /// store is written: a failed write still stops them here (and is reported).
+    pub async fn revoke(&self, id: &str, now_ms: i64) -> Result<Vec<String>, SessionError> {
+        let revoked = {
+            let mut state = self.write();
+            if !state.sessions.contains_key(id) {
+                return Err(SessionError::NoSession(id.to_owned()));
+            }
+            let mut revoked = Vec::new();
+            revoke_tree(&mut state, id, &mut revoked);
+            revoked
+        };
+        self.store.revoke_sessions(&revoked, now_ms).await?;
+        Ok(revoked)
+    }
+
+    fn expectations(&self) -> Expectations {
+        Expectations {
+            issuer: self.issuer.clone(),
+            audience: self.settings.audience.clone(),
+            leeway: 0,
+        }
+    }
+
+    /// The session id of a token this service signed and that has not expired, revoked or not
+    /// (for revocation by the token's holder).
+    pub fn session_of(&self, token: &str, now_ms: i64) -> Result<String, SessionError> {
+        let verified = UnverifiedToken::new(token).verify(
+            &self.keys,
+            &self.expectations(),
+            now_ms.div_euclid(1000),
+        )?;
+        Ok(verified.claims.session.session_id)
+    }
+
+    /// Verifies an access token and checks that its session is live at `now_ms`.
+    pub fn verify(&self, token: &str, now_ms: i64) -> Result<LiveSession, SessionError> {
+        let now = now_ms.div_euclid(1000);
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let cached = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&digest).cloned())
+            .filter(|claims| now < claims.exp);
+        let claims = match cached {
+            Some(claims) => claims,
+            None => {
+                let verified =
+                    UnverifiedToken::new(token).verify(&self.keys, &self.expectations(), now)?;
+                let claims = Arc::new(verified.claims);
+                if let Ok(mut cache) = self.verified.lock() {
+                    if cache.len() >= MAX_CACHED_TOKENS {
+                        cache.clear();
+                    }
+                    cache.insert(digest, Arc::clone(&claims));
+                }
+                claims
+            }
+        };
+        let state = self.read();
+        let id = &claims.session.session_id;
+        let session = state
+            .sessions
+            .get(id)
+            .ok_or_else(|| SessionError::Unknown(id.clone()))?;
+        if session.revoked {
+            return Err(SessionError::Revoked(id.clone()));
+        }
+        if state
+            .agents
+            .get(&claims.session.agent)
+            .is_none_or(|a| a.disabled)
+        {
+            return Err(SessionError::AgentDisabled(claims.session.agent.clone()));
+        }
+        Ok(LiveSession { claims })
+    }
+
+    /// Starts a session: by a broker (`broker`: its credential's name), or as the child of
+    /// `parent` (the session whose token asked).
+    pub async fn start(
+        &self,
+        start: SessionStart,
+        starter: Starter<'_>,
+        now_ms: i64,
+        random: [u8; 16],
+    ) -> Result<StartedSession, SessionError> {
+        let now = now_ms.div_euclid(1000);
+        if start.lineage.broker.is_some() {
+            return Err(invalid(
+                "`lineage.broker` is recorded by the service (the broker's credential name), not sent",
+            ));
+        }
+        for (field, value) in [
+            ("/on_behalf_of", &start.on_behalf_of),
+            ("/ticket", &start.ticket),
+            ("/lineage/workflow", &start.lineage.workflow),
+            ("/lineage/model", &start.lineage.model),
+            ("/lineage/sandbox", &start.lineage.sandbox),
+        ] {
+            if let Some(value) = value
+                && (value.is_empty() || value.len() > 256)
+            {
+                return Err(invalid(format!("`{field}` must be 1 to 256 bytes")));
+            }
+        }
+        if let Some(manifest) = &start.lineage.tool_manifest {
+            check_manifest(manifest)?;
+        }
+        let (parent, broker, parent_expires) = match starter {
+            Starter::Broker(name) => {
+                if start.parent_session.is_some() {
+                    return Err(invalid(
+                        "a child session is started with its parent session's own token, not a broker's credential",
+                    ));
+                }
+                (None, name.to_owned(), None)
+            }
+            Starter::Parent(parent) => {
+                let claim = &parent.claims.session;
+                if start
+                    .parent_session
+                    .as_ref()
+                    .is_some_and(|p| *p != claim.session_id)
+                {
+                    return Err(invalid(
+                        "`parent_session` must be the session whose token starts the child",
+                    ));
+                }
+                if claim.depth + 1 > MAX_DEPTH {
+                    return Err(invalid(format!(
+                        "sessions nest at most {MAX_DEPTH} levels deep"
+                    )));
+                }
+                if start
+                    .on_behalf_of
+                    .as_ref()
+                    .is_some_and(|o| Some(o) != claim.on_behalf_of.as_ref())
+                {
+                    return Err(invalid(
+                        "a child session acts for the same person as its parent: `on_behalf_of` cannot change",
+                    ));
+                }
+                (
+                    Some(claim.clone()),
+                    claim.lineage.broker.clone().unwrap_or_default(),
+                    Some(parent.claims.exp),
+                )
+            }
+        };
+        let on_behalf_of = match (&start.on_behalf_of, &parent) {
+            (Some(who), _) => Some(who.clone()),
+            (None, Some(parent)) => parent.on_behalf_of.clone(),
+            (None, None) => {
+                return Err(invalid(
+                    "`on_behalf_of` must name the person the session acts for",
+                ));
+            }
+        };
+        {
+            let state = self.read();
+            let agent = state
+                .agents
+                .get(&start.agent)
+                .ok_or_else(|| SessionError::NoAgent(start.agent.clone()))?;
+            if agent.disabled {
+                return Err(SessionError::AgentDisabled(start.agent.clone()));
+            }
+            if let (Some(allowed), Some(model)) = (&agent.allowed_models, &start.lineage.model)
+                && !allowed.contains(model)
+            {
+                return Err(invalid(format!(
+                    "the agent `{}` may not run on the model `{model}`",
+                    start.agent
+                )));
+            }
+            if agent.allowed_models.is_some() && start.lineage.model.is_none() {
+                return Err(invalid(format!(
+                    "the agent `{}` runs only on its allowed models: name one in `lineage.model`",
+                    start.agent
+                )));
+            }
+            if let Some(allowed) = &agent.allowed_tool_manifests {
+                match &start.lineage.tool_manifest {
+                    Some(manifest) if allowed.contains(manifest) => {}
+                    Some(manifest) => {
+                        return Err(invalid(format!(
+                            "the agent `{}` may not run with the tool manifest `{manifest}`",
+                            start.agent
+                        )));
+                    }
+                    None => {
+                        return Err(invalid(format!(
+                            "the agent `{}` runs only with its allowed tool manifests: name one in `lineage.tool_manifest`",
+                            start.agent
+                        )));
+                    }
+                }
+            }
+            if let Some(parent) = &parent {
+                match state.sessions.get(&parent.session_id) {
+                    Some(entry) if !entry.revoked => {}
+                    _ => return Err(SessionError::Revoked(parent.session_id.clone())),
+                }
+            }
+        }
+        let expires = session_expiry(
+            now,
+            start.ttl,
+            self.settings.default_ttl,
+            self.settings.max_ttl,
+            parent_expires,
+        )
+        .map_err(invalid)?;
+        let id = zt_identity::session::session_id(random);
+        let claim = SessionClaim {
+            agent: start.agent.clone(),
+            session_id: id.clone(),
+            parent: parent.as_ref().map(|p| p.session_id.clone()),
+            depth: parent.as_ref().map_or(0, |p| p.depth + 1),
+            lineage: Lineage {
+                broker: Some(broker.clone()),
+                ..start.lineage
+            },
+            on_behalf_of,
+            ticket: start
+                .ticket
+                .or_else(|| parent.as_ref().and_then(|p| p.ticket.clone())),
+        };
+        let spiffe = spiffe_id(&self.settings.trust_domain, &start.agent, &id);
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            sub: spiffe.clone(),
+            aud: self.settings.audience.clone(),
+            exp: expires,
+            iat: now,
+            nbf: now,
+            jti: id.clone(),
+            client_id: start.agent.clone(),
+            session: claim.clone(),
+        };
+        let token = self.signer.sign(&claims)?;
+        self.store
+            .add_session(&StoredSession {
+                id: id.clone(),
+                agent: start.agent.clone(),
+                parent: claim.parent.clone(),
+                claim: serde_json::to_string(&claim).unwrap_or_default(),
+                started_by: broker,
+                created_at_ms: now_ms,
+                expires_at_ms: expires.saturating_mul(1000),
+                revoked_at_ms: None,
+            })
+            .await?;
+        {
+            let mut state = self.write();
+            if let Some(parent) = &claim.parent
+                && let Some(entry) = state.sessions.get_mut(parent)
+            {
+                entry.children.push(id.clone());
+            }
+            state.sessions.insert(
+                id.clone(),
+                SessionEntry {
+                    claim,
+                    expires,
+                    revoked: false,
+                    children: Vec::new(),
+                },
+            );
+            // Expired sessions need no more keeping: their tokens are refused anyway.
+            state.sessions.retain(|_, s| s.expires > now);
+        }
+        Ok(StartedSession {
+            session_id: id,
+            spiffe_id: spiffe,
+            access_token: token,
+            token_type: "Bearer",
+            expires_in: expires - now,
+        })
+    }
+}
+
+/// Who starts a session.
+#[derive(Debug)]
+pub enum Starter<'a> {
+    /// A broker, by its credential's name.
+    Broker(&'a str),
+    /// The parent session, by its verified token.
+    Parent(&'a LiveSession),
+}
+
+fn check_manifest(digest: &str) -> Result<(), SessionError> {
+    let ok = digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "`{digest}` is not a tool manifest digest: `sha256:` and 64 lowercase hex digits"
+        )))
+    }
+}
+
+/// Marks `id` and its descendants revoked, adding them to `revoked`.
+fn revoke_tree(state: &mut State, id: &str, revoked: &mut Vec<String>) {
+    let mut pending = vec![id.to_owned()];
+    while let Some(next) = pending.pop() {
+        if let Some(entry) = state.sessions.get_mut(&next) {
+            entry.revoked = true;
+            pending.extend(entry.children.iter().cloned());
+            revoked.push(next);
+        }
+    }
+}
+
+/// The session as policies see it, in `context.session`: verified from a token, or asserted by
+/// the enforcement point `pep` when it passed only a declared actor.
+pub fn policy_view(session: Option<&LiveSession>, pep: Option<&str>) -> Option<serde_json::Value> {
+    let mut view = serde_json::Map::new();
+    match session {
+        Some(live) => {
+            let claim = &live.claims.session;
+            view.insert("verified".into(), true.into());
+            view.insert("id".into(), claim.session_id.clone().into());
+            view.insert("agent".into(), claim.agent.clone().into());
+            view.insert("depth".into(), i64::from(claim.depth).into());
+            for (name, value) in [
+                ("parent", &claim.parent),
+                ("on_behalf_of", &claim.on_behalf_of),
+                ("ticket", &claim.ticket),
+                ("workflow", &claim.lineage.workflow),
+                ("model", &claim.lineage.model),
+                ("tool_manifest", &claim.lineage.tool_manifest),
+                ("sandbox", &claim.lineage.sandbox),
+                ("broker", &claim.lineage.broker),
+            ] {
+                if let Some(value) = value {
+                    view.insert(name.into(), value.clone().into());
+                }
+            }
+            if let Some(pep) = pep {
+                view.insert("via".into(), pep.into());
+            }
+        }
+        None => {
+            view.insert("verified".into(), false.into());
+            view.insert("asserted_by".into(), pep?.into());
+        }
+    }
+    Some(serde_json::Value::Object(view))
+}

@@ -1,0 +1,308 @@
+//! Registered agents and their sessions. Revocation marks a session, never deletes it, so that
+//! a revoked session cannot come back by being started again under its id.
+
+use sqlx::Row as _;
+
+use crate::{Backend, Store, StoreError};
+
+/// A registered agent; `details` is its JSON (description, allowed models and tool manifests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAgent {
+    pub name: String,
+    pub owner: String,
+    pub details: String,
+    pub created_at_ms: i64,
+    pub disabled_at_ms: Option<i64>,
+}
+
+/// A session as stored: its claim (JSON) and times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    pub id: String,
+    pub agent: String,
+    pub parent: Option<String>,
+    pub claim: String,
+    pub started_by: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
+macro_rules! rows_from {
+    ($agent:ident, $session:ident, $row:ty) => {
+        fn $agent(row: &$row) -> Result<StoredAgent, StoreError> {
+            Ok(StoredAgent {
+                name: row.try_get("name")?,
+                owner: row.try_get("owner")?,
+                details: row.try_get("details")?,
+                created_at_ms: row.try_get("created_at_ms")?,
+                disabled_at_ms: row.try_get("disabled_at_ms")?,
+            })
+        }
+
+        fn $session(row: &$row) -> Result<StoredSession, StoreError> {
+            Ok(StoredSession {
+                id: row.try_get("id")?,
+                agent: row.try_get("agent")?,
+                parent: row.try_get("parent")?,
+                claim: row.try_get("claim")?,
+                started_by: row.try_get("started_by")?,
+                created_at_ms: row.try_get("created_at_ms")?,
+                expires_at_ms: row.try_get("expires_at_ms")?,
+                revoked_at_ms: row.try_get("revoked_at_ms")?,
+            })
+        }
+    };
+}
+rows_from!(
+    agent_from_sqlite,
+    session_from_sqlite,
+    sqlx::sqlite::SqliteRow
+);
+rows_from!(agent_from_pg, session_from_pg, sqlx::postgres::PgRow);
+
+impl Store {
+    /// Registers an agent; [`StoreError::Exists`] if the name is taken (disabled or not).
+    pub async fn add_agent(&self, agent: &StoredAgent) -> Result<(), StoreError> {
+        let inserted = match &self.backend {
+            Backend::Sqlite(pool, _) => sqlx::query(
+                "INSERT INTO zt_agents (name, owner, details, created_at_ms) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&agent.name)
+            .bind(&agent.owner)
+            .bind(&agent.details)
+            .bind(agent.created_at_ms)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Backend::Postgres(pool) => sqlx::query(
+                "INSERT INTO zt_agents (name, owner, details, created_at_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&agent.name)
+            .bind(&agent.owner)
+            .bind(&agent.details)
+            .bind(agent.created_at_ms)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        };
+        if inserted == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Exists(agent.name.clone()))
+        }
+    }
+
+    /// Every agent, by name.
+    pub async fn agents(&self) -> Result<Vec<StoredAgent>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool, _) => sqlx::query(
+                "SELECT name, owner, details, created_at_ms, disabled_at_ms FROM zt_agents ORDER BY name",
+            )
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(agent_from_sqlite)
+            .collect(),
+            Backend::Postgres(pool) => sqlx::query(
+                "SELECT name, owner, details, created_at_ms, disabled_at_ms FROM zt_agents ORDER BY name",
+            )
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(agent_from_pg)
+            .collect(),
+        }
+    }
+
+    /// Disables an agent (no effect if it is disabled already); `false` if there is none.
+    pub async fn disable_agent(&self, name: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let found = match &self.backend {
+            Backend::Sqlite(pool, _) => sqlx::query(
+                "UPDATE zt_agents SET disabled_at_ms = COALESCE(disabled_at_ms, ?) WHERE name = ?",
+            )
+            .bind(now_ms)
+            .bind(name)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+            Backend::Postgres(pool) => sqlx::query(
+                "UPDATE zt_agents SET disabled_at_ms = COALESCE(disabled_at_ms, $1) WHERE name = $2",
+            )
+            .bind(now_ms)
+            .bind(name)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        };
+        Ok(found == 1)
+    }
+
+    pub async fn add_session(&self, session: &StoredSession) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool, _) => {
+                sqlx::query(
+                    "INSERT INTO zt_sessions (id, agent, parent, claim, started_by, created_at_ms, expires_at_ms)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&session.id)
+                .bind(&session.agent)
+                .bind(&session.parent)
+                .bind(&session.claim)
+                .bind(&session.started_by)
+                .bind(session.created_at_ms)
+                .bind(session.expires_at_ms)
+                .execute(pool)
+                .await?;
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query(
+                    "INSERT INTO zt_sessions (id, agent, parent, claim, started_by, created_at_ms, expires_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&session.id)
+                .bind(&session.agent)
+                .bind(&session.parent)
+                .bind(&session.claim)
+                .bind(&session.started_by)
+                .bind(session.created_at_ms)
+                .bind(session.expires_at_ms)
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The sessions that have not expired by `now_ms`, revoked or not.
+    pub async fn unexpired_sessions(&self, now_ms: i64) -> Result<Vec<StoredSession>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool, _) => sqlx::query(
+                "SELECT id, agent, parent, claim, started_by, created_at_ms, expires_at_ms, revoked_at_ms
+                 FROM zt_sessions WHERE expires_at_ms > ? ORDER BY created_at_ms, id",
+            )
+            .bind(now_ms)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(session_from_sqlite)
+            .collect(),
+            Backend::Postgres(pool) => sqlx::query(
+                "SELECT id, agent, parent, claim, started_by, created_at_ms, expires_at_ms, revoked_at_ms
+                 FROM zt_sessions WHERE expires_at_ms > $1 ORDER BY created_at_ms, id",
+            )
+            .bind(now_ms)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(session_from_pg)
+            .collect(),
+        }
+    }
+
+    /// Marks sessions revoked (those already revoked keep their time), in one transaction.
+    pub async fn revoke_sessions(&self, ids: &[String], now_ms: i64) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool, _) => {
+                let mut tx = pool.begin().await?;
+                for id in ids {
+                    sqlx::query(
+                        "UPDATE zt_sessions SET revoked_at_ms = COALESCE(revoked_at_ms, ?) WHERE id = ?",
+                    )
+                    .bind(now_ms)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+            }
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                for id in ids {
+                    sqlx::query(
+                        "UPDATE zt_sessions SET revoked_at_ms = COALESCE(revoked_at_ms, $1) WHERE id = $2",
+                    )
+                    .bind(now_ms)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Location;
+
+    async fn round_trip(store: &Store) {
+        let agent = StoredAgent {
+            name: "triage-bot".into(),
+            owner: "team-sre".into(),
+            details: "{}".into(),
+            created_at_ms: 1,
+            disabled_at_ms: None,
+        };
+        store.add_agent(&agent).await.unwrap();
+        assert!(matches!(
+            store.add_agent(&agent).await,
+            Err(StoreError::Exists(_))
+        ));
+        let session = |id: &str, parent: Option<&str>, expires| StoredSession {
+            id: id.into(),
+            agent: "triage-bot".into(),
+            parent: parent.map(str::to_owned),
+            claim: "{}".into(),
+            started_by: "broker".into(),
+            created_at_ms: 2,
+            expires_at_ms: expires,
+            revoked_at_ms: None,
+        };
+        store.add_session(&session("a", None, 100)).await.unwrap();
+        store
+            .add_session(&session("b", Some("a"), 100))
+            .await
+            .unwrap();
+        store.add_session(&session("old", None, 10)).await.unwrap();
+        assert!(store.add_session(&session("a", None, 100)).await.is_err());
+        store
+            .revoke_sessions(&["a".into(), "b".into()], 50)
+            .await
+            .unwrap();
+        store.revoke_sessions(&["a".into()], 60).await.unwrap();
+        let live = store.unexpired_sessions(20).await.unwrap();
+        let ids: Vec<(&str, Option<i64>)> = live
+            .iter()
+            .map(|s| (s.id.as_str(), s.revoked_at_ms))
+            .collect();
+        assert_eq!(ids, [("a", Some(50)), ("b", Some(50))]);
+        assert!(store.disable_agent("triage-bot", 70).await.unwrap());
+        assert!(!store.disable_agent("nobody", 70).await.unwrap());
+        assert_eq!(store.agents().await.unwrap()[0].disabled_at_ms, Some(70));
+    }
+
+    #[tokio::test]
+    async fn sqlite_keeps_agents_and_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in(dir.path()).await.unwrap();
+        round_trip(&store).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_keeps_agents_and_sessions() {
+        let Some(url) = crate::tests::postgres_url() else {
+            return;
+        };
+        let scoped = crate::tests::fresh_schema(&url, "agents").await;
+        let store = Store::open(&Location::parse(&scoped).unwrap())
+            .await
+            .unwrap();
+        round_trip(&store).await;
+    }
+}
