@@ -57,20 +57,66 @@ impl Decider {
         })
     }
 
-    /// Decides `request`. Never fails open: what cannot be decided is denied.
-    pub async fn decide(&self, request: DecisionRequest) -> Outcome {
+    /// Decides `request`, for the agent session of `session_token` if there is one. Never
+    /// fails open: what cannot be decided is denied.
+    pub async fn decide(&self, request: DecisionRequest, session_token: Option<&str>) -> Outcome {
         match self {
-            Self::InProcess(app) => match app.decide(request, "mcp").await {
-                Ok(response) => Outcome::Decided(response),
-                Err(errors) => Outcome::Invalid(errors),
-            },
-            Self::Remote { base, client } => remote(client, base, &request).await,
+            Self::InProcess(app) => {
+                if let Some(token) = session_token
+                    && let Err(reason) = app.session_agent(token)
+                {
+                    return Outcome::Decided(denied(format!(
+                        "the agent session token is refused: {reason}; denied"
+                    )));
+                }
+                match app.decide(request, "mcp", session_token).await {
+                    Ok(response) => Outcome::Decided(response),
+                    Err(errors) => Outcome::Invalid(errors),
+                }
+            }
+            Self::Remote { base, client } => remote(client, base, &request, session_token).await,
+        }
+    }
+
+    /// The agent of an agent session's access token, verified by the decision service (in
+    /// process, or by RFC 7662 introspection with the gateway's credential), or why not.
+    pub async fn session_agent(&self, token: &str) -> Result<String, String> {
+        match self {
+            Self::InProcess(app) => app.session_agent(token),
+            Self::Remote { base, client } => {
+                let url = format!("{base}/oauth2/introspect");
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(format!("token={token}"))
+                    .send()
+                    .await
+                    .map_err(|e| zt_server::error_chain(&e))?;
+                if !response.status().is_success() {
+                    return Err(format!(
+                        "the decision service answered HTTP {} to introspection",
+                        response.status()
+                    ));
+                }
+                let answer: Value = response.json().await.map_err(|e| e.to_string())?;
+                match (answer.get("active"), answer.get("client_id")) {
+                    (Some(Value::Bool(true)), Some(Value::String(agent))) => Ok(agent.clone()),
+                    _ => Err(
+                        "the token is not active (expired, revoked or not this service's)".into(),
+                    ),
+                }
+            }
         }
     }
 
     /// The actions among `actions` that the policies could ever allow `actor` to take. Fails
     /// closed: when the answer cannot be obtained, none could.
-    pub async fn possible(&self, actor: &str, actions: Vec<String>) -> Vec<String> {
+    pub async fn possible(
+        &self,
+        actor: &str,
+        actions: Vec<String>,
+        session_token: Option<&str>,
+    ) -> Vec<String> {
         let query = PossibleQuery {
             actor: actor.to_owned(),
             actions,
@@ -81,7 +127,11 @@ impl Decider {
                 .map_err(|errors| crate::gateway::joined(&errors)),
             Self::Remote { base, client } => {
                 let url = format!("{base}/v1/actions/possible");
-                match client.post(&url).json(&query).send().await {
+                let mut asked = client.post(&url).json(&query);
+                if let Some(token) = session_token {
+                    asked = asked.header(zt_server::auth::AGENT_TOKEN_HEADER, token);
+                }
+                match asked.send().await {
                     Ok(response) if response.status().is_success() => response
                         .json::<PossibleActions>()
                         .await
@@ -98,7 +148,12 @@ impl Decider {
     }
 }
 
-async fn remote(client: &reqwest::Client, base: &str, request: &DecisionRequest) -> Outcome {
+async fn remote(
+    client: &reqwest::Client,
+    base: &str,
+    request: &DecisionRequest,
+    session_token: Option<&str>,
+) -> Outcome {
     let url = format!("{base}/v1/decide");
     let deny = |why: String| {
         tracing::warn!(url = %url, error = %why, "no decision from the decision service; denied");
@@ -106,7 +161,11 @@ async fn remote(client: &reqwest::Client, base: &str, request: &DecisionRequest)
             "no decision could be obtained from the decision service: {why}; denied (fail closed)"
         )))
     };
-    let response = match client.post(&url).json(request).send().await {
+    let mut asked = client.post(&url).json(request);
+    if let Some(token) = session_token {
+        asked = asked.header(zt_server::auth::AGENT_TOKEN_HEADER, token);
+    }
+    let response = match asked.send().await {
         Ok(response) => response,
         Err(e) => return deny(zt_server::error_chain(&e)),
     };
@@ -126,7 +185,7 @@ async fn remote(client: &reqwest::Client, base: &str, request: &DecisionRequest)
     {
         let detail = problem.get("detail").and_then(Value::as_str).unwrap_or("");
         return deny(format!(
-            "it refused the gateway's credential (HTTP {status}: {detail})"
+            "it refused the gateway's credential or the agent's session (HTTP {status}: {detail})"
         ));
     }
     if status == reqwest::StatusCode::BAD_REQUEST

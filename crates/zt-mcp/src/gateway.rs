@@ -27,18 +27,21 @@ use crate::decide::{Decider, Outcome};
 /// Who the client is, as the transport established it.
 #[derive(Debug, Clone)]
 pub enum Identity {
-    /// One actor for the whole connection (stdio: the configured actor, or the one the
-    /// `ZTINFRA_SESSION_TOKEN` stands for).
-    Fixed(String),
+    /// One caller for the whole connection (stdio: the agent session of
+    /// `ZTINFRA_SESSION_TOKEN`, the actor a `[[client]]` token stands for, or the configured
+    /// actor).
+    Fixed(Caller),
     /// Each HTTP request carries its own verified [`Caller`], put there by the authentication
     /// layer.
     PerRequest,
 }
 
-/// The actor an HTTP request's session token stands for.
+/// The actor a client's token stands for, and the token itself when it is an agent session's
+/// (passed on with every decision, so that the service checks the session each time).
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub actor: String,
+    pub session_token: Option<String>,
 }
 
 /// The gateway's view of one upstream server.
@@ -102,14 +105,14 @@ impl Gateway {
         }
     }
 
-    fn actor(&self, context: &RequestContext<RoleServer>) -> Result<String, McpError> {
+    fn caller(&self, context: &RequestContext<RoleServer>) -> Result<Caller, McpError> {
         match &self.identity {
-            Identity::Fixed(actor) => Ok(actor.clone()),
+            Identity::Fixed(caller) => Ok(caller.clone()),
             Identity::PerRequest => context
                 .extensions
                 .get::<axum::http::request::Parts>()
                 .and_then(|parts| parts.extensions.get::<Caller>())
-                .map(|caller| caller.actor.clone())
+                .cloned()
                 .ok_or_else(|| {
                     McpError::invalid_request("the request carries no verified session", None)
                 }),
@@ -178,8 +181,8 @@ impl Gateway {
         })
     }
 
-    /// The tools among `tools` that `actor` could ever be allowed to call.
-    async fn callable(&self, actor: &str, tools: &[rmcp::model::Tool]) -> BTreeSet<String> {
+    /// The tools among `tools` that `caller` could ever be allowed to call.
+    async fn callable(&self, caller: &Caller, tools: &[rmcp::model::Tool]) -> BTreeSet<String> {
         // A name that is no valid action can never be decided, so never allowed.
         let actions: Vec<String> = tools
             .iter()
@@ -189,7 +192,7 @@ impl Gateway {
         let possible: BTreeSet<String> = self
             .policy
             .decider
-            .possible(actor, actions)
+            .possible(&caller.actor, actions, caller.session_token.as_deref())
             .await
             .into_iter()
             .collect();
@@ -316,15 +319,20 @@ impl ServerHandler for Gateway {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let actor = self.actor(&context)?;
+        let caller = self.caller(&context)?;
         let empty = Map::new();
         let arguments = request.arguments.as_ref().unwrap_or(&empty);
-        let decision_request = self.request_for(actor, &request.name, arguments)?;
+        let decision_request = self.request_for(caller.actor.clone(), &request.name, arguments)?;
         let (action, resource) = (
             decision_request.action.clone(),
             decision_request.resource.clone(),
         );
-        let decided = match self.policy.decider.decide(decision_request).await {
+        let decided = match self
+            .policy
+            .decider
+            .decide(decision_request, caller.session_token.as_deref())
+            .await
+        {
             Outcome::Decided(decided) => decided,
             Outcome::Invalid(errors) => {
                 return Err(McpError::invalid_params(
@@ -359,14 +367,14 @@ impl ServerHandler for Gateway {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        let actor = self.actor(&context)?;
+        let caller = self.caller(&context)?;
         let mut listed = self
             .upstream
             .peer()
             .list_tools(request)
             .await
             .map_err(|e| upstream_error(&self.upstream.name, e))?;
-        let callable = self.callable(&actor, &listed.tools).await;
+        let callable = self.callable(&caller, &listed.tools).await;
         match self.policy.tools_list {
             ToolsList::Hide => listed
                 .tools
@@ -400,10 +408,10 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         if self.policy.decide_resource_reads {
-            let actor = self.actor(&context)?;
+            let caller = self.caller(&context)?;
             let action = format!("mcp.{}.resources.read", self.upstream.name);
             let decision_request = DecisionRequest {
-                actor,
+                actor: caller.actor.clone(),
                 action: action.clone(),
                 resource: request.uri.clone(),
                 context: json!({"mcp": {"server": self.upstream.name, "uri": request.uri}})
@@ -411,7 +419,12 @@ impl ServerHandler for Gateway {
                     .cloned()
                     .unwrap_or_default(),
             };
-            let decided = match self.policy.decider.decide(decision_request).await {
+            let decided = match self
+                .policy
+                .decider
+                .decide(decision_request, caller.session_token.as_deref())
+                .await
+            {
                 Outcome::Decided(decided) => decided,
                 Outcome::Invalid(errors) => {
                     return Err(McpError::invalid_params(joined(&errors), None));

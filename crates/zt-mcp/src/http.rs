@@ -25,6 +25,8 @@ use crate::gateway::{Caller, Gateway, Identity, Policy, Upstream};
 #[derive(Debug)]
 struct Guard {
     config: Arc<GatewayConfig>,
+    /// Verifies agent session tokens.
+    decider: crate::decide::Decider,
     /// Where the server's protected resource metadata is.
     metadata_url: String,
 }
@@ -71,6 +73,7 @@ pub async fn serve(
         });
         let guard = Arc::new(Guard {
             config: Arc::clone(&shared),
+            decider: policy.decider.clone(),
             metadata_url: format!("{base}{metadata_path}"),
         });
         let gateway = Gateway::new(upstream, Arc::clone(&policy), Identity::PerRequest);
@@ -131,10 +134,30 @@ async fn authenticate(
     let Some(token) = presented else {
         return unauthorized(&guard, None);
     };
+    // An agent session's access token, verified by the decision service (and again at every
+    // decision, so that a revocation stops the next call).
+    if zt_identity::session::UnverifiedToken::looks_like_jwt(token) {
+        let token = token.to_owned();
+        return match guard.decider.session_agent(&token).await {
+            Ok(actor) => {
+                request.extensions_mut().insert(Caller {
+                    actor,
+                    session_token: Some(token),
+                });
+                next.run(request).await
+            }
+            Err(reason) => {
+                tracing::warn!(reason = %reason, "MCP request refused: agent session token not valid");
+                unauthorized(&guard, Some("the agent session token is not valid"))
+            }
+        };
+    }
+    // A `[[client]]` token: the actor it stands for is asserted by the gateway's config.
     match guard.config.actor_for_token(token) {
         Some(actor) => {
             request.extensions_mut().insert(Caller {
                 actor: actor.to_owned(),
+                session_token: None,
             });
             next.run(request).await
         }

@@ -50,6 +50,48 @@ pub enum GatewayError {
     Decider(String),
 }
 
+/// The caller of a stdio gateway: the agent session of `session_token` when it is an access
+/// token (verified now, and by the service again at every decision), the actor a `[[client]]`
+/// token stands for, or the configured actor.
+async fn stdio_caller(
+    config: &GatewayConfig,
+    decider: &decide::Decider,
+    session_token: Option<String>,
+) -> Result<gateway::Caller, GatewayError> {
+    let Some(token) = session_token else {
+        let actor = config.actor.clone().ok_or_else(|| {
+            config::ConfigError::Invalid("no actor: set `actor` in the config (or `--actor`), or give a session token in ZTINFRA_SESSION_TOKEN".into())
+        })?;
+        return Ok(gateway::Caller {
+            actor,
+            session_token: None,
+        });
+    };
+    if zt_identity::session::UnverifiedToken::looks_like_jwt(&token) {
+        let actor = decider.session_agent(&token).await.map_err(|reason| {
+            config::ConfigError::Invalid(format!(
+                "ZTINFRA_SESSION_TOKEN is an agent session token the decision service refuses: {reason}"
+            ))
+        })?;
+        return Ok(gateway::Caller {
+            actor,
+            session_token: Some(token),
+        });
+    }
+    let actor = config
+        .actor_for_token(&token)
+        .ok_or_else(|| {
+            config::ConfigError::Invalid(
+                "ZTINFRA_SESSION_TOKEN is neither an agent session token nor a configured client token".into(),
+            )
+        })?
+        .to_owned();
+    Ok(gateway::Caller {
+        actor,
+        session_token: None,
+    })
+}
+
 /// SHA-256, as lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
@@ -180,35 +222,23 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     config.check()?;
-    let identity = if config.listen.is_some() {
+    if config.listen.is_some() {
         if config.clients.is_empty() {
             return Err(config::ConfigError::Invalid("streamable HTTP mode authenticates every client: configure at least one `[[client]]` with `token_sha256` and `actor`".into()).into());
         }
+    } else if config.servers.len() != 1 {
+        return Err(config::ConfigError::Invalid(format!(
+            "stdio mode serves one upstream server; {} are configured (use `--listen` for several)",
+            config.servers.len()
+        ))
+        .into());
+    }
+    let decider = decider(&config).await?;
+    let identity = if config.listen.is_some() {
         Identity::PerRequest
     } else {
-        if config.servers.len() != 1 {
-            return Err(config::ConfigError::Invalid(format!(
-                "stdio mode serves one upstream server; {} are configured (use `--listen` for several)",
-                config.servers.len()
-            ))
-            .into());
-        }
-        let actor = match &session_token {
-            Some(token) => config
-                .actor_for_token(token)
-                .ok_or_else(|| {
-                    config::ConfigError::Invalid(
-                        "ZTINFRA_SESSION_TOKEN is not a configured client token".into(),
-                    )
-                })?
-                .to_owned(),
-            None => config.actor.clone().ok_or_else(|| {
-                config::ConfigError::Invalid("no actor: set `actor` in the config (or `--actor`), or give a client session token in ZTINFRA_SESSION_TOKEN".into())
-            })?,
-        };
-        Identity::Fixed(actor)
+        Identity::Fixed(stdio_caller(&config, &decider, session_token).await?)
     };
-    let decider = decider(&config).await?;
     let policy = Arc::new(Policy {
         decider: decider.clone(),
         tools_list: config.tools_list,

@@ -193,7 +193,7 @@ async def test_session_token_on_stdio_picks_the_actor(tmp_path):
         timeout=60,
     )
     assert started.returncode != 0
-    assert "ZTINFRA_SESSION_TOKEN is not a configured client token" in started.stderr
+    assert "ZTINFRA_SESSION_TOKEN is neither an agent session token nor a configured client token" in started.stderr
     assert "wrong" not in started.stderr
 
 
@@ -322,7 +322,7 @@ async def test_fail_closed_when_the_control_plane_is_down(tmp_path):
         async with Client(anonymous) as client:
             refused = await client.call_tool("write_file", {"path": str(root / "scratch" / "anon.txt"), "content": "x"})
             assert refused.is_error
-            assert "refused the gateway's credential (HTTP 401" in text_of(refused)
+            assert "refused the gateway's credential or the agent's session (HTTP 401" in text_of(refused)
             assert not (root / "scratch" / "anon.txt").exists()
         async with Client(params) as client:
             ok = await client.call_tool("write_file", {"path": str(root / "scratch" / "up.txt"), "content": "pdp up"})
@@ -349,11 +349,103 @@ async def test_fail_closed_when_the_control_plane_is_down(tmp_path):
     assert records[0]["caller"] == {"kind": "pep", "name": "mcp-gateway"}
 
 
+def api(method: str, url: str, token: str, body: dict | None = None) -> tuple[int, dict]:
+    """One call to the decision service's API with a bearer credential."""
+    answer = httpx2.request(method, url, headers={"authorization": f"Bearer {token}"}, json=body, timeout=10)
+    return answer.status_code, answer.json()
+
+
+async def test_a_real_agent_session_acts_through_the_gateway_until_revoked(tmp_path):
+    root = tmp_path / "files"
+    (root / "scratch").mkdir(parents=True)
+    port = free_port()
+    pdp = tmp_path / "pdp"
+    serve = [ZTINFRA, "serve", "--listen", f"127.0.0.1:{port}", "--policies", POLICIES, "--data-dir", pdp]
+
+    def cli(*args: str) -> str:
+        return subprocess.run([ZTINFRA, *args, "--data-dir", pdp], check=True, capture_output=True, text=True).stdout.strip()
+
+    (tmp_path / "gateway.token").write_text(cli("credentials", "add", "mcp-gateway", "--role", "pep"))
+    broker = cli("credentials", "add", "launcher", "--role", "broker")
+    base = f"http://127.0.0.1:{port}"
+    # No `actor` in the config: the agent is the session's.
+    config = fs_config(tmp_path, root, decide_url=base, decide_token_file=str(tmp_path / "gateway.token"))
+    with running(serve, port):
+        admin = (pdp / "admin.token").read_text().strip()
+        assert api("POST", f"{base}/v1/agents", admin, {"name": "demo-agent", "owner": "team-sre"})[0] == 201
+        status, session = api(
+            "POST", f"{base}/v1/sessions", broker,
+            {"agent": "demo-agent", "on_behalf_of": "alice", "lineage": {"model": "gpt-5", "sandbox": "sbx-1"}},
+        )
+        assert status == 201, session
+        params = StdioServerParameters(
+            command=str(ZTINFRA), args=["mcp-gateway", "--config", str(config)],
+            env={**os.environ, "ZTINFRA_SESSION_TOKEN": session["access_token"]},
+        )
+        async with Client(params) as client:
+            assert "write_file" in {t.name for t in (await client.list_tools()).tools}
+            ok = await client.call_tool("write_file", {"path": str(root / "scratch" / "a.txt"), "content": "by a session"})
+            assert not ok.is_error, text_of(ok)
+            # Revoked while the gateway runs: its very next call is denied, and says why.
+            assert api("POST", f"{base}/v1/sessions/{session['session_id']}/revoke", admin)[0] == 200
+            denied = await client.call_tool("write_file", {"path": str(root / "scratch" / "b.txt"), "content": "revoked"})
+            assert denied.is_error
+            assert "was revoked" in text_of(denied), text_of(denied)
+            assert not (root / "scratch" / "b.txt").exists()
+    records = export_and_verify(pdp)
+    assert len(records) == 1
+    assert records[0]["caller"] == {"kind": "pep", "name": "mcp-gateway", "session": session["session_id"]}
+    seen = records[0]["request"]["context"]["session"]
+    assert seen["verified"] is True and seen["via"] == "mcp-gateway" and seen["on_behalf_of"] == "alice"
+
+
 @asynccontextmanager
 async def http_client(url: str, token: str | None):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with Client(streamable_http_client(url, http_client=create_mcp_http_client(headers=headers))) as client:
         yield client
+
+
+async def test_streamable_http_clients_may_present_agent_session_tokens(tmp_path):
+    root = tmp_path / "files"
+    (root / "scratch").mkdir(parents=True)
+    port, gateway_port = free_port(), free_port()
+    pdp = tmp_path / "pdp"
+
+    def cli(*args: str) -> str:
+        return subprocess.run([ZTINFRA, *args, "--data-dir", pdp], check=True, capture_output=True, text=True).stdout.strip()
+
+    (tmp_path / "gateway.token").write_text(cli("credentials", "add", "mcp-gateway", "--role", "pep"))
+    broker = cli("credentials", "add", "launcher", "--role", "broker")
+    base = f"http://127.0.0.1:{port}"
+    config = fs_config(
+        tmp_path, root, listen=f"127.0.0.1:{gateway_port}", decide_url=base,
+        decide_token_file=str(tmp_path / "gateway.token"),
+    )
+    serve = [ZTINFRA, "serve", "--listen", f"127.0.0.1:{port}", "--policies", POLICIES, "--data-dir", pdp]
+    with running(serve, port), running([ZTINFRA, "mcp-gateway", "--config", config], gateway_port):
+        admin = (pdp / "admin.token").read_text().strip()
+        assert api("POST", f"{base}/v1/agents", admin, {"name": "demo-agent", "owner": "team-sre"})[0] == 201
+        status, session = api("POST", f"{base}/v1/sessions", broker, {"agent": "demo-agent", "on_behalf_of": "bob"})
+        assert status == 201, session
+        url = f"http://127.0.0.1:{gateway_port}/mcp/fs"
+        async with http_client(url, session["access_token"]) as client:
+            ok = await client.call_tool("write_file", {"path": str(root / "scratch" / "h.txt"), "content": "over http"})
+            assert not ok.is_error, text_of(ok)
+            assert api("POST", f"{base}/v1/sessions/{session['session_id']}/revoke", admin)[0] == 200
+            # Revoked: the gateway's next request with it is refused before any decision.
+            with pytest.raises(Exception):
+                await client.call_tool("write_file", {"path": str(root / "scratch" / "i.txt"), "content": "no"})
+        assert not (root / "scratch" / "i.txt").exists()
+        async with httpx2.AsyncClient() as raw:
+            body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+            response = await raw.post(url, json=body, headers={
+                "Authorization": f"Bearer {session['access_token']}", "Accept": "application/json, text/event-stream",
+            })
+            assert response.status_code == 401
+            assert 'error="invalid_token"' in response.headers["www-authenticate"]
+    records = export_and_verify(pdp)
+    assert [r["caller"].get("session") for r in records] == [session["session_id"]]
 
 
 async def test_streamable_http_gateway_in_front_of_a_streamable_http_server(tmp_path):

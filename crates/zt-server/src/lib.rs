@@ -298,18 +298,42 @@ impl App {
 
     /// Decides one request in process, as `POST /v1/decide` would, counting it under
     /// `endpoint` in the metrics: the answer comes once its evidence is durable. For adapters
-    /// (the MCP gateway) that embed the service instead of calling it over HTTP.
+    /// (the MCP gateway) that embed the service instead of calling it over HTTP. With
+    /// `session_token`, the request is bound to that agent session (its actor, and
+    /// `context.session`), which must be live; the caller verified it with
+    /// [`App::session_agent`] or learns here that it no longer is.
     pub async fn decide(
         &self,
-        request: zt_core::DecisionRequest,
+        mut request: zt_core::DecisionRequest,
         endpoint: &'static str,
+        session_token: Option<&str>,
     ) -> Result<api::DecisionResponse, Vec<zt_core::FieldError>> {
-        let origin = api::Origin::now(endpoint, None);
+        let session = session_token
+            .map(|token| self.state.sessions.verify(token, now_ms()))
+            .transpose()
+            .map_err(|e| {
+                vec![zt_core::FieldError::new(
+                    "",
+                    format!("the agent session token is refused: {e}"),
+                )]
+            })?;
+        let decider = auth::Decider { pep: None, session };
+        decider.bind(&mut request, "").map_err(|e| vec![e])?;
+        let origin = api::Origin::now(endpoint, decider.record());
         let announced = self.state.evidence.announce();
         let request = request.validate(&self.state.limits)?;
         api::answer_one(&self.state, origin, &request, announced)
             .await
             .map_err(|problem| vec![zt_core::FieldError::new("", problem.detail)])
+    }
+
+    /// The agent of a live session's access token, or why it is refused.
+    pub fn session_agent(&self, token: &str) -> Result<String, String> {
+        self.state
+            .sessions
+            .verify(token, now_ms())
+            .map(|live| live.claims.session.agent.clone())
+            .map_err(|e| e.to_string())
     }
 
     /// The actions the active policy set could ever allow an actor to take, as
