@@ -23,6 +23,7 @@ fn pending() -> PendingRecord {
     PendingRecord {
         time_ms: 1_700_000_000_000,
         caller: Some(json!({"kind": "pep", "name": "mcp-gateway"})),
+        kind: None,
         decision_id: "01a2052f-0067-7330-b6f9-10bba91c9256".into(),
         request: json!({"actor": "demo-agent", "action": "aws.ec2.terminate_instances", "resource": "i-demo", "context": {"env": "prod", "ticket": "CHG-1"}}),
         decision: "deny".into(),

@@ -29,6 +29,9 @@ pub struct PendingRecord {
     /// Who asked, as the service verified it (`{"kind", "name"}`: an enforcement point's or
     /// operator's credential name); absent when callers are not authenticated.
     pub caller: Option<Value>,
+    /// What the record is of, when not a decision on an agent's request: `session.start` or
+    /// `session.revoke` (the service's own acts, decided and recorded the same way).
+    pub kind: Option<String>,
     pub decision_id: String,
     /// The full decision request as received (and later its session, delegation, approval
     /// and plan step).
@@ -78,7 +81,8 @@ impl Chain {
     /// Gives `pending` the next place in the log.
     ///
     /// The record object is written straight to its canonical encoding, its members in their
-    /// canonical order (`caller` when there is one, `decision`, `decision_id`, `policy_version`, `prev_hash`, `reasons`,
+    /// canonical order (`caller` when there is one, `decision`, `decision_id`, `kind` when
+    /// there is one, `policy_version`, `prev_hash`, `reasons`,
     /// `request`, `seq`, `time_ms`, `v`), without building it as a JSON value first: this runs
     /// once per decision, in the log's one writer.
     pub fn seal(&mut self, pending: &PendingRecord) -> SealedRecord {
@@ -94,6 +98,10 @@ impl Chain {
         canonical::write_str(&pending.decision, &mut out);
         out.push_str(",\"decision_id\":");
         canonical::write_str(&pending.decision_id, &mut out);
+        if let Some(kind) = &pending.kind {
+            out.push_str(",\"kind\":");
+            canonical::write_str(kind, &mut out);
+        }
         out.push_str(",\"policy_version\":");
         canonical::write_str(&pending.policy_version, &mut out);
         out.push_str(",\"prev_hash\":\"");
@@ -130,6 +138,7 @@ mod tests {
         PendingRecord {
             time_ms: 1_700_000_000_000,
             caller: None,
+            kind: None,
             decision_id: id.into(),
             request: json!({"actor": "a", "action": "x.y", "resource": "r", "context": {"n": 1}}),
             decision: "deny".into(),
@@ -153,6 +162,9 @@ mod tests {
         });
         if let (Some(caller), Some(members)) = (&pending.caller, object.as_object_mut()) {
             members.insert("caller".into(), caller.clone());
+        }
+        if let (Some(kind), Some(members)) = (&pending.kind, object.as_object_mut()) {
+            members.insert("kind".into(), kind.clone().into());
         }
         object
     }
@@ -200,6 +212,7 @@ mod tests {
             let pending = PendingRecord {
                 time_ms,
                 caller: with_caller.then(|| json!({"kind": "pep", "name": key.clone()})),
+                kind: with_caller.then(|| text.clone()),
                 decision_id: id,
                 request: json!({"actor": text, "context": {key.clone(): [text, null, -3]}}),
                 decision,

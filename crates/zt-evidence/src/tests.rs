@@ -37,6 +37,7 @@ fn export(n: u64, batch: u64, from: u64, signer: impl Fn(u64) -> SigningKey) -> 
         let record = chain.seal(&PendingRecord {
             time_ms: 1_700_000_000_000 + seq as i64,
             caller: None,
+            kind: None,
             decision_id: format!("d-{seq}"),
             request: json!({"actor": "agent", "action": "a.b", "resource": format!("r{seq}"), "context": {}}),
             decision: if seq % 3 == 0 { "allow" } else { "deny" }.into(),

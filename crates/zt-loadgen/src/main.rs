@@ -60,6 +60,10 @@ struct Args {
     /// for a service whose callers are authenticated.
     #[arg(long)]
     token_file: Option<std::path::PathBuf>,
+    /// A file holding an agent session's access token, sent in `ZT-Agent-Token` with every
+    /// request (an enforcement point asking for that session; use with `--token-file`).
+    #[arg(long)]
+    agent_token_file: Option<std::path::PathBuf>,
     /// Print the result as one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -165,15 +169,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (tickets, queue) = tokio::sync::mpsc::channel::<Ticket>(1 << 20);
     let queue = Arc::new(tokio::sync::Mutex::new(queue));
     let open_loop = args.rate.is_some();
-    let authorization = match &args.token_file {
-        Some(file) => Some(format!(
-            "Bearer {}",
-            std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read `{}`", file.display()))?
-                .trim()
-        )),
-        None => None,
+    let read = |file: &std::path::Path| {
+        std::fs::read_to_string(file)
+            .map(|text| text.trim().to_owned())
+            .with_context(|| format!("cannot read `{}`", file.display()))
     };
+    let authorization = args
+        .token_file
+        .as_deref()
+        .map(read)
+        .transpose()?
+        .map(|token| format!("Bearer {token}"));
+    let agent_token = args.agent_token_file.as_deref().map(read).transpose()?;
     let mut workers = Vec::new();
     for worker in 0..args.connections {
         let (measuring, stop, errors, queue, bodies) = (
@@ -185,7 +192,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         let uri = format!("http://{}{}", args.addr, path);
         let addr = args.addr;
-        let authorization = authorization.clone();
+        let (authorization, agent_token) = (authorization.clone(), agent_token.clone());
         workers.push(tokio::spawn(async move {
             let mut histogram =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?;
@@ -221,6 +228,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .header("host", addr.to_string());
                 if let Some(value) = &authorization {
                     request = request.header("authorization", value.as_str());
+                }
+                if let Some(value) = &agent_token {
+                    request = request.header("zt-agent-token", value.as_str());
                 }
                 let request = request.body(Full::new(body))?;
                 let started = due.unwrap_or_else(Instant::now);

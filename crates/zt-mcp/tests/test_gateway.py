@@ -393,9 +393,10 @@ async def test_a_real_agent_session_acts_through_the_gateway_until_revoked(tmp_p
             assert "was revoked" in text_of(denied), text_of(denied)
             assert not (root / "scratch" / "b.txt").exists()
     records = export_and_verify(pdp)
-    assert len(records) == 1
-    assert records[0]["caller"] == {"kind": "pep", "name": "mcp-gateway", "session": session["session_id"]}
-    seen = records[0]["request"]["context"]["session"]
+    # The session's start, the one call allowed, and the revocation: all on record, verified.
+    assert [r.get("kind", r["decision"]) for r in records] == ["session.start", "allow", "session.revoke"]
+    assert records[1]["caller"] == {"kind": "pep", "name": "mcp-gateway", "session": session["session_id"]}
+    seen = records[1]["request"]["context"]["session"]
     assert seen["verified"] is True and seen["via"] == "mcp-gateway" and seen["on_behalf_of"] == "alice"
 
 
@@ -445,7 +446,8 @@ async def test_streamable_http_clients_may_present_agent_session_tokens(tmp_path
             assert response.status_code == 401
             assert 'error="invalid_token"' in response.headers["www-authenticate"]
     records = export_and_verify(pdp)
-    assert [r["caller"].get("session") for r in records] == [session["session_id"]]
+    decisions = [r for r in records if "kind" not in r]
+    assert [r["caller"].get("session") for r in decisions] == [session["session_id"]]
 
 
 async def test_streamable_http_gateway_in_front_of_a_streamable_http_server(tmp_path):

@@ -228,6 +228,7 @@ pub(crate) async fn answer(
         pending.push(PendingRecord {
             time_ms,
             caller: origin.caller.clone(),
+            kind: None,
             decision_id: decision_id.clone(),
             request: request.record().clone(),
             decision: verdict.decision.as_str().to_owned(),
@@ -286,6 +287,38 @@ pub(crate) async fn answer(
     }
     count(&origin, &responses);
     responses
+}
+
+/// Records an act of the service itself (`kind`: `session.start`, `session.revoke`) as a
+/// record of the log: allowed, by `caller`, with `request` describing it. The act stands only
+/// once its record is durable; the caller undoes it (or reports it) otherwise.
+pub(crate) async fn record_act(
+    app: &AppState,
+    kind: &str,
+    caller: Option<serde_json::Value>,
+    request: serde_json::Value,
+    message: String,
+) -> Result<Option<Receipt>, String> {
+    if !app.record_evidence {
+        return Ok(None);
+    }
+    let pending = PendingRecord {
+        time_ms: now_ms(),
+        caller,
+        kind: Some(kind.to_owned()),
+        decision_id: Uuid::now_v7().to_string(),
+        request,
+        decision: Decision::Allow.as_str().to_owned(),
+        reasons: serde_json::json!([{"kind": "act", "message": message}]),
+        policy_version: app.policies.with_engine(|e| e.version().to_owned()),
+    };
+    app.evidence
+        .append(vec![pending], None)
+        .await
+        .map_err(|e| crate::error_chain(&e))?
+        .pop()
+        .map(Some)
+        .ok_or_else(|| "no receipt".to_owned())
 }
 
 /// Counts answered decisions in the metrics, under their endpoint.

@@ -829,6 +829,7 @@ mod tests {
         PendingRecord {
             time_ms: 1_700_000_000_000,
             caller: None,
+            kind: None,
             decision_id: format!("d-{i}"),
             request: json!({"actor": "a", "action": "x.y", "resource": format!("r{i}")}),
             decision: "deny".into(),

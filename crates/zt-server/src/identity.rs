@@ -31,6 +31,39 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/.well-known/oauth-authorization-server", get(metadata))
 }
 
+fn unrecorded(detail: &str) -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "service unavailable",
+        detail,
+    )
+}
+
+/// Records a revocation (done already: it stands whether or not its record can be made, and
+/// the answer says so).
+async fn record_revocation(
+    app: &AppState,
+    caller: Option<Value>,
+    revoked: &[String],
+    why: &str,
+) -> Result<(), Problem> {
+    let act = json!({"sessions": revoked, "reason": why});
+    crate::api::record_act(
+        app,
+        "session.revoke",
+        caller,
+        act,
+        format!("sessions revoked: {why}"),
+    )
+    .await
+    .map(drop)
+    .map_err(|e| {
+        tracing::error!(error = %e, "a revocation could not be recorded (it stands)");
+        unrecorded("the sessions are revoked, but the revocation could not be put on record")
+    })
+}
+
 fn session_problem(e: SessionError) -> Problem {
     match e {
         SessionError::Invalid(detail) => Problem::invalid(detail, Vec::new()),
@@ -122,6 +155,14 @@ pub(crate) async fn disable_agent(
         .await
         .map_err(session_problem)?;
     tracing::info!(credential = %admin.name(), agent = %name, sessions = revoked.len(), "agent disabled");
+    let why = format!("the agent `{name}` was disabled");
+    record_revocation(
+        &app,
+        Some(crate::auth::record_caller(&admin)),
+        &revoked,
+        &why,
+    )
+    .await?;
     Ok(Json(Revocation { revoked }))
 }
 
@@ -144,18 +185,53 @@ pub(crate) async fn start_session(
     use rand_core::RngCore as _;
     let mut random = [0u8; 16];
     rand_core::OsRng.fill_bytes(&mut random);
-    let (starter, by) = match &starter {
+    let (starter, by, caller) = match &starter {
         SessionStarter::Broker(caller) => (
             Starter::Broker(caller.name().as_str()),
             caller.name().to_string(),
+            crate::auth::record_caller(caller),
         ),
-        SessionStarter::Parent(parent) => (Starter::Parent(parent), parent.claims.sub.clone()),
+        SessionStarter::Parent(parent) => (
+            Starter::Parent(parent),
+            parent.claims.sub.clone(),
+            json!({"kind": "session", "name": parent.claims.sub, "session": parent.claims.session.session_id}),
+        ),
     };
-    let started = app
+    let mut started = app
         .sessions
         .start(start, starter, crate::now_ms(), random)
         .await
         .map_err(session_problem)?;
+    let mut act = serde_json::to_value(&started.claim).unwrap_or_default();
+    if let Some(members) = act.as_object_mut() {
+        members.insert("spiffe_id".into(), started.spiffe_id.clone().into());
+        members.insert(
+            "expires_at".into(),
+            crate::reference::rfc3339_utc(started.expires_at.saturating_mul(1000)).into(),
+        );
+    }
+    match crate::api::record_act(
+        &app,
+        "session.start",
+        Some(caller),
+        act,
+        "session started".into(),
+    )
+    .await
+    {
+        Ok(receipt) => started.evidence = receipt,
+        Err(e) => {
+            // Not on record, so not started: take it back.
+            tracing::error!(error = %e, session = %started.session_id, "a session start could not be recorded; the session is revoked");
+            let _ = app
+                .sessions
+                .revoke(&started.session_id, crate::now_ms())
+                .await;
+            return Err(unrecorded(
+                "the session could not be put on record, so it was revoked; nothing can act under it",
+            ));
+        }
+    }
     tracing::info!(by = %by, session = %started.spiffe_id, "session started");
     Ok((StatusCode::CREATED, Json(started)))
 }
@@ -177,6 +253,13 @@ pub(crate) async fn revoke_session(
         .await
         .map_err(session_problem)?;
     tracing::info!(credential = %admin.name(), session = %id, revoked = revoked.len(), "sessions revoked");
+    record_revocation(
+        &app,
+        Some(crate::auth::record_caller(&admin)),
+        &revoked,
+        "revoked by an admin",
+    )
+    .await?;
     Ok(Json(Revocation { revoked }))
 }
 
@@ -206,6 +289,13 @@ pub(crate) async fn revoke_token(
     match app.sessions.revoke(&session, crate::now_ms()).await {
         Ok(revoked) => {
             tracing::info!(session = %session, revoked = revoked.len(), "sessions revoked by their token");
+            record_revocation(
+                &app,
+                None,
+                &revoked,
+                "revoked by the holder of its token (RFC 7009)",
+            )
+            .await?;
             Ok(StatusCode::OK)
         }
         Err(SessionError::NoSession(_)) => Ok(StatusCode::OK),

@@ -103,6 +103,14 @@ pub struct StartedSession {
     pub access_token: String,
     pub token_type: &'static str,
     pub expires_in: i64,
+    /// The record of the session's start in the evidence log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<crate::evidence::Receipt>,
+    /// The session as its record holds it (not sent: the token carries it).
+    #[serde(skip)]
+    pub claim: Option<SessionClaim>,
+    #[serde(skip)]
+    pub expires_at: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -590,6 +598,7 @@ impl Sessions {
                 revoked_at_ms: None,
             })
             .await?;
+        let recorded = claim.clone();
         {
             let mut state = self.write();
             if let Some(parent) = &claim.parent
@@ -615,6 +624,9 @@ impl Sessions {
             access_token: token,
             token_type: "Bearer",
             expires_in: expires - now,
+            evidence: None,
+            claim: Some(recorded),
+            expires_at: expires,
         })
     }
 }

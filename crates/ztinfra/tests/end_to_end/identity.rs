@@ -457,6 +457,19 @@ fn agent_sessions_decide_with_their_lineage_and_revocation_cascades() {
     assert_eq!(started["expires_in"], 900);
     let token = started["access_token"].as_str().unwrap().to_owned();
     let agent = Client::with_token(&token);
+    // The start is on record, by the broker that made it.
+    let record = admin
+        .get(&server.url(&format!("/v1/evidence/{}", started["evidence"]["seq"])))
+        .json()["record"]
+        .clone();
+    assert_eq!(record["kind"], "session.start");
+    assert_eq!(
+        record["caller"],
+        json!({"kind": "operator", "name": "launcher"})
+    );
+    assert_eq!(record["request"]["session_id"], id.as_str());
+    assert_eq!(record["request"]["lineage"]["broker"], "launcher");
+    assert_eq!(record["request"]["on_behalf_of"], "alice");
 
     // The agent asks itself: the actor is its session's agent, and policies see the lineage.
     let decided = agent.post_json(&server.url("/v1/decide"), &write());
@@ -554,6 +567,17 @@ fn agent_sessions_decide_with_their_lineage_and_revocation_cascades() {
     );
     assert_eq!(revoked.status, 200);
     assert_eq!(revoked.json()["revoked"].as_array().unwrap().len(), 2);
+    // The revocation is the log's latest record.
+    let size = client().get(&server.url("/v1/evidence/checkpoint")).json()["tree_size"]
+        .as_u64()
+        .unwrap();
+    let record = admin
+        .get(&server.url(&format!("/v1/evidence/{}", size - 1)))
+        .json()["record"]
+        .clone();
+    assert_eq!(record["kind"], "session.revoke");
+    assert_eq!(record["request"]["sessions"].as_array().unwrap().len(), 2);
+    assert_eq!(record["caller"]["name"], "admin");
     for (who, c) in [("parent", &agent), ("child", &child_agent)] {
         let refused = c.post_json(&server.url("/v1/decide"), &write());
         assert_eq!(refused.status, 401, "{who}");
