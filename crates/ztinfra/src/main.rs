@@ -1,5 +1,6 @@
 //! `ztinfra`: the ZT-Infra command line.
 
+mod agents;
 mod config;
 mod credentials;
 mod decide;
@@ -44,6 +45,9 @@ enum Command {
     /// Manage operator and enforcement-point credentials (bearer tokens, stored as digests).
     #[command(subcommand)]
     Credentials(credentials::CredentialsCommand),
+    /// Register, list and disable agents (through a running service, with an admin credential).
+    #[command(subcommand)]
+    Agents(agents::AgentsCommand),
     /// Manage the evidence signing key.
     #[command(subcommand)]
     Keys(evidence::KeysCommand),
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         Command::Evidence(command) => evidence::run_evidence(command),
         Command::Keys(command) => evidence::run_keys(command),
         Command::Credentials(command) => credentials::run(command),
+        Command::Agents(command) => agents::run(command),
         Command::McpGateway(args) => {
             // Standard output is the MCP channel in stdio mode: logs go to standard error.
             init_logging(LogFormat::Text, "info,rmcp=warn");

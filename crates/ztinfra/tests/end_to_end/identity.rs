@@ -919,3 +919,58 @@ fn open_callers_need_no_credential_but_agent_sessions_still_count() {
         401
     );
 }
+
+#[test]
+fn agents_are_managed_from_the_command_line() {
+    let (server, _policies) = authenticated_server();
+    let data = server.data.path().to_str().unwrap().to_owned();
+    let agents = |args: &[&str]| {
+        let mut all = vec!["agents"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--server", &server.base, "--data-dir", &data]);
+        run(&all)
+    };
+    let added = agents(&[
+        "add",
+        "triage-bot",
+        "--owner",
+        "team-sre",
+        "--allowed-model",
+        "gpt-5",
+    ]);
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let again = agents(&["add", "triage-bot", "--owner", "team-sre"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("409"));
+    let broker = Client::with_token(&add(&server, "launcher", "broker"));
+    let (status, session) = start(
+        &broker,
+        &server,
+        &json!({"agent": "triage-bot", "on_behalf_of": "alice", "lineage": {"model": "gpt-5"}}),
+    );
+    assert_eq!(status, 201, "{session}");
+    let disabled = agents(&["disable", "triage-bot"]);
+    assert!(disabled.status.success());
+    assert!(String::from_utf8_lossy(&disabled.stderr).contains("1 session(s) revoked"));
+    let list = String::from_utf8(agents(&["list"]).stdout).unwrap();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("triage-bot") && l.contains("disabled")),
+        "{list}"
+    );
+    // Without an admin credential: a clear error.
+    let refused = run(&[
+        "agents",
+        "list",
+        "--server",
+        &server.base,
+        "--token-file",
+        "/nonexistent",
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot read the admin credential"));
+}

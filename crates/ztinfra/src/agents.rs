@@ -1,0 +1,166 @@
+//! `ztinfra agents`: register, list and disable agents through a running service's API (so
+//! that disabling revokes the agent's sessions on the node at once), with an admin credential.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+/// The service and the credential to reach it with.
+#[derive(Debug, Args)]
+pub struct Service {
+    /// The service's base URL.
+    #[arg(long, env = "ZTINFRA_SERVER", default_value = "http://127.0.0.1:8181")]
+    server: String,
+    /// A file holding an admin credential [default: <data-dir>/admin.token].
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The service's data directory, where the first start wrote `admin.token`.
+    #[arg(long, env = "ZTINFRA_DATA_DIR", default_value = zt_server::defaults::DATA_DIR)]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// Register an agent.
+    Add {
+        name: String,
+        /// The person or team responsible for it.
+        #[arg(long)]
+        owner: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// A model its sessions may run on (repeat; none: any).
+        #[arg(long = "allowed-model")]
+        allowed_models: Vec<String>,
+        /// A tool manifest digest (`sha256:<hex>`) its sessions may run with (repeat; none: any).
+        #[arg(long = "allowed-tool-manifest")]
+        allowed_tool_manifests: Vec<String>,
+        #[command(flatten)]
+        service: Service,
+    },
+    /// List agents.
+    List {
+        #[command(flatten)]
+        service: Service,
+    },
+    /// Disable an agent: no new sessions, and its sessions (and theirs) revoked.
+    Disable {
+        name: String,
+        #[command(flatten)]
+        service: Service,
+    },
+}
+
+pub fn run(command: AgentsCommand) -> ExitCode {
+    let result = crate::evidence::runtime().and_then(|rt| rt.block_on(execute(command)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+impl Service {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let file = self
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(zt_server::auth::ADMIN_TOKEN_FILE));
+        let token = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "cannot read the admin credential `{}` (use --token-file)",
+                file.display()
+            )
+        })?;
+        let url = format!("{}{path}", self.server.trim_end_matches('/'));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let mut request = client.request(method, &url).bearer_auth(token.trim());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {url} (is `ztinfra serve` running there?)"))?;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let detail = answer
+                .get("detail")
+                .and_then(Value::as_str)
+                .unwrap_or("no detail");
+            bail!("{url} answered {status}: {detail}");
+        }
+        Ok(answer)
+    }
+}
+
+async fn execute(command: AgentsCommand) -> anyhow::Result<()> {
+    match command {
+        AgentsCommand::Add {
+            name,
+            owner,
+            description,
+            allowed_models,
+            allowed_tool_manifests,
+            service,
+        } => {
+            let mut body = json!({"name": name, "owner": owner, "description": description});
+            if !allowed_models.is_empty() {
+                body["allowed_models"] = json!(allowed_models);
+            }
+            if !allowed_tool_manifests.is_empty() {
+                body["allowed_tool_manifests"] = json!(allowed_tool_manifests);
+            }
+            service
+                .call(reqwest::Method::POST, "/v1/agents", Some(body))
+                .await?;
+            eprintln!("agent `{name}` registered");
+        }
+        AgentsCommand::List { service } => {
+            let answer = service
+                .call(reqwest::Method::GET, "/v1/agents", None)
+                .await?;
+            println!("{:<24} {:<16} {:<9} DESCRIPTION", "NAME", "OWNER", "STATE");
+            for agent in answer["agents"].as_array().into_iter().flatten() {
+                let text = |key: &str| agent[key].as_str().unwrap_or("").to_owned();
+                let state = if agent["disabled"] == true {
+                    "disabled"
+                } else {
+                    "enabled"
+                };
+                println!(
+                    "{:<24} {:<16} {state:<9} {}",
+                    text("name"),
+                    text("owner"),
+                    text("description")
+                );
+            }
+        }
+        AgentsCommand::Disable { name, service } => {
+            let answer = service
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/agents/{name}/disable"),
+                    Some(json!({})),
+                )
+                .await?;
+            let revoked = answer["revoked"].as_array().map_or(0, Vec::len);
+            eprintln!("agent `{name}` disabled; {revoked} session(s) revoked");
+        }
+    }
+    Ok(())
+}
