@@ -9,6 +9,7 @@
 
 pub mod credential;
 pub mod session;
+pub mod status_list;
 
 pub use credential::{
     AuthError, Caller, CallerKind, CredentialName, CredentialRecord, NewSecret, Permission, Role,

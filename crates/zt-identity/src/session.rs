@@ -71,6 +71,9 @@ pub struct AccessClaims {
     pub client_id: String,
     #[serde(rename = "urn:ztinfra:session")]
     pub session: SessionClaim,
+    /// Where the token's revocation is published (a Token Status List).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<crate::status_list::Status>,
 }
 
 /// `spiffe://<trust-domain>/agent/<agent>/session/<id>`.
@@ -129,11 +132,16 @@ impl TokenSigner {
     }
 
     pub fn sign(&self, claims: &AccessClaims) -> Result<String, TokenError> {
+        self.sign_typed(TOKEN_TYPE, claims)
+            .map_err(TokenError::Malformed)
+    }
+
+    /// Signs any claims as a JWT of type `typ` with this key.
+    pub fn sign_typed(&self, typ: &str, claims: &impl Serialize) -> Result<String, String> {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
-        header.typ = Some(TOKEN_TYPE.into());
+        header.typ = Some(typ.into());
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.key)
-            .map_err(|e| TokenError::Malformed(format!("cannot sign: {e}")))
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| format!("cannot sign: {e}"))
     }
 }
 
@@ -388,6 +396,7 @@ mod tests {
                 on_behalf_of: Some("alice".into()),
                 ticket: None,
             },
+            status: None,
         }
     }
 

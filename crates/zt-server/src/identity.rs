@@ -28,6 +28,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/oauth2/revoke", post(revoke_token))
         .route("/oauth2/introspect", post(introspect))
         .route("/.well-known/jwks.json", get(jwks))
+        .route(crate::sessions::STATUS_LIST_PATH, get(status_list))
         .route("/.well-known/oauth-authorization-server", get(metadata))
 }
 
@@ -339,6 +340,27 @@ pub(crate) async fn introspect(
     ))
 }
 
+/// The sessions' Token Status List (draft-ietf-oauth-status-list): a signed JWT whose bit at a
+/// token's `status.status_list.idx` is 1 once its session is revoked.
+pub(crate) async fn status_list(State(app): State<Arc<AppState>>) -> Response {
+    match app.sessions.status_list_token(crate::now_ms()) {
+        Ok(token) => (
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "application/statuslist+jwt",
+                ),
+                (axum::http::header::CACHE_CONTROL, "max-age=15"),
+            ],
+            token,
+        )
+            .into_response(),
+        Err(e) => {
+            Problem::internal(format!("the status list could not be signed: {e}")).into_response()
+        }
+    }
+}
+
 /// The keys that sign access tokens (RFC 7517).
 pub(crate) async fn jwks(State(app): State<Arc<AppState>>) -> Response {
     (
@@ -364,5 +386,6 @@ pub(crate) async fn metadata(State(app): State<Arc<AppState>>) -> Json<Value> {
         "ztinfra_session_endpoint": format!("{issuer}/v1/sessions"),
         "ztinfra_agents_endpoint": format!("{issuer}/v1/agents"),
         "ztinfra_access_token_audience": app.sessions.audience(),
+        "ztinfra_status_list_uri": format!("{issuer}{}", crate::sessions::STATUS_LIST_PATH),
     }))
 }

@@ -16,6 +16,7 @@ use zt_identity::session::{
     AccessClaims, Expectations, Lineage, MAX_DEPTH, SessionClaim, TokenError, TokenSigner,
     UnverifiedToken, VerifyingKeys, session_expiry, spiffe_id,
 };
+use zt_identity::status_list::{Status, StatusList, StatusReference};
 use zt_store::{Store, StoreError, StoredAgent, StoredSession};
 
 /// Session settings (`--trust-domain`, `--session-ttl-secs`, `--max-session-ttl-secs`).
@@ -119,13 +120,27 @@ struct SessionEntry {
     expires: i64,
     revoked: bool,
     children: Vec<String>,
+    /// Its tokens' index in the status list.
+    status_idx: Option<u64>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     agents: HashMap<String, AgentInfo>,
     sessions: HashMap<String, SessionEntry>,
+    /// One bit per session ever started here: set when revoked.
+    status: StatusList,
+    /// The next status list index.
+    next_status: u64,
+    /// Changes with every start and revocation: when the served list must be made again.
+    generation: u64,
 }
+
+/// The path of the sessions' Token Status List.
+pub const STATUS_LIST_PATH: &str = "/v1/status-lists/sessions";
+
+/// Seconds a verifier may keep a status list before fetching it again.
+pub const STATUS_LIST_TTL: i64 = 30;
 
 /// A session whose token verified and which is live (not revoked, not expired, its agent
 /// enabled) at the moment it was checked.
@@ -169,6 +184,8 @@ pub struct Sessions {
     store: Store,
     state: RwLock<State>,
     verified: Mutex<HashMap<[u8; 32], Arc<AccessClaims>>>,
+    /// The last status list token made, and the generation it shows.
+    status_token: Mutex<Option<(u64, i64, String)>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -213,6 +230,12 @@ impl Sessions {
         for session in &stored {
             let claim: SessionClaim = serde_json::from_str(&session.claim)
                 .map_err(|e| StoreError::Corrupt(format!("session `{}`: {e}", session.id)))?;
+            let status_idx = session.status_idx.and_then(|i| u64::try_from(i).ok());
+            if let Some(idx) = status_idx
+                && session.revoked_at_ms.is_some()
+            {
+                state.status.revoke(idx);
+            }
             state.sessions.insert(
                 session.id.clone(),
                 SessionEntry {
@@ -220,9 +243,13 @@ impl Sessions {
                     expires: session.expires_at_ms / 1000,
                     revoked: session.revoked_at_ms.is_some(),
                     children: Vec::new(),
+                    status_idx,
                 },
             );
         }
+        state.next_status = store.next_status_idx().await?;
+        let next = state.next_status;
+        state.status.cover(next);
         for session in &stored {
             if let Some(parent) = &session.parent
                 && let Some(entry) = state.sessions.get_mut(parent)
@@ -239,6 +266,7 @@ impl Sessions {
             store,
             state: RwLock::new(state),
             verified: Mutex::new(HashMap::new()),
+            status_token: Mutex::new(None),
         })
     }
 
@@ -265,6 +293,30 @@ impl Sessions {
         self.state
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The sessions' Token Status List, as a signed `statuslist+jwt`, made again only when a
+    /// session was started or revoked since (or the last one is half its lifetime old).
+    pub fn status_list_token(&self, now_ms: i64) -> Result<String, String> {
+        let now = now_ms.div_euclid(1000);
+        let (generation, list) = {
+            let state = self.read();
+            (state.generation, state.status.clone())
+        };
+        let mut cache = self
+            .status_token
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((made_for, made_at, token)) = cache.as_ref()
+            && *made_for == generation
+            && now - made_at < STATUS_LIST_TTL / 2
+        {
+            return Ok(token.clone());
+        }
+        let uri = format!("{}{STATUS_LIST_PATH}", self.issuer);
+        let token = list.token(&self.signer, &uri, now, STATUS_LIST_TTL)?;
+        *cache = Some((generation, now, token.clone()));
+        Ok(token)
     }
 
     pub fn agents(&self) -> Vec<AgentInfo> {
@@ -574,6 +626,15 @@ impl Sessions {
                 .or_else(|| parent.as_ref().and_then(|p| p.ticket.clone())),
         };
         let spiffe = spiffe_id(&self.settings.trust_domain, &start.agent, &id);
+        let status_idx = {
+            let mut state = self.write();
+            let idx = state.next_status;
+            state.next_status += 1;
+            let next = state.next_status;
+            state.status.cover(next);
+            state.generation += 1;
+            idx
+        };
         let claims = AccessClaims {
             iss: self.issuer.clone(),
             sub: spiffe.clone(),
@@ -584,6 +645,12 @@ impl Sessions {
             jti: id.clone(),
             client_id: start.agent.clone(),
             session: claim.clone(),
+            status: Some(Status {
+                status_list: StatusReference {
+                    idx: status_idx,
+                    uri: format!("{}{STATUS_LIST_PATH}", self.issuer),
+                },
+            }),
         };
         let token = self.signer.sign(&claims)?;
         self.store
@@ -596,6 +663,7 @@ impl Sessions {
                 created_at_ms: now_ms,
                 expires_at_ms: expires.saturating_mul(1000),
                 revoked_at_ms: None,
+                status_idx: i64::try_from(status_idx).ok(),
             })
             .await?;
         let recorded = claim.clone();
@@ -613,6 +681,7 @@ impl Sessions {
                     expires,
                     revoked: false,
                     children: Vec::new(),
+                    status_idx: Some(status_idx),
                 },
             );
             // Expired sessions need no more keeping: their tokens are refused anyway.
@@ -656,16 +725,23 @@ fn check_manifest(digest: &str) -> Result<(), SessionError> {
     }
 }
 
-/// Marks `id` and its descendants revoked, adding them to `revoked`.
+/// Marks `id` and its descendants revoked, in the registry and the status list, adding them
+/// to `revoked`.
 fn revoke_tree(state: &mut State, id: &str, revoked: &mut Vec<String>) {
     let mut pending = vec![id.to_owned()];
+    let mut indexes = Vec::new();
     while let Some(next) = pending.pop() {
         if let Some(entry) = state.sessions.get_mut(&next) {
             entry.revoked = true;
+            indexes.extend(entry.status_idx);
             pending.extend(entry.children.iter().cloned());
             revoked.push(next);
         }
     }
+    for idx in indexes {
+        state.status.revoke(idx);
+    }
+    state.generation += 1;
 }
 
 /// The session as policies see it, in `context.session`: verified from a token, or asserted by

@@ -26,6 +26,8 @@ pub struct StoredSession {
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
+    /// Its tokens' index in the Token Status List.
+    pub status_idx: Option<i64>,
 }
 
 macro_rules! rows_from {
@@ -50,6 +52,7 @@ macro_rules! rows_from {
                 created_at_ms: row.try_get("created_at_ms")?,
                 expires_at_ms: row.try_get("expires_at_ms")?,
                 revoked_at_ms: row.try_get("revoked_at_ms")?,
+                status_idx: row.try_get("status_idx")?,
             })
         }
     };
@@ -144,8 +147,8 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(pool, _) => {
                 sqlx::query(
-                    "INSERT INTO zt_sessions (id, agent, parent, claim, started_by, created_at_ms, expires_at_ms)
-                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO zt_sessions (id, agent, parent, claim, started_by, created_at_ms, expires_at_ms, status_idx)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(&session.id)
                 .bind(&session.agent)
@@ -154,13 +157,14 @@ impl Store {
                 .bind(&session.started_by)
                 .bind(session.created_at_ms)
                 .bind(session.expires_at_ms)
+                .bind(session.status_idx)
                 .execute(pool)
                 .await?;
             }
             Backend::Postgres(pool) => {
                 sqlx::query(
-                    "INSERT INTO zt_sessions (id, agent, parent, claim, started_by, created_at_ms, expires_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO zt_sessions (id, agent, parent, claim, started_by, created_at_ms, expires_at_ms, status_idx)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(&session.id)
                 .bind(&session.agent)
@@ -169,6 +173,7 @@ impl Store {
                 .bind(&session.started_by)
                 .bind(session.created_at_ms)
                 .bind(session.expires_at_ms)
+                .bind(session.status_idx)
                 .execute(pool)
                 .await?;
             }
@@ -180,7 +185,7 @@ impl Store {
     pub async fn unexpired_sessions(&self, now_ms: i64) -> Result<Vec<StoredSession>, StoreError> {
         match &self.backend {
             Backend::Sqlite(pool, _) => sqlx::query(
-                "SELECT id, agent, parent, claim, started_by, created_at_ms, expires_at_ms, revoked_at_ms
+                "SELECT id, agent, parent, claim, started_by, created_at_ms, expires_at_ms, revoked_at_ms, status_idx
                  FROM zt_sessions WHERE expires_at_ms > ? ORDER BY created_at_ms, id",
             )
             .bind(now_ms)
@@ -190,7 +195,7 @@ impl Store {
             .map(session_from_sqlite)
             .collect(),
             Backend::Postgres(pool) => sqlx::query(
-                "SELECT id, agent, parent, claim, started_by, created_at_ms, expires_at_ms, revoked_at_ms
+                "SELECT id, agent, parent, claim, started_by, created_at_ms, expires_at_ms, revoked_at_ms, status_idx
                  FROM zt_sessions WHERE expires_at_ms > $1 ORDER BY created_at_ms, id",
             )
             .bind(now_ms)
@@ -200,6 +205,23 @@ impl Store {
             .map(session_from_pg)
             .collect(),
         }
+    }
+
+    /// One past the highest status list index ever given to a session (0 for none).
+    pub async fn next_status_idx(&self) -> Result<u64, StoreError> {
+        let max: Option<i64> = match &self.backend {
+            Backend::Sqlite(pool, _) => {
+                sqlx::query_scalar("SELECT MAX(status_idx) FROM zt_sessions")
+                    .fetch_one(pool)
+                    .await?
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query_scalar("SELECT MAX(status_idx) FROM zt_sessions")
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        Ok(max.map_or(0, |m| u64::try_from(m).unwrap_or(0) + 1))
     }
 
     /// Marks sessions revoked (those already revoked keep their time), in one transaction.
@@ -263,6 +285,7 @@ mod tests {
             created_at_ms: 2,
             expires_at_ms: expires,
             revoked_at_ms: None,
+            status_idx: Some(7),
         };
         store.add_session(&session("a", None, 100)).await.unwrap();
         store
@@ -285,6 +308,7 @@ mod tests {
         assert!(store.disable_agent("triage-bot", 70).await.unwrap());
         assert!(!store.disable_agent("nobody", 70).await.unwrap());
         assert_eq!(store.agents().await.unwrap()[0].disabled_at_ms, Some(70));
+        assert_eq!(store.next_status_idx().await.unwrap(), 8);
     }
 
     #[tokio::test]

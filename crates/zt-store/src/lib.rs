@@ -245,6 +245,8 @@ const MIGRATIONS: &[&[&str]] = &[
         )",
         "CREATE INDEX zt_sessions_expiry ON zt_sessions (expires_at_ms)",
     ],
+    // A session's place in the Token Status List of its tokens.
+    &["ALTER TABLE zt_sessions ADD COLUMN status_idx BIGINT"],
 ];
 
 impl Store {

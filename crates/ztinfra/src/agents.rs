@@ -118,13 +118,14 @@ async fn execute(command: AgentsCommand) -> anyhow::Result<()> {
             allowed_tool_manifests,
             service,
         } => {
-            let mut body = json!({"name": name, "owner": owner, "description": description});
-            if !allowed_models.is_empty() {
-                body["allowed_models"] = json!(allowed_models);
-            }
-            if !allowed_tool_manifests.is_empty() {
-                body["allowed_tool_manifests"] = json!(allowed_tool_manifests);
-            }
+            let nonempty = |list: Vec<String>| (!list.is_empty()).then_some(list);
+            let body = json!({
+                "name": name,
+                "owner": owner,
+                "description": description,
+                "allowed_models": nonempty(allowed_models),
+                "allowed_tool_manifests": nonempty(allowed_tool_manifests),
+            });
             service
                 .call(reqwest::Method::POST, "/v1/agents", Some(body))
                 .await?;
@@ -135,9 +136,20 @@ async fn execute(command: AgentsCommand) -> anyhow::Result<()> {
                 .call(reqwest::Method::GET, "/v1/agents", None)
                 .await?;
             println!("{:<24} {:<16} {:<9} DESCRIPTION", "NAME", "OWNER", "STATE");
-            for agent in answer["agents"].as_array().into_iter().flatten() {
-                let text = |key: &str| agent[key].as_str().unwrap_or("").to_owned();
-                let state = if agent["disabled"] == true {
+            for agent in answer
+                .get("agents")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let text = |key: &str| {
+                    agent
+                        .get(key)
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                let state = if agent.get("disabled") == Some(&Value::Bool(true)) {
                     "disabled"
                 } else {
                     "enabled"
@@ -158,7 +170,10 @@ async fn execute(command: AgentsCommand) -> anyhow::Result<()> {
                     Some(json!({})),
                 )
                 .await?;
-            let revoked = answer["revoked"].as_array().map_or(0, Vec::len);
+            let revoked = answer
+                .get("revoked")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
             eprintln!("agent `{name}` disabled; {revoked} session(s) revoked");
         }
     }

@@ -567,6 +567,20 @@ fn agent_sessions_decide_with_their_lineage_and_revocation_cascades() {
     );
     assert_eq!(revoked.status, 200);
     assert_eq!(revoked.json()["revoked"].as_array().unwrap().len(), 2);
+    // Both are marked in the Token Status List that enforcement points read.
+    let listed =
+        String::from_utf8(client().get(&server.url("/v1/status-lists/sessions")).body).unwrap();
+    let listed = claims_of(&listed);
+    let list = zt_identity::status_list::StatusList::decode(
+        listed["status_list"]["lst"].as_str().unwrap(),
+    )
+    .unwrap();
+    for token in [&token, &child_token] {
+        let idx = claims_of(token)["status"]["status_list"]["idx"]
+            .as_u64()
+            .unwrap();
+        assert!(list.is_revoked(idx));
+    }
     // The revocation is the log's latest record.
     let size = client().get(&server.url("/v1/evidence/checkpoint")).json()["tree_size"]
         .as_u64()
@@ -855,6 +869,18 @@ fn bad_sessions_and_tokens_are_refused_with_their_reason() {
     assert!(problem["detail"].as_str().unwrap().contains("is disabled"));
     let agents = admin.get(&server.url("/v1/agents")).json();
     assert_eq!(agents["agents"][0]["disabled"], true);
+}
+
+/// The claims of a JWT, unverified (what a test reads of a token it was given).
+fn claims_of(jwt: &str) -> Value {
+    use base64::Engine as _;
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 fn base64url(bytes: &[u8]) -> String {

@@ -5,11 +5,13 @@ publishes (found through its RFC 8414 metadata), with issuer, audience and `typ`
 decides. A token PyJWT signs with a key of its own, under the service's key id, is refused.
 """
 
+import base64
 import json
 import os
 import subprocess
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import jwt
@@ -72,7 +74,8 @@ def test_a_session_token_verifies_with_pyjwt_and_decides(service):
     assert metadata["issuer"] == base
     header = jwt.get_unverified_header(token)
     assert header["typ"] == "at+jwt" and header["alg"] == "EdDSA"
-    key = jwt.PyJWKClient(metadata["jwks_uri"]).get_signing_key_from_jwt(token)
+    keys = jwt.PyJWKClient(metadata["jwks_uri"])
+    key = keys.get_signing_key_from_jwt(token)
     claims = jwt.decode(
         token, key.key, algorithms=["EdDSA"], audience=metadata["ztinfra_access_token_audience"],
         issuer=metadata["issuer"], options={"require": ["exp", "iat", "nbf", "sub", "jti"]},
@@ -103,3 +106,30 @@ def test_a_session_token_verifies_with_pyjwt_and_decides(service):
     status, problem = call("POST", f"{base}/v1/decide", forged, {"action": "aws.ec2.describe_instances", "resource": "i-1"})
     assert status == 401
     assert problem["detail"] == "the token's signature does not verify"
+
+    # The token's place in the Token Status List, read as a verifier would: a JWT signed with
+    # the same keys, its list zlib-compressed; the bit turns to 1 when the session is revoked.
+    reference = claims["status"]["status_list"]
+    assert reference["uri"] == metadata["ztinfra_status_list_uri"]
+
+    def status_bit() -> int:
+        with urllib.request.urlopen(reference["uri"], timeout=10) as response:
+            assert response.headers["content-type"] == "application/statuslist+jwt"
+            listed = response.read().decode()
+        assert jwt.get_unverified_header(listed)["typ"] == "statuslist+jwt"
+        body = jwt.decode(listed, keys.get_signing_key_from_jwt(listed).key, algorithms=["EdDSA"])
+        assert body["sub"] == reference["uri"] and body["status_list"]["bits"] == 1
+        lst = body["status_list"]["lst"]
+        bits = zlib.decompress(base64.urlsafe_b64decode(lst + "=" * (-len(lst) % 4)))
+        return (bits[reference["idx"] // 8] >> (reference["idx"] % 8)) & 1
+
+    assert status_bit() == 0
+    revoke = urllib.request.Request(
+        f"{base}/oauth2/revoke", data=f"token={token}".encode(),
+        headers={"content-type": "application/x-www-form-urlencoded"}, method="POST",
+    )
+    with urllib.request.urlopen(revoke, timeout=10) as response:
+        assert response.status == 200
+    assert status_bit() == 1
+    status, _ = call("POST", f"{base}/v1/decide", token, {"action": "aws.ec2.describe_instances", "resource": "i-1"})
+    assert status == 401
