@@ -28,8 +28,9 @@ trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm
 serve() { # serve CALLERS: (re)starts the server on the same data directory
   if [ -n "$server" ]; then kill "$server"; wait "$server" 2>/dev/null || true; fi
   : >"$data/out"
+  # A public URL keeps the tokens' issuer the same across restarts (the port changes).
   "${pin_server[@]}" target/release/ztinfra serve --demo --no-watch --callers "$1" \
-    --data-dir "$data" --listen 127.0.0.1:0 >"$data/out" 2>"$data/err" &
+    --public-url http://ztinfra.bench --data-dir "$data" --listen 127.0.0.1:0 >"$data/out" 2>"$data/err" &
   server=$!
   for _ in $(seq 100); do grep -q "listening on" "$data/out" 2>/dev/null && break; sleep 0.1; done
   addr=$(sed -n 's#^ztinfra listening on http://##p' "$data/out")
@@ -46,9 +47,14 @@ curl -sf "http://$addr/v1/sessions" -H "authorization: Bearer $(cat "$data/broke
   -d '{"agent": "demo-agent", "on_behalf_of": "bench", "ttl": 3600, "lineage": {"model": "m", "sandbox": "s"}}' \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])' >"$data/session.token"
 
-run() { # run WAY LOADGEN-OPTIONS...: one measurement, as JSON
+run() { # run WAY LOADGEN-OPTIONS...: one measurement, as JSON (errors make the run fail)
   "${pin_load[@]}" target/release/zt-loadgen --addr "$addr" --connections "$connections" \
-    --duration "$seconds" --json "${@:2}" | python3 -c "import json, sys; r = json.load(sys.stdin); r['way'] = '$1'; print(json.dumps(r))"
+    --duration "$seconds" --json "${@:2}" | python3 -c "
+import json, sys
+r = json.load(sys.stdin)
+r['way'] = '$1'
+assert r['errors'] == 0, f'{r[\"way\"]}: {r[\"errors\"]} requests failed'
+print(json.dumps(r))"
 }
 
 results="$data/results.jsonl"
