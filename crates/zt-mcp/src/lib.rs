@@ -151,6 +151,7 @@ pub async fn decider(config: &GatewayConfig) -> Result<decide::Decider, GatewayE
         // Not served over HTTP: the gateway decides in process, as the enforcement point.
         callers: zt_server::auth::CallerMode::Authenticated,
         sessions: zt_server::sessions::SessionSettings::default(),
+        admin_listen: None,
     };
     let app = zt_server::App::start(&server).await?;
     Ok(decide::Decider::InProcess(Arc::new(app)))

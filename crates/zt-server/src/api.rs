@@ -162,13 +162,14 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+/// The API. With `admin_apart`, the endpoints that change what is allowed ([`admin_router`])
+/// are left out: they are served on the admin address only.
+pub fn router(state: Arc<AppState>, admin_apart: bool) -> Router {
+    let routes = Router::new()
         .route("/v1/decide", post(decide))
         .route("/v1/decide/batch", post(decide_batch))
         .route("/v1/actions/possible", post(possible_actions))
         .route("/v1/policies", get(policies))
-        .route("/v1/policies/reload", post(reload))
         .route("/v1/evidence/checkpoint", get(evidence_checkpoint))
         .route("/v1/evidence/keys", get(evidence_keys))
         .route("/v1/evidence/consistency", get(evidence_consistency))
@@ -178,13 +179,37 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi_json))
-        .route(
-            "/v1/entities",
-            get(entities).put(replace_entities).post(upsert_entities),
-        )
+        .route("/v1/entities", get(entities))
         .merge(crate::authzen::routes())
         .merge(crate::identity::routes())
-        .merge(crate::reference::routes())
+        .merge(crate::reference::routes());
+    let routes = if admin_apart {
+        routes
+    } else {
+        routes.merge(admin_routes())
+    };
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// The endpoints that change what is allowed (each needs an admin credential).
+fn admin_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/policies/reload", post(reload))
+        .route(
+            "/v1/entities",
+            axum::routing::put(replace_entities).post(upsert_entities),
+        )
+        .merge(crate::identity::admin_routes())
+}
+
+/// The admin address's API (`--admin-listen`): the endpoints that change what is allowed, and
+/// liveness.
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    admin_routes()
+        .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -21,15 +21,22 @@ use crate::sessions::{AgentInfo, SessionError, SessionStart, StartedSession, Sta
 
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/v1/agents", get(agents).post(add_agent))
-        .route("/v1/agents/{name}/disable", post(disable_agent))
+        .route("/v1/agents", get(agents))
         .route("/v1/sessions", post(start_session))
-        .route("/v1/sessions/{id}/revoke", post(revoke_session))
         .route("/oauth2/revoke", post(revoke_token))
         .route("/oauth2/introspect", post(introspect))
         .route("/.well-known/jwks.json", get(jwks))
         .route(crate::sessions::STATUS_LIST_PATH, get(status_list))
         .route("/.well-known/oauth-authorization-server", get(metadata))
+}
+
+/// The identity endpoints that need an admin credential (served on the admin address when
+/// there is one).
+pub(crate) fn admin_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/agents", post(add_agent))
+        .route("/v1/agents/{name}/disable", post(disable_agent))
+        .route("/v1/sessions/{id}/revoke", post(revoke_session))
 }
 
 fn unrecorded(detail: &str) -> Problem {

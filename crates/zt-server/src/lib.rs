@@ -105,6 +105,9 @@ pub struct Config {
     pub callers: auth::CallerMode,
     /// Agent sessions: trust domain, token audience, lifetimes.
     pub sessions: sessions::SessionSettings,
+    /// Where the endpoints that change what is allowed are served instead of on `listen`
+    /// (`--admin-listen`); `None`: on `listen`, with the rest.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +150,8 @@ pub struct App {
     state: Arc<AppState>,
     conn_limits: conn::ConnLimits,
     reach: Arc<reach::Reach>,
+    /// The admin address's own `Host` check, when the admin endpoints are served apart.
+    admin_reach: Option<Arc<reach::Reach>>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -271,14 +276,31 @@ impl App {
                 &config.allowed_hosts,
                 &config.allowed_origins,
             )),
+            admin_reach: config.admin_listen.map(|admin| {
+                Arc::new(reach::Reach::new(
+                    admin,
+                    None,
+                    &config.allowed_hosts,
+                    &config.allowed_origins,
+                ))
+            }),
             _watcher: watcher,
         })
     }
 
     pub fn router(&self) -> axum::Router {
-        api::router(Arc::clone(&self.state))
+        self.layered(
+            api::router(Arc::clone(&self.state), self.admin_reach.is_some()),
+            &self.reach,
+        )
+    }
+
+    /// The layers every listener's router gets: the `Host` and `Origin` check, body limit,
+    /// problem details, request ids, and panics as problems.
+    fn layered(&self, router: axum::Router, reach: &Arc<reach::Reach>) -> axum::Router {
+        router
             .layer(axum::middleware::from_fn_with_state(
-                Arc::clone(&self.reach),
+                Arc::clone(reach),
                 reach::check,
             ))
             .layer(DefaultBodyLimit::max(self.conn_limits.max_body_bytes))
@@ -354,10 +376,28 @@ impl App {
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
+        admin_listener: Option<tokio::net::TcpListener>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         let state = Arc::clone(&self.state);
         let router = self.router();
+        // Both listeners stop together, on the one shutdown signal.
+        let (stopping, stopped) = tokio::sync::watch::channel(false);
+        let admin = match (admin_listener, &self.admin_reach) {
+            (Some(admin_listener), Some(reach)) => {
+                let admin_router = self.layered(api::admin_router(Arc::clone(&self.state)), reach);
+                let mut stopped = stopped.clone();
+                Some(tokio::spawn(conn::serve(
+                    admin_listener,
+                    admin_router,
+                    self.conn_limits,
+                    async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    },
+                )))
+            }
+            _ => None,
+        };
         if let Ok(addr) = listener.local_addr()
             && !addr.ip().is_loopback()
             && state.callers.mode() == auth::CallerMode::Open
@@ -370,9 +410,14 @@ impl App {
         conn::serve(listener, router, self.conn_limits, async move {
             shutdown.await;
             state.ready.store(false, Ordering::Relaxed);
+            let _ = stopping.send(true);
             tracing::info!("shutting down: finishing in-flight requests");
         })
         .await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
+        drop(stopped);
         self.state.store.close().await;
     }
 }

@@ -31,7 +31,7 @@ const DEMO_FILES: &[(&str, &str)] = &[
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"            # relative paths: from the config file's directory\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  no_watch = false                # or: watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n  header_timeout_secs = 10\n  body_timeout_secs = 10\n  max_connections = 1024\n  max_pending_body_bytes = 67108864\n  allowed_hosts = [\"pdp.internal\"]\n  allowed_origins = [\"https://console.example.com\"]\n  callers = \"authenticated\"        # or \"open\" (the default with demo = true)\n  allow_open_callers_on_network = false\n  trust_domain = \"ztinfra.local\"\n  session_ttl_secs = 900\n  max_session_ttl_secs = 3600\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
+    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"            # relative paths: from the config file's directory\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  no_watch = false                # or: watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n  header_timeout_secs = 10\n  body_timeout_secs = 10\n  max_connections = 1024\n  max_pending_body_bytes = 67108864\n  allowed_hosts = [\"pdp.internal\"]\n  allowed_origins = [\"https://console.example.com\"]\n  callers = \"authenticated\"        # or \"open\" (the default with demo = true)\n  allow_open_callers_on_network = false\n  admin_listen = \"127.0.0.1:8182\"   # policy reload, entity edits, agents, revocation: only here\n  trust_domain = \"ztinfra.local\"\n  session_ttl_secs = 900\n  max_session_ttl_secs = 3600\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
 )]
 pub struct ServeArgs {
     /// Address to listen on, IP:PORT; a bare PORT or localhost:PORT means 127.0.0.1:PORT
@@ -114,6 +114,11 @@ pub struct ServeArgs {
     /// for decisions as any actor and read all evidence).
     #[arg(long, env = "ZTINFRA_ALLOW_OPEN_CALLERS_ON_NETWORK")]
     allow_open_callers_on_network: bool,
+    /// Serve the endpoints that change what is allowed (policy reload, entity edits, agents,
+    /// session revocation) on this address only, IP:PORT (or a bare PORT for loopback), and
+    /// not on `--listen` [default: with the rest].
+    #[arg(long, env = "ZTINFRA_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
     /// The SPIFFE trust domain of agent sessions' IDs
     /// (`spiffe://<trust-domain>/agent/<agent>/session/<id>`) [default: ztinfra.local].
     #[arg(long, env = "ZTINFRA_TRUST_DOMAIN")]
@@ -170,6 +175,7 @@ struct FileConfig {
     trust_domain: Option<String>,
     session_ttl_secs: Option<u64>,
     max_session_ttl_secs: Option<u64>,
+    admin_listen: Option<String>,
 }
 
 /// Resolved settings.
@@ -341,6 +347,14 @@ impl Settings {
             ..session_defaults
         };
         check_trust_domain(&sessions.trust_domain)?;
+        let admin_listen = args
+            .admin_listen
+            .or(file.admin_listen)
+            .map(|a| parse_listen(&a))
+            .transpose()?;
+        if admin_listen.is_some_and(|a| a == listen && a.port() != 0) {
+            bail!("`admin_listen` must be another address than `listen` ({listen})");
+        }
         if sessions.default_ttl < 1 || sessions.default_ttl > sessions.max_ttl {
             bail!(
                 "`session_ttl_secs` ({}) must be at least 1 and at most `max_session_ttl_secs` ({})",
@@ -391,6 +405,7 @@ impl Settings {
                 public_url,
                 callers,
                 sessions,
+                admin_listen,
             },
             log_format: args
                 .log_format

@@ -119,17 +119,41 @@ fn run_serve(settings: config::Settings) -> anyhow::Result<()> {
         // Bound first, so that a port in use stops the start before a key or store is
         // created; listened on once the service is ready, so that no client waits on it.
         let reserved = zt_server::reserve(settings.server.listen)?;
-        // The address bound (the port chosen, for port 0) names the service: its `Host`
-        // check and its tokens' issuer.
+        let admin = settings
+            .server
+            .admin_listen
+            .map(zt_server::reserve)
+            .transpose()?;
+        // The addresses bound (the ports chosen, for port 0) name the service: its `Host`
+        // checks and its tokens' issuer.
         let mut server = settings.server;
         server.listen = reserved.addr;
+        server.admin_listen = admin.as_ref().map(|a| a.addr);
         let app = zt_server::App::start(&server).await?;
         let addr = reserved.addr;
         let listener = reserved.listen()?;
+        let admin_listener = match admin {
+            Some(admin) => {
+                let admin_addr = admin.addr;
+                let listener = admin.listen()?;
+                tracing::info!(addr = %admin_addr, "admin endpoints listening apart");
+                Some((admin_addr, listener))
+            }
+            None => None,
+        };
         tracing::info!(%addr, "listening");
-        // One line on standard output, for scripts and tests that start the server on port 0.
+        // One line on standard output, for scripts and tests that start the server on port 0
+        // (and a second for the admin address, when there is one).
         println!("ztinfra listening on http://{addr}");
-        app.serve(listener, zt_server::shutdown_signal()).await;
+        if let Some((admin_addr, _)) = &admin_listener {
+            println!("ztinfra admin listening on http://{admin_addr}");
+        }
+        app.serve(
+            listener,
+            admin_listener.map(|(_, l)| l),
+            zt_server::shutdown_signal(),
+        )
+        .await;
         tracing::info!("stopped");
         Ok(())
     })

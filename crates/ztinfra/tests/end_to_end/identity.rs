@@ -1000,3 +1000,78 @@ fn agents_are_managed_from_the_command_line() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot read the admin credential"));
 }
+
+#[test]
+fn admin_endpoints_can_be_served_on_an_address_of_their_own() {
+    use std::io::BufRead as _;
+    let data = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let main = lines.next().unwrap().unwrap();
+    let admin_line = lines.next().unwrap().unwrap();
+    let main = main
+        .strip_prefix("ztinfra listening on ")
+        .unwrap()
+        .to_owned();
+    let admin = admin_line
+        .strip_prefix("ztinfra admin listening on ")
+        .unwrap()
+        .to_owned();
+    let token = std::fs::read_to_string(data.path().join("admin.token")).unwrap();
+    let c = Client::with_token(token.trim());
+    let edit = json!({"entities": []});
+    // On the main address: decisions, reads, but no changes.
+    assert_eq!(
+        c.post_json(&format!("{main}/v1/decide"), &body()).status,
+        200
+    );
+    assert_eq!(c.get(&format!("{main}/v1/entities")).status, 200);
+    for path in ["/v1/policies/reload", "/v1/entities", "/v1/agents"] {
+        let status = c.post_json(&format!("{main}{path}"), &edit).status;
+        assert!(status == 404 || status == 405, "{path}: {status}");
+    }
+    // On the admin address: the changes, with the admin credential, and nothing else.
+    assert_eq!(
+        c.put_json(&format!("{admin}/v1/entities"), &edit).status,
+        200
+    );
+    assert_eq!(
+        c.post_json(
+            &format!("{admin}/v1/agents"),
+            &json!({"name": "a1", "owner": "o"})
+        )
+        .status,
+        201
+    );
+    assert_eq!(
+        client()
+            .put_json(&format!("{admin}/v1/entities"), &edit)
+            .status,
+        401
+    );
+    assert_eq!(
+        c.post_json(&format!("{admin}/v1/decide"), &body()).status,
+        404
+    );
+    assert_eq!(client().get(&format!("{admin}/healthz")).status, 200);
+    // One signal stops both.
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
