@@ -45,7 +45,7 @@ pub struct AppState {
     /// Who may call what.
     pub callers: Callers,
     /// Agents and their sessions.
-    pub sessions: crate::sessions::Sessions,
+    pub sessions: Arc<crate::sessions::Sessions>,
 }
 
 /// The answer to a decision request.

@@ -314,8 +314,26 @@ fn bearer_jwt(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The session of an access token, or the problem that refuses it (401, `invalid_token`).
-pub fn live_session(app: &AppState, token: &str) -> Result<crate::sessions::LiveSession, Problem> {
-    app.sessions.verify(token, crate::now_ms()).map_err(|e| {
+pub async fn live_session(
+    app: &AppState,
+    token: &str,
+) -> Result<crate::sessions::LiveSession, Problem> {
+    let mut verified = app.sessions.verify(token, crate::now_ms());
+    // Started a moment ago on another replica, and not yet announced here: read it.
+    if let Err(crate::sessions::SessionError::Unknown(id)) = &verified
+        && app.sessions.load_session(id).await.is_ok_and(|found| found)
+    {
+        verified = app.sessions.verify(token, crate::now_ms());
+    }
+    verified.map_err(|e| {
+        if matches!(e, crate::sessions::SessionError::Stale) {
+            return Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "service unavailable",
+                e.to_string(),
+            );
+        }
         tracing::warn!(error = %e, "request refused: agent session token not valid");
         metrics::counter!("ztinfra_auth_refusals_total", "reason" => "session").increment(1);
         Problem {
@@ -358,7 +376,7 @@ impl FromRequestParts<Arc<AppState>> for Decider {
             }
             return Ok(Self {
                 pep: None,
-                session: Some(live_session(app, token)?),
+                session: Some(live_session(app, token).await?),
             });
         }
         // Open callers need no credential, and one sent is not read: only an agent session
@@ -371,9 +389,10 @@ impl FromRequestParts<Arc<AppState>> for Decider {
                     .await?,
             ),
         };
-        let session = agent_token
-            .map(|token| live_session(app, token))
-            .transpose()?;
+        let session = match agent_token {
+            Some(token) => Some(live_session(app, token).await?),
+            None => None,
+        };
         Ok(Self { pep, session })
     }
 }
@@ -393,7 +412,7 @@ impl FromRequestParts<Arc<AppState>> for SessionStarter {
         app: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         if let Some(token) = bearer_jwt(&parts.headers) {
-            return live_session(app, token).map(Self::Parent);
+            return live_session(app, token).await.map(Self::Parent);
         }
         app.callers
             .authorize(&parts.headers, Permission::StartSessions)

@@ -91,6 +91,12 @@ fn session_problem(e: SessionError) -> Problem {
             "authentication required",
             e.to_string(),
         ),
+        SessionError::Stale => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "service unavailable",
+            e.to_string(),
+        ),
         SessionError::Store(source) => {
             tracing::error!(error = %crate::error_chain(&source), "identity store write failed");
             Problem::new(

@@ -216,6 +216,12 @@ impl App {
         )
         .await?;
         tracing::info!(issuer = %sessions.issuer(), key_id = %session_key.info().key_id, "session tokens ready");
+        let sessions = Arc::new(sessions);
+        // Replicas on one PostgreSQL store learn of each other's sessions, revocations and
+        // agents through its change feed. (One SQLite store has one service.)
+        if matches!(store.location(), Location::Postgres(_)) {
+            Arc::clone(&sessions).follow().await?;
+        }
         let evidence = evidence::EvidenceLog::open(
             store.clone(),
             std::sync::Arc::new(signer),

@@ -134,7 +134,20 @@ struct State {
     next_status: u64,
     /// Changes with every start and revocation: when the served list must be made again.
     generation: u64,
+    /// The keys of every replica's tokens, and their public halves for the JWKS.
+    keys: Arc<VerifyingKeys>,
+    public_keys: Vec<zt_identity::session::PublicKey>,
+    /// The change feed from the store was lost and the state not yet read again: no session
+    /// can be checked (fail closed).
+    stale: bool,
 }
+
+/// The topics of the store's change feed ([`zt_store::changes`]) this registry publishes and
+/// follows.
+const TOPIC_START: &str = "session.start";
+const TOPIC_REVOKE: &str = "session.revoke";
+const TOPIC_AGENT: &str = "agent";
+const TOPIC_TOKEN_KEY: &str = "token_key";
 
 /// The path of the sessions' Token Status List.
 pub const STATUS_LIST_PATH: &str = "/v1/status-lists/sessions";
@@ -170,6 +183,10 @@ pub enum SessionError {
     AgentExists(String),
     #[error("the store could not be written")]
     Store(#[from] StoreError),
+    #[error(
+        "this node lost the store's change feed and is reading its state again: no session can be checked now (fail closed); retry shortly"
+    )]
+    Stale,
 }
 
 /// Most verified tokens cached; the cache is emptied when full.
@@ -180,7 +197,6 @@ pub struct Sessions {
     settings: SessionSettings,
     issuer: String,
     signer: TokenSigner,
-    keys: VerifyingKeys,
     store: Store,
     state: RwLock<State>,
     verified: Mutex<HashMap<[u8; 32], Arc<AccessClaims>>>,
@@ -210,59 +226,16 @@ impl Sessions {
         store: Store,
         now_ms: i64,
     ) -> Result<Self, StoreError> {
-        let mut state = State::default();
-        for agent in store.agents().await? {
-            let details: AgentDetails = serde_json::from_str(&agent.details)
-                .map_err(|e| StoreError::Corrupt(format!("agent `{}`: {e}", agent.name)))?;
-            state.agents.insert(
-                agent.name.clone(),
-                AgentInfo {
-                    name: agent.name,
-                    owner: agent.owner,
-                    description: details.description,
-                    allowed_models: details.allowed_models,
-                    allowed_tool_manifests: details.allowed_tool_manifests,
-                    disabled: agent.disabled_at_ms.is_some(),
-                },
-            );
-        }
-        let stored = store.unexpired_sessions(now_ms).await?;
-        for session in &stored {
-            let claim: SessionClaim = serde_json::from_str(&session.claim)
-                .map_err(|e| StoreError::Corrupt(format!("session `{}`: {e}", session.id)))?;
-            let status_idx = session.status_idx.and_then(|i| u64::try_from(i).ok());
-            if let Some(idx) = status_idx
-                && session.revoked_at_ms.is_some()
-            {
-                state.status.revoke(idx);
-            }
-            state.sessions.insert(
-                session.id.clone(),
-                SessionEntry {
-                    claim,
-                    expires: session.expires_at_ms / 1000,
-                    revoked: session.revoked_at_ms.is_some(),
-                    children: Vec::new(),
-                    status_idx,
-                },
-            );
-        }
-        state.next_status = store.next_status_idx().await?;
-        let next = state.next_status;
-        state.status.cover(next);
-        for session in &stored {
-            if let Some(parent) = &session.parent
-                && let Some(entry) = state.sessions.get_mut(parent)
-            {
-                entry.children.push(session.id.clone());
-            }
-        }
-        let keys = VerifyingKeys::new(&[signer.public_key()]);
+        let own = signer.public_key();
+        store
+            .add_token_key(&own.kid, &hex::encode(own.x), now_ms)
+            .await?;
+        store.publish(TOPIC_TOKEN_KEY, &own.kid).await?;
+        let state = read_state(&store, now_ms).await?;
         Ok(Self {
             settings,
             issuer,
             signer,
-            keys,
             store,
             state: RwLock::new(state),
             verified: Mutex::new(HashMap::new()),
@@ -280,7 +253,116 @@ impl Sessions {
 
     /// The JWKS of access tokens.
     pub fn jwks(&self) -> serde_json::Value {
-        serde_json::json!({"keys": [self.signer.public_key().jwk()]})
+        let keys: Vec<serde_json::Value> =
+            self.read().public_keys.iter().map(|k| k.jwk()).collect();
+        serde_json::json!({ "keys": keys })
+    }
+
+    /// Follows the store's change feed, so that sessions started, revoked or whose agents were
+    /// disabled on other replicas are known here within milliseconds. While the feed is lost,
+    /// every session is refused (fail closed); when it is back, the whole state is read again.
+    pub async fn follow(self: Arc<Self>) -> Result<(), StoreError> {
+        let mut feed = self.store.subscribe().await?;
+        tokio::spawn(async move {
+            while let Some(item) = feed.recv().await {
+                let applied = match item {
+                    zt_store::changes::Feed::Change(change) => self.apply(&change).await,
+                    zt_store::changes::Feed::Lost => {
+                        self.write().stale = true;
+                        tracing::warn!(
+                            "the store's change feed was lost: sessions are refused until it is back and the state read again"
+                        );
+                        Ok(())
+                    }
+                    zt_store::changes::Feed::Resumed => self.reread().await,
+                };
+                if let Err(e) = applied {
+                    // A change that could not be applied leaves this node behind: refuse
+                    // sessions until the state could be read whole again.
+                    tracing::error!(error = %crate::error_chain(&e), "a change from the store could not be applied; reading the whole state again");
+                    self.write().stale = true;
+                    while let Err(e) = self.reread().await {
+                        tracing::error!(error = %crate::error_chain(&e), "the session state could not be read; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Reads one session from the store into the registry (one started on another replica
+    /// that this one has not heard of yet); `false` if the store has none of that id.
+    pub async fn load_session(&self, id: &str) -> Result<bool, StoreError> {
+        match self.store.session(id).await? {
+            Some(session) => {
+                insert_session(&mut self.write(), &session)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Reads the whole state from the store again and takes it (clearing `stale`).
+    async fn reread(&self) -> Result<(), StoreError> {
+        let mut fresh = read_state(&self.store, crate::now_ms()).await?;
+        let mut state = self.write();
+        fresh.generation = state.generation + 1;
+        *state = fresh;
+        tracing::info!("session state read again from the store");
+        Ok(())
+    }
+
+    /// Applies one change another replica (or this one) made.
+    async fn apply(&self, change: &zt_store::changes::Change) -> Result<(), StoreError> {
+        match change.topic.as_str() {
+            TOPIC_START => {
+                if !self.read().sessions.contains_key(&change.key)
+                    && let Some(session) = self.store.session(&change.key).await?
+                {
+                    insert_session(&mut self.write(), &session)?;
+                }
+            }
+            TOPIC_REVOKE => {
+                for id in change.key.split(',').filter(|id| !id.is_empty()) {
+                    if !self.read().sessions.contains_key(id)
+                        && let Some(session) = self.store.session(id).await?
+                    {
+                        insert_session(&mut self.write(), &session)?;
+                    }
+                    let mut state = self.write();
+                    let mut revoked = Vec::new();
+                    revoke_tree(&mut state, id, &mut revoked);
+                }
+            }
+            TOPIC_AGENT => {
+                if let Some(agent) = self.store.agent(&change.key).await? {
+                    let agent = agent_info(agent)?;
+                    let mut state = self.write();
+                    if agent.disabled {
+                        let roots: Vec<String> = state
+                            .sessions
+                            .iter()
+                            .filter(|(_, s)| s.claim.agent == agent.name)
+                            .map(|(id, _)| id.clone())
+                            .collect();
+                        let mut revoked = Vec::new();
+                        for root in roots {
+                            revoke_tree(&mut state, &root, &mut revoked);
+                        }
+                    }
+                    state.agents.insert(agent.name.clone(), agent);
+                }
+            }
+            TOPIC_TOKEN_KEY => {
+                let fresh = read_state(&self.store, crate::now_ms()).await?;
+                let mut state = self.write();
+                state.keys = fresh.keys;
+                state.public_keys = fresh.public_keys;
+            }
+            other => tracing::debug!(topic = other, "a change of another kind, ignored"),
+        }
+        Ok(())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -361,6 +443,7 @@ impl Sessions {
         self.write()
             .agents
             .insert(agent.name.clone(), agent.clone());
+        self.store.publish(TOPIC_AGENT, &agent.name).await?;
         Ok(agent)
     }
 
@@ -392,6 +475,7 @@ impl Sessions {
         };
         self.store.disable_agent(name, now_ms).await?;
         self.store.revoke_sessions(&revoked, now_ms).await?;
+        self.store.publish(TOPIC_AGENT, name).await?;
         Ok(revoked)
     }
 
@@ -408,6 +492,7 @@ impl Sessions {
             revoked
         };
         self.store.revoke_sessions(&revoked, now_ms).await?;
+        self.store.publish(TOPIC_REVOKE, &revoked.join(",")).await?;
         Ok(revoked)
     }
 
@@ -422,8 +507,9 @@ impl Sessions {
     /// The session id of a token this service signed and that has not expired, revoked or not
     /// (for revocation by the token's holder).
     pub fn session_of(&self, token: &str, now_ms: i64) -> Result<String, SessionError> {
+        let keys = Arc::clone(&self.read().keys);
         let verified = UnverifiedToken::new(token).verify(
-            &self.keys,
+            &keys,
             &self.expectations(),
             now_ms.div_euclid(1000),
         )?;
@@ -433,6 +519,9 @@ impl Sessions {
     /// Verifies an access token and checks that its session is live at `now_ms`.
     pub fn verify(&self, token: &str, now_ms: i64) -> Result<LiveSession, SessionError> {
         let now = now_ms.div_euclid(1000);
+        if self.read().stale {
+            return Err(SessionError::Stale);
+        }
         let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
         let cached = self
             .verified
@@ -443,8 +532,9 @@ impl Sessions {
         let claims = match cached {
             Some(claims) => claims,
             None => {
+                let keys = Arc::clone(&self.read().keys);
                 let verified =
-                    UnverifiedToken::new(token).verify(&self.keys, &self.expectations(), now)?;
+                    UnverifiedToken::new(token).verify(&keys, &self.expectations(), now)?;
                 let claims = Arc::new(verified.claims);
                 if let Ok(mut cache) = self.verified.lock() {
                     if cache.len() >= MAX_CACHED_TOKENS {
@@ -456,6 +546,9 @@ impl Sessions {
             }
         };
         let state = self.read();
+        if state.stale {
+            return Err(SessionError::Stale);
+        }
         let id = &claims.session.session_id;
         let session = state
             .sessions
@@ -626,46 +719,52 @@ impl Sessions {
                 .or_else(|| parent.as_ref().and_then(|p| p.ticket.clone())),
         };
         let spiffe = spiffe_id(&self.settings.trust_domain, &start.agent, &id);
-        let status_idx = {
-            let mut state = self.write();
-            let idx = state.next_status;
-            state.next_status += 1;
-            let next = state.next_status;
-            state.status.cover(next);
-            state.generation += 1;
-            idx
+        // The status list place comes from the store, so that replicas never give one twice
+        // (the store refuses a place taken meanwhile: try the next).
+        let mut status_idx = self.store.next_status_idx().await?;
+        let mut attempts = 0;
+        let token = loop {
+            let claims = AccessClaims {
+                iss: self.issuer.clone(),
+                sub: spiffe.clone(),
+                aud: self.settings.audience.clone(),
+                exp: expires,
+                iat: now,
+                nbf: now,
+                jti: id.clone(),
+                client_id: start.agent.clone(),
+                session: claim.clone(),
+                status: Some(Status {
+                    status_list: StatusReference {
+                        idx: status_idx,
+                        uri: format!("{}{STATUS_LIST_PATH}", self.issuer),
+                    },
+                }),
+            };
+            let token = self.signer.sign(&claims)?;
+            let stored = self
+                .store
+                .add_session(&StoredSession {
+                    id: id.clone(),
+                    agent: start.agent.clone(),
+                    parent: claim.parent.clone(),
+                    claim: serde_json::to_string(&claim).unwrap_or_default(),
+                    started_by: broker.clone(),
+                    created_at_ms: now_ms,
+                    expires_at_ms: expires.saturating_mul(1000),
+                    revoked_at_ms: None,
+                    status_idx: i64::try_from(status_idx).ok(),
+                })
+                .await;
+            match stored {
+                Ok(()) => break token,
+                Err(StoreError::Exists(_)) if attempts < 8 => {
+                    attempts += 1;
+                    status_idx = self.store.next_status_idx().await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
-        let claims = AccessClaims {
-            iss: self.issuer.clone(),
-            sub: spiffe.clone(),
-            aud: self.settings.audience.clone(),
-            exp: expires,
-            iat: now,
-            nbf: now,
-            jti: id.clone(),
-            client_id: start.agent.clone(),
-            session: claim.clone(),
-            status: Some(Status {
-                status_list: StatusReference {
-                    idx: status_idx,
-                    uri: format!("{}{STATUS_LIST_PATH}", self.issuer),
-                },
-            }),
-        };
-        let token = self.signer.sign(&claims)?;
-        self.store
-            .add_session(&StoredSession {
-                id: id.clone(),
-                agent: start.agent.clone(),
-                parent: claim.parent.clone(),
-                claim: serde_json::to_string(&claim).unwrap_or_default(),
-                started_by: broker,
-                created_at_ms: now_ms,
-                expires_at_ms: expires.saturating_mul(1000),
-                revoked_at_ms: None,
-                status_idx: i64::try_from(status_idx).ok(),
-            })
-            .await?;
         let recorded = claim.clone();
         {
             let mut state = self.write();
@@ -684,9 +783,14 @@ impl Sessions {
                     status_idx: Some(status_idx),
                 },
             );
+            state.next_status = state.next_status.max(status_idx + 1);
+            let next = state.next_status;
+            state.status.cover(next);
+            state.generation += 1;
             // Expired sessions need no more keeping: their tokens are refused anyway.
             state.sessions.retain(|_, s| s.expires > now);
         }
+        self.store.publish(TOPIC_START, &id).await?;
         Ok(StartedSession {
             session_id: id,
             spiffe_id: spiffe,
@@ -698,6 +802,93 @@ impl Sessions {
             expires_at: expires,
         })
     }
+}
+
+/// Everything the registry holds, read from the store: agents, unexpired sessions, the status
+/// list, and every replica's token keys.
+async fn read_state(store: &Store, now_ms: i64) -> Result<State, StoreError> {
+    let mut state = State::default();
+    for agent in store.agents().await? {
+        let agent = agent_info(agent)?;
+        state.agents.insert(agent.name.clone(), agent);
+    }
+    let stored = store.unexpired_sessions(now_ms).await?;
+    for session in &stored {
+        insert_session(&mut state, session)?;
+    }
+    state.next_status = store.next_status_idx().await?;
+    let next = state.next_status;
+    state.status.cover(next);
+    let mut public_keys = Vec::new();
+    for (kid, public_key) in store.token_keys().await? {
+        let x: [u8; 32] = hex::decode(&public_key)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("token key `{kid}`")))?;
+        public_keys.push(zt_identity::session::PublicKey { kid, x });
+    }
+    state.keys = Arc::new(VerifyingKeys::new(&public_keys));
+    state.public_keys = public_keys;
+    Ok(state)
+}
+
+/// Adds a stored session to the registry (its status bit, its place among its parent's
+/// children), unless it is there already.
+fn insert_session(state: &mut State, session: &StoredSession) -> Result<(), StoreError> {
+    if state.sessions.contains_key(&session.id) {
+        return Ok(());
+    }
+    let entry = session_entry(session)?;
+    if let Some(idx) = entry.status_idx {
+        if entry.revoked {
+            state.status.revoke(idx);
+        }
+        state.next_status = state.next_status.max(idx + 1);
+        let next = state.next_status;
+        state.status.cover(next);
+    }
+    // Children may be read before their parent: link both ways.
+    let children: Vec<String> = state
+        .sessions
+        .iter()
+        .filter(|(_, s)| s.claim.parent.as_deref() == Some(session.id.as_str()))
+        .map(|(id, _)| id.clone())
+        .collect();
+    if let Some(parent) = &session.parent
+        && let Some(parent) = state.sessions.get_mut(parent)
+    {
+        parent.children.push(session.id.clone());
+    }
+    state
+        .sessions
+        .insert(session.id.clone(), SessionEntry { children, ..entry });
+    state.generation += 1;
+    Ok(())
+}
+
+fn agent_info(agent: StoredAgent) -> Result<AgentInfo, StoreError> {
+    let details: AgentDetails = serde_json::from_str(&agent.details)
+        .map_err(|e| StoreError::Corrupt(format!("agent `{}`: {e}", agent.name)))?;
+    Ok(AgentInfo {
+        name: agent.name,
+        owner: agent.owner,
+        description: details.description,
+        allowed_models: details.allowed_models,
+        allowed_tool_manifests: details.allowed_tool_manifests,
+        disabled: agent.disabled_at_ms.is_some(),
+    })
+}
+
+fn session_entry(session: &StoredSession) -> Result<SessionEntry, StoreError> {
+    let claim: SessionClaim = serde_json::from_str(&session.claim)
+        .map_err(|e| StoreError::Corrupt(format!("session `{}`: {e}", session.id)))?;
+    Ok(SessionEntry {
+        claim,
+        expires: session.expires_at_ms / 1000,
+        revoked: session.revoked_at_ms.is_some(),
+        children: Vec::new(),
+        status_idx: session.status_idx.and_then(|i| u64::try_from(i).ok()),
+    })
 }
 
 /// Who starts a session.

@@ -143,7 +143,14 @@ impl Store {
         Ok(found == 1)
     }
 
+    /// Stores a new session; [`StoreError::Exists`] if its id or status list place is taken.
     pub async fn add_session(&self, session: &StoredSession) -> Result<(), StoreError> {
+        let unique = |e: sqlx::Error| match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Exists(session.id.clone())
+            }
+            _ => StoreError::Database(e),
+        };
         match &self.backend {
             Backend::Sqlite(pool, _) => {
                 sqlx::query(
@@ -159,7 +166,8 @@ impl Store {
                 .bind(session.expires_at_ms)
                 .bind(session.status_idx)
                 .execute(pool)
-                .await?;
+                .await
+                .map_err(unique)?;
             }
             Backend::Postgres(pool) => {
                 sqlx::query(
@@ -175,7 +183,8 @@ impl Store {
                 .bind(session.expires_at_ms)
                 .bind(session.status_idx)
                 .execute(pool)
-                .await?;
+                .await
+                .map_err(unique)?;
             }
         }
         Ok(())
@@ -205,6 +214,105 @@ impl Store {
             .map(session_from_pg)
             .collect(),
         }
+    }
+
+    /// The agent `name`, if registered.
+    pub async fn agent(&self, name: &str) -> Result<Option<StoredAgent>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool, _) => sqlx::query(
+                "SELECT name, owner, details, created_at_ms, disabled_at_ms FROM zt_agents WHERE name = ?",
+            )
+            .bind(name)
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(agent_from_sqlite)
+            .transpose(),
+            Backend::Postgres(pool) => sqlx::query(
+                "SELECT name, owner, details, created_at_ms, disabled_at_ms FROM zt_agents WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(agent_from_pg)
+            .transpose(),
+        }
+    }
+
+    /// The session `id`, if stored.
+    pub async fn session(&self, id: &str) -> Result<Option<StoredSession>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool, _) => sqlx::query(
+                "SELECT id, agent, parent, claim, started_by, created_at_ms, expires_at_ms, revoked_at_ms, status_idx
+                 FROM zt_sessions WHERE id = ?",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(session_from_sqlite)
+            .transpose(),
+            Backend::Postgres(pool) => sqlx::query(
+                "SELECT id, agent, parent, claim, started_by, created_at_ms, expires_at_ms, revoked_at_ms, status_idx
+                 FROM zt_sessions WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(session_from_pg)
+            .transpose(),
+        }
+    }
+
+    /// Records a token signing key's public half (once; a key already there stays).
+    pub async fn add_token_key(
+        &self,
+        kid: &str,
+        public_key: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool, _) => {
+                sqlx::query("INSERT INTO zt_token_keys (kid, public_key, created_at_ms) VALUES (?, ?, ?) ON CONFLICT (kid) DO NOTHING")
+                    .bind(kid)
+                    .bind(public_key)
+                    .bind(now_ms)
+                    .execute(pool)
+                    .await?;
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query("INSERT INTO zt_token_keys (kid, public_key, created_at_ms) VALUES ($1, $2, $3) ON CONFLICT (kid) DO NOTHING")
+                    .bind(kid)
+                    .bind(public_key)
+                    .bind(now_ms)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every token signing key's `(kid, public key)`.
+    pub async fn token_keys(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = match &self.backend {
+            Backend::Sqlite(pool, _) => {
+                sqlx::query_as(
+                    "SELECT kid, public_key FROM zt_token_keys ORDER BY created_at_ms, kid",
+                )
+                .fetch_all(pool)
+                .await?
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT kid, public_key FROM zt_token_keys ORDER BY created_at_ms, kid",
+                )
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        Ok(rows)
     }
 
     /// One past the highest status list index ever given to a session (0 for none).
@@ -276,7 +384,7 @@ mod tests {
             store.add_agent(&agent).await,
             Err(StoreError::Exists(_))
         ));
-        let session = |id: &str, parent: Option<&str>, expires| StoredSession {
+        let session = |id: &str, parent: Option<&str>, expires, idx| StoredSession {
             id: id.into(),
             agent: "triage-bot".into(),
             parent: parent.map(str::to_owned),
@@ -285,15 +393,38 @@ mod tests {
             created_at_ms: 2,
             expires_at_ms: expires,
             revoked_at_ms: None,
-            status_idx: Some(7),
+            status_idx: Some(idx),
         };
-        store.add_session(&session("a", None, 100)).await.unwrap();
         store
-            .add_session(&session("b", Some("a"), 100))
+            .add_session(&session("a", None, 100, 5))
             .await
             .unwrap();
-        store.add_session(&session("old", None, 10)).await.unwrap();
-        assert!(store.add_session(&session("a", None, 100)).await.is_err());
+        store
+            .add_session(&session("b", Some("a"), 100, 7))
+            .await
+            .unwrap();
+        store
+            .add_session(&session("old", None, 10, 6))
+            .await
+            .unwrap();
+        // A taken id, or a taken status list place, is refused as taken.
+        assert!(matches!(
+            store.add_session(&session("a", None, 100, 8)).await,
+            Err(StoreError::Exists(_))
+        ));
+        assert!(matches!(
+            store.add_session(&session("c", None, 100, 7)).await,
+            Err(StoreError::Exists(_))
+        ));
+        let b = store.session("b").await.unwrap().unwrap();
+        assert_eq!(b.parent.as_deref(), Some("a"));
+        assert_eq!(store.session("zz").await.unwrap(), None);
+        let agent = store.agent("triage-bot").await.unwrap().unwrap();
+        assert_eq!(agent.owner, "team-sre");
+        store.add_token_key("k1", "00", 1).await.unwrap();
+        store.add_token_key("k1", "11", 2).await.unwrap();
+        let keys = store.token_keys().await.unwrap();
+        assert_eq!(keys, [("k1".to_owned(), "00".to_owned())]);
         store
             .revoke_sessions(&["a".into(), "b".into()], 50)
             .await

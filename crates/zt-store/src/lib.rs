@@ -23,6 +23,7 @@ use sqlx::{Executor, Row};
 
 mod agents;
 mod appender;
+pub mod changes;
 mod credentials;
 mod evidence;
 pub use agents::{StoredAgent, StoredSession};
@@ -189,6 +190,8 @@ fn private_files(path: &Path) -> std::io::Result<()> {
 pub struct Store {
     backend: Backend,
     location: Location,
+    /// Changes made by this process, for its own subscribers ([`changes`]).
+    local: changes::LocalFeed,
 }
 
 /// The migrations, in order; a migration is one or more statements valid on both backends,
@@ -247,6 +250,16 @@ const MIGRATIONS: &[&[&str]] = &[
     ],
     // A session's place in the Token Status List of its tokens.
     &["ALTER TABLE zt_sessions ADD COLUMN status_idx BIGINT"],
+    // Each replica's token signing key, so that every replica verifies every token; and one
+    // status list place per session, whichever replica started it.
+    &[
+        "CREATE TABLE zt_token_keys (
+            kid TEXT NOT NULL PRIMARY KEY,
+            public_key TEXT NOT NULL,
+            created_at_ms BIGINT NOT NULL
+        )",
+        "CREATE UNIQUE INDEX zt_sessions_status_idx ON zt_sessions (status_idx)",
+    ],
 ];
 
 impl Store {
@@ -295,6 +308,7 @@ impl Store {
         let store = Self {
             backend,
             location: location.clone(),
+            local: changes::LocalFeed::new(),
         };
         store.migrate().await?;
         Ok(store)

@@ -114,6 +114,19 @@ impl Server {
         http::sync::Client::with_token(&self.admin_token())
     }
 
+    /// A client that presents `token` (another replica's admin token, say).
+    fn admin_with(&self, token: &str) -> http::sync::Client {
+        http::sync::Client::with_token(token)
+    }
+
+    /// The keys of the session tokens' JWKS.
+    fn get_keys(&self) -> Vec<serde_json::Value> {
+        client().get(&self.url("/.well-known/jwks.json")).json()["keys"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
     fn logs(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }

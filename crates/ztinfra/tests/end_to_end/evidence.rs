@@ -466,7 +466,7 @@ fn kill_9_loses_no_acknowledged_decision_on_sqlite() {
 
 /// A PostgreSQL URL whose connections use a new schema of their own; `None` (skip) when
 /// `ZTINFRA_TEST_POSTGRES_URL` is unset outside CI.
-fn postgres_schema(name: &str) -> Option<(String, String)> {
+pub(crate) fn postgres_schema(name: &str) -> Option<(String, String)> {
     let url = match std::env::var("ZTINFRA_TEST_POSTGRES_URL") {
         Ok(url) if !url.is_empty() => url,
         _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
@@ -489,7 +489,7 @@ fn postgres_schema(name: &str) -> Option<(String, String)> {
     Some((url, scoped))
 }
 
-fn psql(url: &str, sql: &str) {
+pub(crate) fn psql(url: &str, sql: &str) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -6,6 +6,8 @@ use std::os::unix::fs::PermissionsExt as _;
 use serde_json::{Value, json};
 
 use crate::http::sync::Client;
+use std::time::{Duration, Instant};
+
 use crate::{BIN, Server, client, demo_dir, run, wait_for};
 
 /// A copy of the demo policy set, served with authenticated callers (the default without
@@ -1074,4 +1076,157 @@ fn admin_endpoints_can_be_served_on_an_address_of_their_own() {
         .status()
         .unwrap();
     assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn replicas_on_postgresql_share_sessions_and_revocations_and_fail_closed_without_their_feed() {
+    let Some((url, scoped)) = super::evidence::postgres_schema("replicas") else {
+        return;
+    };
+    let policies = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(demo_dir()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), policies.path().join(entry.file_name())).unwrap();
+    }
+    let args = [
+        "--callers",
+        "authenticated",
+        "--policies",
+        policies.path().to_str().unwrap(),
+        "--store",
+        scoped.as_str(),
+        "--public-url",
+        "http://pdp.test",
+    ];
+    let a = Server::start(&args);
+    let b = Server::start(&args);
+    let credential = |name: &str, role: &str| {
+        let out = run(&[
+            "credentials",
+            "add",
+            name,
+            "--role",
+            role,
+            "--store",
+            &scoped,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let broker = Client::with_token(&credential("launcher", "broker"));
+    let admin = a.admin();
+    assert_eq!(
+        admin
+            .post_json(
+                &a.url("/v1/agents"),
+                &json!({"name": "demo-agent", "owner": "team-sre"})
+            )
+            .status,
+        201
+    );
+    let read = json!({"action": "aws.ec2.describe_instances", "resource": "i-1", "context": {"env": "prod"}});
+    let session = |server: &Server| {
+        let (status, started) = start(
+            &broker,
+            server,
+            &json!({"agent": "demo-agent", "on_behalf_of": "alice"}),
+        );
+        assert_eq!(status, 201, "{started}");
+        (
+            started["session_id"].as_str().unwrap().to_owned(),
+            Client::with_token(started["access_token"].as_str().unwrap()),
+        )
+    };
+
+    // Started on A, it decides on B at once (B reads a session it has not heard of yet).
+    let (id, agent) = session(&a);
+    assert_eq!(
+        agent.post_json(&b.url("/v1/decide"), &read).json()["decision"],
+        "allow"
+    );
+    // And B's JWKS holds A's key: tokens verify on any replica.
+    assert_eq!(b.get_keys().len(), 2);
+
+    // Revoked on A: B refuses it within milliseconds, pushed, not polled.
+    let revoked_at = Instant::now();
+    assert_eq!(
+        admin
+            .post_json(&a.url(&format!("/v1/sessions/{id}/revoke")), &json!({}))
+            .status,
+        200
+    );
+    wait_for("B to refuse the revoked session", || {
+        agent.post_json(&b.url("/v1/decide"), &read).status == 401
+    });
+    assert!(revoked_at.elapsed() < Duration::from_secs(2));
+
+    // Disabled on B: A refuses the agent's sessions too.
+    let (_, other) = session(&a);
+    assert_eq!(other.post_json(&a.url("/v1/decide"), &read).status, 200);
+    assert_eq!(
+        b.admin_with(&a.admin_token())
+            .post_json(&b.url("/v1/agents/demo-agent/disable"), &json!({}))
+            .status,
+        200
+    );
+    wait_for("A to refuse the disabled agent's session", || {
+        other.post_json(&a.url("/v1/decide"), &read).status == 401
+    });
+    assert_eq!(
+        admin
+            .post_json(
+                &a.url("/v1/agents"),
+                &json!({"name": "agent-2", "owner": "team-sre"})
+            )
+            .status,
+        201
+    );
+
+    // The feed is cut (every LISTEN connection terminated) and a session revoked meanwhile:
+    // B never allows it, whether it heard of the revocation or read the state again.
+    let (_, started) = start(
+        &broker,
+        &a,
+        &json!({"agent": "agent-2", "on_behalf_of": "bob"}),
+    );
+    let third_id = started["session_id"].as_str().unwrap().to_owned();
+    let third = Client::with_token(started["access_token"].as_str().unwrap());
+    assert_eq!(
+        third
+            .post_json(
+                &b.url("/v1/decide"),
+                &json!({"action": "aws.ec2.describe_instances", "resource": "i-1"})
+            )
+            .status,
+        200
+    );
+    super::evidence::psql(
+        &url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    );
+    assert_eq!(
+        admin
+            .post_json(
+                &a.url(&format!("/v1/sessions/{third_id}/revoke")),
+                &json!({})
+            )
+            .status,
+        200
+    );
+    let probe = json!({"action": "aws.ec2.describe_instances", "resource": "i-1"});
+    let mut seen = Vec::new();
+    wait_for(
+        "B to refuse the session revoked while its feed was down",
+        || {
+            let status = third.post_json(&b.url("/v1/decide"), &probe).status;
+            seen.push(status);
+            status == 401
+        },
+    );
+    assert!(!seen.contains(&200), "{seen:?}");
+    assert!(b.logs().contains("change feed"), "{}", b.logs());
 }
