@@ -43,8 +43,9 @@ impl Default for SessionSettings {
     }
 }
 
-/// What the registry knows of an agent.
+/// What the registry knows of an agent (and, without `disabled`, what registers one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AgentInfo {
     pub name: String,
     /// The person or team responsible for it.
@@ -381,10 +382,7 @@ impl Sessions {
     /// session was started or revoked since (or the last one is half its lifetime old).
     pub fn status_list_token(&self, now_ms: i64) -> Result<String, String> {
         let now = now_ms.div_euclid(1000);
-        let (generation, list) = {
-            let state = self.read();
-            (state.generation, state.status.clone())
-        };
+        let generation = self.read().generation;
         let mut cache = self
             .status_token
             .lock()
@@ -395,6 +393,10 @@ impl Sessions {
         {
             return Ok(token.clone());
         }
+        let (generation, list) = {
+            let state = self.read();
+            (state.generation, state.status.clone())
+        };
         let uri = format!("{}{STATUS_LIST_PATH}", self.issuer);
         let token = list.token(&self.signer, &uri, now, STATUS_LIST_TTL)?;
         *cache = Some((generation, now, token.clone()));

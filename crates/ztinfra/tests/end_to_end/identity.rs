@@ -662,6 +662,28 @@ fn bad_sessions_and_tokens_are_refused_with_their_reason() {
     let pep = Client::with_token(&add(&server, "gateway-1", "pep"));
     let admin = server.admin();
 
+    // An agent registration with a misspelt member is refused, not half taken.
+    let typo = admin.post_json(
+        &server.url("/v1/agents"),
+        &json!({"name": "x1", "owner": "o", "allowed_model": ["gpt-5"]}),
+    );
+    assert_eq!(typo.status, 400);
+    assert!(
+        typo.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `allowed_model`")
+    );
+    for bad in [
+        json!({"name": "a b", "owner": "o"}),
+        json!({"name": "x2", "owner": " "}),
+    ] {
+        assert_eq!(
+            admin.post_json(&server.url("/v1/agents"), &bad).status,
+            400,
+            "{bad}"
+        );
+    }
     // Who may start sessions: a broker, not an enforcement point or an admin.
     for c in [&pep, &admin] {
         assert_eq!(start(c, &server, &root_session()).0, 403);
