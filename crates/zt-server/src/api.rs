@@ -85,6 +85,7 @@ pub struct Health {
 
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&BearerScheme),
     info(
         title = "ZT-Infra decision service",
         description = "Policy decisions for autonomous agents: deny by default, fail closed."
@@ -156,6 +157,22 @@ pub struct Health {
     ))
 )]
 struct ApiDoc;
+
+/// The `bearer` security scheme the protected endpoints name: an operator's or enforcement
+/// point's credential, or an agent session's access token.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let mut http = Http::new(HttpAuthScheme::Bearer);
+        http.description = Some("A credential (`ztinfra credentials add`: admin, broker, auditor or pep, each for its own endpoints) or an agent session's access token (a JWT). Without one: 401 with `WWW-Authenticate: Bearer`; with one of the wrong role: 403; both as problem details. Decisions and evidence reads need none when callers are open.".into());
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(http));
+    }
+}
 
 /// The OpenAPI 3.1 document of this API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
@@ -373,6 +390,7 @@ pub(crate) async fn answer_one(
 /// Decide one request.
 #[utoipa::path(
     post, path = "/v1/decide",
+    security(("bearer" = [])),
     request_body = DecisionRequest,
     responses(
         (status = 200, description = "The decision (allow or deny: a deny is data, not an error)", body = DecisionResponse),
@@ -402,6 +420,7 @@ async fn decide(
 /// Decide several requests at once, answered in order.
 #[utoipa::path(
     post, path = "/v1/decide/batch",
+    security(("bearer" = [])),
     request_body = BatchRequest,
     responses(
         (status = 200, description = "One decision per request, in order", body = BatchResponse),
@@ -516,6 +535,7 @@ pub(crate) fn possible(
 /// gateway hides the rest). Not a decision, and not recorded.
 #[utoipa::path(
     post, path = "/v1/actions/possible",
+    security(("bearer" = [])),
     request_body = PossibleQuery,
     responses(
         (status = 200, description = "The actions some permit policy could allow, in query order", body = PossibleActions),
@@ -544,6 +564,7 @@ async fn policies(State(app): State<Arc<AppState>>) -> Json<PolicyStatus> {
 /// Reload the policy set from its directory. On failure the previous set stays active.
 #[utoipa::path(
     post, path = "/v1/policies/reload",
+    security(("bearer" = [])),
     responses(
         (status = 200, description = "Reloaded (or unchanged)", body = Reloaded),
         (status = 422, description = "The set on disk is invalid; every error is listed with file and line, and the previous set stays active", body = Problem, content_type = "application/problem+json"),
@@ -665,6 +686,7 @@ type Params = axum::extract::Query<std::collections::HashMap<String, String>>;
 /// A record of the evidence log, by sequence number.
 #[utoipa::path(
     get, path = "/v1/evidence/{seq}",
+    security(("bearer" = [])),
     params(("seq" = u64, Path, description = "sequence number")),
     responses((status = 200, body = EvidenceRecord), (status = 404, body = Problem, content_type = "application/problem+json"))
 )]
@@ -822,7 +844,7 @@ pub struct EntityEdit {
 }
 
 /// Every entity of the entity store (all entity files of the policy directory).
-#[utoipa::path(get, path = "/v1/entities", responses((status = 200, body = EntityList)))]
+#[utoipa::path(get, path = "/v1/entities", security(("bearer" = [])), responses((status = 200, body = EntityList)))]
 async fn entities(State(app): State<Arc<AppState>>, _: Reader) -> Json<EntityList> {
     app.policies.with_engine(|engine| {
         Json(EntityList {
@@ -859,6 +881,7 @@ fn entity_edit_problem(e: crate::policies::EntityEditError) -> Problem {
 /// checked with the new entities first; if it does not load, nothing changes.
 #[utoipa::path(
     put, path = "/v1/entities",
+    security(("bearer" = [])),
     request_body = EntityEdit,
     responses(
         (status = 200, body = Reloaded),
@@ -892,6 +915,7 @@ fn entity_key(entity: &serde_json::Value) -> Option<(String, String)> {
 /// Add entities to the entity file, replacing those with the same type and id, and reload.
 #[utoipa::path(
     post, path = "/v1/entities",
+    security(("bearer" = [])),
     request_body = EntityEdit,
     responses(
         (status = 200, body = Reloaded),

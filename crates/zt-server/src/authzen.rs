@@ -149,6 +149,7 @@ fn bind(
 /// Access Evaluation API: one decision.
 #[utoipa::path(
     post, path = "/access/v1/evaluation",
+    security(("bearer" = [])),
     request_body(content = Object, description = "`{subject, action, resource, context?}`"),
     responses(
         (status = 200, body = AuthzenDecision),
@@ -222,6 +223,7 @@ pub struct AuthzenDecisions {
 /// Evaluation API does.
 #[utoipa::path(
     post, path = "/access/v1/evaluations",
+    security(("bearer" = [])),
     request_body(content = Object, description = "`{subject?, action?, resource?, context?, options?, evaluations: [...]}`"),
     responses(
         (status = 200, body = AuthzenDecisions),
@@ -391,6 +393,7 @@ pub struct SearchResults {
 /// Subject Search API: the subjects of a type that may perform the action on the resource.
 #[utoipa::path(
     post, path = "/access/v1/search/subject",
+    security(("bearer" = [])),
     request_body(content = Object, description = "`{subject: {type}, action, resource, context?, page?}`"),
     responses((status = 200, body = SearchResults), (status = 400, body = Problem, content_type = "application/problem+json"))
 )]
@@ -405,6 +408,7 @@ pub(crate) async fn search_subject(
 /// Resource Search API: the resources of a type the subject may perform the action on.
 #[utoipa::path(
     post, path = "/access/v1/search/resource",
+    security(("bearer" = [])),
     request_body(content = Object, description = "`{subject, action, resource: {type}, context?, page?}`"),
     responses((status = 200, body = SearchResults), (status = 400, body = Problem, content_type = "application/problem+json"))
 )]
@@ -419,6 +423,7 @@ pub(crate) async fn search_resource(
 /// Action Search API: the actions the subject may perform on the resource.
 #[utoipa::path(
     post, path = "/access/v1/search/action",
+    security(("bearer" = [])),
     request_body(content = Object, description = "`{subject, resource, context?, page?}`"),
     responses((status = 200, body = SearchResults), (status = 400, body = Problem, content_type = "application/problem+json"))
 )]

@@ -115,7 +115,7 @@ pub struct AgentList {
 }
 
 /// Registered agents.
-#[utoipa::path(get, path = "/v1/agents", responses((status = 200, body = AgentList)))]
+#[utoipa::path(get, path = "/v1/agents", security(("bearer" = [])), responses((status = 200, body = AgentList)))]
 pub(crate) async fn agents(State(app): State<Arc<AppState>>, _: Reader) -> Json<AgentList> {
     Json(AgentList {
         agents: app.sessions.agents(),
@@ -125,6 +125,7 @@ pub(crate) async fn agents(State(app): State<Arc<AppState>>, _: Reader) -> Json<
 /// Register an agent (admin).
 #[utoipa::path(
     post, path = "/v1/agents",
+    security(("bearer" = [])),
     request_body = AgentInfo,
     responses(
         (status = 201, body = AgentInfo),
@@ -155,6 +156,7 @@ pub struct Revocation {
 /// Disable an agent (admin): it gets no new sessions, and its sessions (and theirs) are revoked.
 #[utoipa::path(
     post, path = "/v1/agents/{name}/disable",
+    security(("bearer" = [])),
     params(("name" = String, Path, description = "agent")),
     responses((status = 200, body = Revocation), (status = 404, body = Problem, content_type = "application/problem+json"))
 )]
@@ -183,6 +185,7 @@ pub(crate) async fn disable_agent(
 /// Start an agent session (a broker; or, for a child, the parent session's own token).
 #[utoipa::path(
     post, path = "/v1/sessions",
+    security(("bearer" = [])),
     request_body = SessionStart,
     responses(
         (status = 201, body = StartedSession),
@@ -253,6 +256,7 @@ pub(crate) async fn start_session(
 /// Revoke a session and every session descending from it (admin).
 #[utoipa::path(
     post, path = "/v1/sessions/{id}/revoke",
+    security(("bearer" = [])),
     params(("id" = String, Path, description = "session id")),
     responses((status = 200, body = Revocation), (status = 404, body = Problem, content_type = "application/problem+json"))
 )]

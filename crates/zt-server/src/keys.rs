@@ -146,12 +146,17 @@ pub fn load_or_generate_file(dir: &Path, file: &str) -> Result<Signer, KeyError>
 /// public side and the new key. The old private key is gone afterwards: it can no longer sign,
 /// while its public key stays in the log's keyring so that what it signed still verifies.
 pub fn rotate(dir: &Path) -> Result<(KeyInfo, Signer), KeyError> {
-    let path = dir.join(KEY_FILE);
+    rotate_file(dir, KEY_FILE)
+}
+
+/// As [`rotate`], for the key in `dir/file` (the session token key, [`SESSION_KEY_FILE`]).
+pub fn rotate_file(dir: &Path, file: &str) -> Result<(KeyInfo, Signer), KeyError> {
+    let path = dir.join(file);
     if !path.exists() {
         return Err(KeyError::Missing(path));
     }
-    let old = load_or_generate(dir)?;
-    let staging = dir.join("signing.key.new");
+    let old = load_or_generate_file(dir, file)?;
+    let staging = dir.join(format!("{file}.new"));
     let file_error = |source| KeyError::File {
         path: staging.clone(),
         source,

@@ -84,6 +84,7 @@ pub struct ActionAnswer {
 /// Decide one action (the ZT-Infra reference contract).
 #[utoipa::path(
     post, path = "/actions",
+    security(("bearer" = [])),
     request_body(content = DecisionRequest, description = "The decision request; unlike `/v1/decide`, `resource` may be left out (no particular resource: `Resource::\"\"`, recorded as `\"\"`)"),
     responses(
         (status = 200, description = "Allowed", body = ActionAnswer),

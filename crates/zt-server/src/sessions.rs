@@ -145,10 +145,10 @@ struct State {
 
 /// The topics of the store's change feed ([`zt_store::changes`]) this registry publishes and
 /// follows.
-const TOPIC_START: &str = "session.start";
-const TOPIC_REVOKE: &str = "session.revoke";
-const TOPIC_AGENT: &str = "agent";
-const TOPIC_TOKEN_KEY: &str = "token_key";
+pub const TOPIC_START: &str = "session.start";
+pub const TOPIC_REVOKE: &str = "session.revoke";
+pub const TOPIC_AGENT: &str = "agent";
+pub const TOPIC_TOKEN_KEY: &str = "token_key";
 
 /// The path of the sessions' Token Status List.
 pub const STATUS_LIST_PATH: &str = "/v1/status-lists/sessions";

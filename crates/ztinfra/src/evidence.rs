@@ -110,6 +110,10 @@ pub enum KeysCommand {
     Rotate {
         #[command(flatten)]
         store: StoreArgs,
+        /// Rotate the key that signs agent sessions' access tokens instead: its public half
+        /// stays in every replica's JWKS, so tokens it signed verify until they expire.
+        #[arg(long)]
+        sessions: bool,
     },
 }
 
@@ -183,7 +187,14 @@ pub fn run_keys(command: KeysCommand) -> ExitCode {
                     println!("{}", serde_json::to_string_pretty(&keyring)?);
                     Ok(())
                 }
-                KeysCommand::Rotate { store: args } => rotate(&args).await,
+                KeysCommand::Rotate {
+                    store: args,
+                    sessions: false,
+                } => rotate(&args).await,
+                KeysCommand::Rotate {
+                    store: args,
+                    sessions: true,
+                } => rotate_sessions(&args).await,
             }
         })
     });
@@ -199,6 +210,27 @@ pub fn run_keys(command: KeysCommand) -> ExitCode {
 async fn keyring(store: &Store) -> anyhow::Result<Keyring> {
     let origin = zt_server::evidence::origin(store).await?;
     Ok(zt_server::evidence::load_keyring(store, &origin).await?)
+}
+
+async fn rotate_sessions(args: &StoreArgs) -> anyhow::Result<()> {
+    let store = args.open().await?;
+    let (old, new) = zt_server::keys::rotate_file(
+        &args.data_dir().join("keys"),
+        zt_server::keys::SESSION_KEY_FILE,
+    )?;
+    let public = new.token_signer().public_key();
+    store
+        .add_token_key(&public.kid, &hex::encode(public.x), zt_server::now_ms())
+        .await?;
+    store
+        .publish(zt_server::sessions::TOPIC_TOKEN_KEY, &public.kid)
+        .await?;
+    store.close().await;
+    println!(
+        "rotated: agent session tokens are signed with key {} after a restart; key {} stays in the JWKS, so the tokens it signed verify until they expire",
+        public.kid, old.key_id
+    );
+    Ok(())
 }
 
 async fn rotate(args: &StoreArgs) -> anyhow::Result<()> {

@@ -858,6 +858,23 @@ fn operations_endpoints() {
         assert!(openapi["paths"][path].is_object(), "{path} missing");
     }
     assert!(openapi["components"]["schemas"]["DecisionRequest"].is_object());
+    // The protected endpoints name the bearer scheme; the public ones do not.
+    assert_eq!(
+        openapi["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    for (path, method) in [
+        ("/v1/decide", "post"),
+        ("/v1/policies/reload", "post"),
+        ("/v1/sessions", "post"),
+    ] {
+        assert_eq!(
+            openapi["paths"][path][method]["security"],
+            serde_json::json!([{"bearer": []}]),
+            "{path}"
+        );
+    }
+    assert!(openapi["paths"]["/v1/policies"]["get"]["security"].is_null());
     let missing = c.get(&server.url("/v1/nothing"));
     assert_eq!(
         (missing.status, missing.content_type.as_str()),

@@ -1252,3 +1252,69 @@ fn replicas_on_postgresql_share_sessions_and_revocations_and_fail_closed_without
     assert!(!seen.contains(&200), "{seen:?}");
     assert!(b.logs().contains("change feed"), "{}", b.logs());
 }
+
+#[test]
+fn a_rotated_session_key_keeps_verifying_what_it_signed() {
+    let (mut server, policies) = session_server();
+    let broker = Client::with_token(&add(&server, "launcher", "broker"));
+    let (_, started) = start(&broker, &server, &root_session());
+    let old_token = started["access_token"].as_str().unwrap().to_owned();
+    let old_kid = claims_kid(&old_token);
+    assert_eq!(server.terminate().code(), Some(0));
+    let data = std::sync::Arc::clone(&server.data);
+    drop(server);
+    let rotated = run(&[
+        "keys",
+        "rotate",
+        "--sessions",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ]);
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    assert!(String::from_utf8_lossy(&rotated.stdout).contains(&old_kid));
+    let args = [
+        "--callers",
+        "authenticated",
+        "--policies",
+        policies.path().to_str().unwrap(),
+        "--public-url",
+        "http://pdp.test",
+    ];
+    let server = Server::start_in(data, &args, &[]);
+    // The old token still decides; new tokens are signed with the new key; both are published.
+    assert_eq!(
+        Client::with_token(&old_token)
+            .post_json(&server.url("/v1/decide"), &write())
+            .json()["decision"],
+        "allow"
+    );
+    let (_, fresh) = start(&broker, &server, &root_session());
+    let new_kid = claims_kid(fresh["access_token"].as_str().unwrap());
+    assert_ne!(new_kid, old_kid);
+    let kids: Vec<String> = server
+        .get_keys()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        kids.contains(&old_kid) && kids.contains(&new_kid),
+        "{kids:?}"
+    );
+}
+
+/// The `kid` of a JWT's header.
+fn claims_kid(jwt: &str) -> String {
+    use base64::Engine as _;
+    let header = jwt.split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
