@@ -16,9 +16,6 @@ shift $(( $# < 2 ? $# : 2 ))
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 build_release
-pin_server=() pin_load=()
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  pin_server=(taskset -c 0) pin_load=(taskset -c 1)
-fi
+pin_cpus
 start_server "${pin_server[@]}"
 "${pin_load[@]}" target/release/zt-loadgen --addr "$addr" --connections "$connections" --duration "$seconds" "$@"

@@ -17,10 +17,7 @@ rounds=${3:-3}
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 build_release
-pin_server=() pin_load=()
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  pin_server=(taskset -c 0) pin_load=(taskset -c 1)
-fi
+pin_cpus
 data=$(mktemp -d)
 server=
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$data"' EXIT

@@ -1,6 +1,15 @@
 # Shared by the bench scripts: build the release binaries and start a server.
 # shellcheck shell=bash
 
+# pin_cpus: sets $pin_server and $pin_load, command prefixes that pin the server to CPU 0 and
+# the load generator to CPU 1 when taskset is there and the machine has two CPUs (else empty).
+pin_cpus() {
+  pin_server=() pin_load=()
+  if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+    pin_server=(taskset -c 0) pin_load=(taskset -c 1)
+  fi
+}
+
 build_release() {
   cargo build --release --locked -p ztinfra -p zt-loadgen >&2
 }

@@ -11,10 +11,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 2; }
 build_release
-pin_server=() pin_load=()
-if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  pin_server=(taskset -c 0) pin_load=(taskset -c 1)
-fi
+pin_cpus
 start_server "${pin_server[@]}"
 body='{"actor":"demo-agent","action":"aws.ec2.describe_instances","resource":"i-1","context":{"env":"prod"}}'
 echo "$body" > "$data/body.jsonl"

@@ -110,7 +110,7 @@ pub struct StartedSession {
     pub evidence: Option<crate::evidence::Receipt>,
     /// The session as its record holds it (not sent: the token carries it).
     #[serde(skip)]
-    pub claim: Option<SessionClaim>,
+    pub claim: SessionClaim,
     #[serde(skip)]
     pub expires_at: i64,
 }
@@ -129,10 +129,8 @@ struct SessionEntry {
 struct State {
     agents: HashMap<String, AgentInfo>,
     sessions: HashMap<String, SessionEntry>,
-    /// One bit per session ever started here: set when revoked.
+    /// One bit per session whose place is known here: set when revoked.
     status: StatusList,
-    /// The next status list index.
-    next_status: u64,
     /// Changes with every start and revocation: when the served list must be made again.
     generation: u64,
     /// The keys of every replica's tokens, and their public halves for the JWKS.
@@ -341,25 +339,16 @@ impl Sessions {
                     let agent = agent_info(agent)?;
                     let mut state = self.write();
                     if agent.disabled {
-                        let roots: Vec<String> = state
-                            .sessions
-                            .iter()
-                            .filter(|(_, s)| s.claim.agent == agent.name)
-                            .map(|(id, _)| id.clone())
-                            .collect();
-                        let mut revoked = Vec::new();
-                        for root in roots {
-                            revoke_tree(&mut state, &root, &mut revoked);
-                        }
+                        revoke_agent(&mut state, &agent.name);
                     }
                     state.agents.insert(agent.name.clone(), agent);
                 }
             }
             TOPIC_TOKEN_KEY => {
-                let fresh = read_state(&self.store, crate::now_ms()).await?;
+                let (keys, public_keys) = read_keys(&self.store).await?;
                 let mut state = self.write();
-                state.keys = fresh.keys;
-                state.public_keys = fresh.public_keys;
+                state.keys = keys;
+                state.public_keys = public_keys;
             }
             other => tracing::debug!(topic = other, "a change of another kind, ignored"),
         }
@@ -463,17 +452,7 @@ impl Sessions {
                 .get_mut(name)
                 .ok_or_else(|| SessionError::NoAgent(name.to_owned()))?;
             agent.disabled = true;
-            let roots: Vec<String> = state
-                .sessions
-                .iter()
-                .filter(|(_, s)| s.claim.agent == name)
-                .map(|(id, _)| id.clone())
-                .collect();
-            let mut revoked = Vec::new();
-            for root in roots {
-                revoke_tree(&mut state, &root, &mut revoked);
-            }
-            revoked
+            revoke_agent(&mut state, name)
         };
         self.store.disable_agent(name, now_ms).await?;
         self.store.revoke_sessions(&revoked, now_ms).await?;
@@ -521,9 +500,6 @@ impl Sessions {
     /// Verifies an access token and checks that its session is live at `now_ms`.
     pub fn verify(&self, token: &str, now_ms: i64) -> Result<LiveSession, SessionError> {
         let now = now_ms.div_euclid(1000);
-        if self.read().stale {
-            return Err(SessionError::Stale);
-        }
         let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
         let cached = self
             .verified
@@ -767,30 +743,18 @@ impl Sessions {
                 Err(e) => return Err(e.into()),
             }
         };
-        let recorded = claim.clone();
         {
             let mut state = self.write();
-            if let Some(parent) = &claim.parent
-                && let Some(entry) = state.sessions.get_mut(parent)
-            {
-                entry.children.push(id.clone());
-            }
-            state.sessions.insert(
-                id.clone(),
-                SessionEntry {
-                    claim,
-                    expires,
-                    revoked: false,
-                    children: Vec::new(),
-                    status_idx: Some(status_idx),
-                },
-            );
-            state.next_status = state.next_status.max(status_idx + 1);
-            let next = state.next_status;
-            state.status.cover(next);
-            state.generation += 1;
             // Expired sessions need no more keeping: their tokens are refused anyway.
             state.sessions.retain(|_, s| s.expires > now);
+            let entry = SessionEntry {
+                claim: claim.clone(),
+                expires,
+                revoked: false,
+                children: Vec::new(),
+                status_idx: Some(status_idx),
+            };
+            insert_entry(&mut state, id.clone(), entry);
         }
         self.store.publish(TOPIC_START, &id).await?;
         Ok(StartedSession {
@@ -800,7 +764,7 @@ impl Sessions {
             token_type: "Bearer",
             expires_in: expires - now,
             evidence: None,
-            claim: Some(recorded),
+            claim,
             expires_at: expires,
         })
     }
@@ -818,9 +782,16 @@ async fn read_state(store: &Store, now_ms: i64) -> Result<State, StoreError> {
     for session in &stored {
         insert_session(&mut state, session)?;
     }
-    state.next_status = store.next_status_idx().await?;
-    let next = state.next_status;
-    state.status.cover(next);
+    // The list covers every place ever given, expired sessions' included.
+    state.status.cover(store.next_status_idx().await?);
+    (state.keys, state.public_keys) = read_keys(store).await?;
+    Ok(state)
+}
+
+/// Every replica's token keys, to verify with and to publish.
+async fn read_keys(
+    store: &Store,
+) -> Result<(Arc<VerifyingKeys>, Vec<zt_identity::session::PublicKey>), StoreError> {
     let mut public_keys = Vec::new();
     for (kid, public_key) in store.token_keys().await? {
         let x: [u8; 32] = hex::decode(&public_key)
@@ -829,43 +800,41 @@ async fn read_state(store: &Store, now_ms: i64) -> Result<State, StoreError> {
             .ok_or_else(|| StoreError::Corrupt(format!("token key `{kid}`")))?;
         public_keys.push(zt_identity::session::PublicKey { kid, x });
     }
-    state.keys = Arc::new(VerifyingKeys::new(&public_keys));
-    state.public_keys = public_keys;
-    Ok(state)
+    Ok((Arc::new(VerifyingKeys::new(&public_keys)), public_keys))
 }
 
-/// Adds a stored session to the registry (its status bit, its place among its parent's
-/// children), unless it is there already.
+/// Adds a stored session to the registry, unless it is there already.
 fn insert_session(state: &mut State, session: &StoredSession) -> Result<(), StoreError> {
-    if state.sessions.contains_key(&session.id) {
-        return Ok(());
+    if !state.sessions.contains_key(&session.id) {
+        insert_entry(state, session.id.clone(), session_entry(session)?);
     }
-    let entry = session_entry(session)?;
+    Ok(())
+}
+
+/// Adds a session to the registry: its status bit, its place among its parent's children, and
+/// its own children (which may have been read before it).
+fn insert_entry(state: &mut State, id: String, entry: SessionEntry) {
     if let Some(idx) = entry.status_idx {
         if entry.revoked {
             state.status.revoke(idx);
         }
-        state.next_status = state.next_status.max(idx + 1);
-        let next = state.next_status;
-        state.status.cover(next);
+        state.status.cover(idx + 1);
     }
-    // Children may be read before their parent: link both ways.
     let children: Vec<String> = state
         .sessions
         .iter()
-        .filter(|(_, s)| s.claim.parent.as_deref() == Some(session.id.as_str()))
-        .map(|(id, _)| id.clone())
+        .filter(|(_, s)| s.claim.parent.as_deref() == Some(id.as_str()))
+        .map(|(child, _)| child.clone())
         .collect();
-    if let Some(parent) = &session.parent
+    if let Some(parent) = &entry.claim.parent
         && let Some(parent) = state.sessions.get_mut(parent)
     {
-        parent.children.push(session.id.clone());
+        parent.children.push(id.clone());
     }
     state
         .sessions
-        .insert(session.id.clone(), SessionEntry { children, ..entry });
+        .insert(id, SessionEntry { children, ..entry });
     state.generation += 1;
-    Ok(())
 }
 
 fn agent_info(agent: StoredAgent) -> Result<AgentInfo, StoreError> {
@@ -916,6 +885,21 @@ fn check_manifest(digest: &str) -> Result<(), SessionError> {
             "`{digest}` is not a tool manifest digest: `sha256:` and 64 lowercase hex digits"
         )))
     }
+}
+
+/// Revokes every session of the agent `name`, and their descendants; returns their ids.
+fn revoke_agent(state: &mut State, name: &str) -> Vec<String> {
+    let roots: Vec<String> = state
+        .sessions
+        .iter()
+        .filter(|(_, s)| s.claim.agent == name)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut revoked = Vec::new();
+    for root in roots {
+        revoke_tree(state, &root, &mut revoked);
+    }
+    revoked
 }
 
 /// Marks `id` and its descendants revoked, in the registry and the status list, adding them
