@@ -152,6 +152,7 @@ pub async fn decider(config: &GatewayConfig) -> Result<decide::Decider, GatewayE
         callers: zt_server::auth::CallerMode::Authenticated,
         sessions: zt_server::sessions::SessionSettings::default(),
         admin_listen: None,
+        join: None,
     };
     let app = zt_server::App::start(&server).await?;
     Ok(decide::Decider::InProcess(Arc::new(app)))

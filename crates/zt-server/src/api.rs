@@ -22,7 +22,7 @@ use zt_store::Store;
 use crate::auth::{Admin, Callers, Decider, Reader};
 use crate::body::JsonBody;
 use crate::evidence::{
-    ConsistencyProof, Durable, EvidenceError, EvidenceLog, InclusionProof, Receipt,
+    ConsistencyProof, Durable, EvidenceError, EvidenceLog, InclusionProof, LogView, Receipt,
 };
 use crate::now_ms;
 use crate::policies::{Policies, PolicyStatus, ReloadFailure, Reloaded};
@@ -103,6 +103,7 @@ pub struct Health {
         evidence_consistency,
         evidence_checkpoint,
         evidence_keys,
+        evidence_logs,
         entities,
         replace_entities,
         upsert_entities,
@@ -121,6 +122,8 @@ pub struct Health {
         crate::identity::revoke_session
     ),
     components(schemas(
+        EvidenceLogs,
+        crate::evidence::LogInfo,
         DecisionRequest,
         DecisionResponse,
         BatchRequest,
@@ -189,6 +192,7 @@ pub fn router(state: Arc<AppState>, admin_apart: bool) -> Router {
         .route("/v1/policies", get(policies))
         .route("/v1/evidence/checkpoint", get(evidence_checkpoint))
         .route("/v1/evidence/keys", get(evidence_keys))
+        .route("/v1/evidence/logs", get(evidence_logs))
         .route("/v1/evidence/consistency", get(evidence_consistency))
         .route("/v1/evidence/{seq}", get(evidence_record))
         .route("/v1/evidence/{seq}/proof", get(evidence_proof))
@@ -641,6 +645,8 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Health>, Proble
 /// A record of the evidence log.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct EvidenceRecord {
+    /// The log's origin.
+    pub log: String,
     pub seq: u64,
     /// SHA-256 (hex) of the record's canonical encoding.
     pub hash: String,
@@ -653,6 +659,9 @@ fn evidence_problem(e: EvidenceError) -> Problem {
         EvidenceError::NoRecord(seq) => {
             Problem::not_found(format!("record {seq} is not in the log"))
         }
+        EvidenceError::NoLog(log) => Problem::not_found(format!(
+            "there is no evidence log `{log}` in this store (GET /v1/evidence/logs lists them)"
+        )),
         EvidenceError::Tree(e) => Problem::invalid(e.to_string(), Vec::new()),
         // Already logged and counted (`ztinfra_evidence_corrupt_total`) where it was found.
         EvidenceError::Inconsistent(_) => Problem::new(
@@ -683,26 +692,40 @@ fn parse_number(name: &str, value: Option<&str>) -> Result<Option<u64>, Problem>
 
 type Params = axum::extract::Query<std::collections::HashMap<String, String>>;
 
+/// The log a request names (`?log=`, an origin or a replica's name): this replica's when none.
+async fn log_view(app: &AppState, params: &Params) -> Result<LogView, Problem> {
+    app.evidence
+        .view(params.get("log").map(String::as_str))
+        .await
+        .map_err(evidence_problem)
+}
+
+/// The `log` parameter of the evidence endpoints.
+const LOG_PARAM_DOC: &str = "the log: its origin (or its replica's name), as `GET /v1/evidence/logs` lists them; this replica's own log by default";
+
 /// A record of the evidence log, by sequence number.
 #[utoipa::path(
     get, path = "/v1/evidence/{seq}",
     security(("bearer" = [])),
-    params(("seq" = u64, Path, description = "sequence number")),
+    params(("seq" = u64, Path, description = "sequence number"), ("log" = Option<String>, Query, description = LOG_PARAM_DOC)),
     responses((status = 200, body = EvidenceRecord), (status = 404, body = Problem, content_type = "application/problem+json"))
 )]
 async fn evidence_record(
     State(app): State<Arc<AppState>>,
     _: Reader,
     axum::extract::Path(seq): axum::extract::Path<String>,
+    params: Params,
 ) -> Result<Json<EvidenceRecord>, Problem> {
     let seq = parse_number("seq", Some(&seq))?.unwrap_or_default();
-    let stored = app.evidence.record(seq).await.map_err(evidence_problem)?;
+    let log = log_view(&app, &params).await?;
+    let stored = log.record(seq).await.map_err(evidence_problem)?;
     let record = serde_json::from_str(&stored.body).map_err(|_| {
         evidence_problem(EvidenceError::Inconsistent(format!(
             "record {seq} is unreadable"
         )))
     })?;
     Ok(Json(EvidenceRecord {
+        log: log.origin().to_owned(),
         seq,
         hash: stored.hash,
         record,
@@ -712,7 +735,7 @@ async fn evidence_record(
 /// The inclusion proof of a record in the tree of `size` records (default: the latest checkpoint).
 #[utoipa::path(
     get, path = "/v1/evidence/{seq}/proof",
-    params(("seq" = u64, Path, description = "sequence number"), ("size" = Option<u64>, Query, description = "tree size")),
+    params(("seq" = u64, Path, description = "sequence number"), ("size" = Option<u64>, Query, description = "tree size"), ("log" = Option<String>, Query, description = LOG_PARAM_DOC)),
     responses((status = 200, body = InclusionProof), (status = 400, body = Problem, content_type = "application/problem+json"))
 )]
 async fn evidence_proof(
@@ -722,7 +745,8 @@ async fn evidence_proof(
 ) -> Result<Json<InclusionProof>, Problem> {
     let seq = parse_number("seq", Some(&seq))?.unwrap_or_default();
     let size = parse_number("size", params.get("size").map(String::as_str))?;
-    app.evidence
+    log_view(&app, &params)
+        .await?
         .inclusion(seq, size)
         .await
         .map(Json)
@@ -732,7 +756,7 @@ async fn evidence_proof(
 /// The consistency proof between two tree sizes.
 #[utoipa::path(
     get, path = "/v1/evidence/consistency",
-    params(("from" = u64, Query, description = "older tree size"), ("to" = Option<u64>, Query, description = "newer tree size (default: latest)")),
+    params(("from" = u64, Query, description = "older tree size"), ("to" = Option<u64>, Query, description = "newer tree size (default: latest)"), ("log" = Option<String>, Query, description = LOG_PARAM_DOC)),
     responses((status = 200, body = ConsistencyProof), (status = 400, body = Problem, content_type = "application/problem+json"))
 )]
 async fn evidence_consistency(
@@ -741,25 +765,49 @@ async fn evidence_consistency(
 ) -> Result<Json<ConsistencyProof>, Problem> {
     let from = parse_number("from", params.get("from").map(String::as_str))?
         .ok_or_else(|| Problem::invalid_fields(vec![FieldError::new("/from", "is required")]))?;
+    let log = log_view(&app, &params).await?;
     let to = parse_number("to", params.get("to").map(String::as_str))?
-        .unwrap_or(app.evidence.checkpoint().tree_size);
-    app.evidence
-        .consistency(from, to)
+        .unwrap_or(log.checkpoint().tree_size);
+    log.consistency(from, to)
         .await
         .map(Json)
         .map_err(evidence_problem)
 }
 
 /// The latest signed checkpoint (C2SP signed note).
-#[utoipa::path(get, path = "/v1/evidence/checkpoint", responses((status = 200, body = Durable)))]
-async fn evidence_checkpoint(State(app): State<Arc<AppState>>) -> Json<Durable> {
-    Json((*app.evidence.checkpoint()).clone())
+#[utoipa::path(get, path = "/v1/evidence/checkpoint", params(("log" = Option<String>, Query, description = LOG_PARAM_DOC)), responses((status = 200, body = Durable), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn evidence_checkpoint(
+    State(app): State<Arc<AppState>>,
+    params: Params,
+) -> Result<Json<Durable>, Problem> {
+    Ok(Json((*log_view(&app, &params).await?.checkpoint()).clone()))
 }
 
-/// The log's public keys: all a verifier needs (`ztinfra evidence verify --keys`).
-#[utoipa::path(get, path = "/v1/evidence/keys", responses((status = 200, description = "the keyring: origin and public keys")))]
-async fn evidence_keys(State(app): State<Arc<AppState>>) -> Json<Keyring> {
-    Json(app.evidence.keyring().clone())
+/// A log's public keys: all a verifier needs (`ztinfra evidence verify --keys`).
+#[utoipa::path(get, path = "/v1/evidence/keys", params(("log" = Option<String>, Query, description = LOG_PARAM_DOC)), responses((status = 200, description = "the keyring: origin and public keys"), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn evidence_keys(
+    State(app): State<Arc<AppState>>,
+    params: Params,
+) -> Result<Json<Keyring>, Problem> {
+    Ok(Json(log_view(&app, &params).await?.keyring().clone()))
+}
+
+/// Every evidence log of the store: one per replica, each with its own origin and keys.
+#[utoipa::path(get, path = "/v1/evidence/logs", responses((status = 200, body = EvidenceLogs)))]
+async fn evidence_logs(State(app): State<Arc<AppState>>) -> Result<Json<EvidenceLogs>, Problem> {
+    let logs = app.evidence.logs().await.map_err(evidence_problem)?;
+    Ok(Json(EvidenceLogs {
+        own: app.evidence.own().origin().to_owned(),
+        logs,
+    }))
+}
+
+/// The store's evidence logs.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EvidenceLogs {
+    /// The origin of the log this replica writes.
+    pub own: String,
+    pub logs: Vec<crate::evidence::LogInfo>,
 }
 
 async fn metrics_text(State(app): State<Arc<AppState>>) -> Response {

@@ -19,6 +19,7 @@
 //! before any other work; per batch, the cost is shared by every record in it, and every record
 //! is still covered by a signature (its batch's checkpoint) plus an inclusion proof.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -31,13 +32,13 @@ use utoipa::ToSchema;
 use zt_evidence::checkpoint::{Checkpoint, Keyring, PublicKey, verify_note};
 use zt_evidence::merkle::{Hash, Tiles, TreeError, leaf_hash};
 use zt_evidence::{Chain, PendingRecord, Tree};
-use zt_store::{Store, StoreError, StoredCheckpoint, StoredRecord};
+use zt_store::{LogId, Store, StoreError, StoredCheckpoint, StoredLog, StoredRecord};
 
 use crate::keys::Signer;
 use crate::now_ms;
 
-/// The metadata name of the log's origin (the first line of every checkpoint).
-const ORIGIN: &str = "log_origin";
+/// The name of the log a store's first replica creates.
+pub const FIRST_REPLICA: &str = "replica-0";
 /// Records read per query when loading the log.
 const PAGE: u32 = 50_000;
 /// The longest the writer holds a batch open for records already on their way.
@@ -63,11 +64,21 @@ pub enum EvidenceError {
     Tree(#[from] TreeError),
     #[error("record {0} is not in the log")]
     NoRecord(u64),
+    #[error("there is no evidence log `{0}` in this store")]
+    NoLog(String),
+    #[error("`{0}` is not a replica name: use 1 to 64 letters, digits, `.`, `_` or `-`")]
+    BadName(String),
+    #[error(
+        "this replica's evidence key ({key_id}) is in none of the store's {logs} evidence logs: a replica joins a shared store only explicitly, with `ztinfra replicas add NAME` (on this replica's data directory) or by starting with `--join NAME`"
+    )]
+    NotJoined { key_id: String, logs: usize },
 }
 
 /// Where a decision's record is in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 pub struct Receipt {
+    /// The log the record is in: its origin, as its checkpoints name it.
+    pub log: String,
     pub seq: u64,
     /// SHA-256 (hex) of the record's canonical encoding.
     pub hash: String,
@@ -81,6 +92,8 @@ pub struct Receipt {
 /// The latest durable checkpoint.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Durable {
+    /// The log's origin, as the note names it.
+    pub log: String,
     pub tree_size: u64,
     /// Root hash, hex.
     pub root: String,
@@ -94,23 +107,40 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<Receipt>, String>>,
 }
 
+/// One log as this process holds it: its own (written by the writer task) or another
+/// replica's (read, and brought up to date from the store before each answer).
 #[derive(Debug)]
 struct Shared {
+    log: LogId,
     /// Decisions being made whose records are not yet handed to the writer.
     arriving: AtomicUsize,
     keyring: Keyring,
     store: Store,
     tree: RwLock<Tree>,
     durable: ArcSwap<Durable>,
-    signer: Arc<Signer>,
     /// Set when a commit fails, cleared when one succeeds (or a probe write does).
     failing: AtomicBool,
 }
 
-/// The service's handle on the log.
+/// The service's handle on its log, and on the other replicas' logs for reading.
 #[derive(Debug, Clone)]
 pub struct EvidenceLog {
     jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    signer: Arc<Signer>,
+    /// The other replicas' logs read so far, by origin, each with the chain its tree ends at.
+    others: Arc<tokio::sync::Mutex<HashMap<String, Arc<Other>>>>,
+}
+
+#[derive(Debug)]
+struct Other {
+    shared: Arc<Shared>,
+    chain: tokio::sync::Mutex<Chain>,
+}
+
+/// One log, for reading: records, proofs, checkpoint and keys.
+#[derive(Debug, Clone)]
+pub struct LogView {
     shared: Arc<Shared>,
 }
 
@@ -141,6 +171,16 @@ pub struct InclusionProof {
     pub checkpoint: Option<String>,
 }
 
+/// One evidence log of the store, as listed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LogInfo {
+    /// Its origin: the name in its checkpoints, and what `?log=` takes.
+    pub log: String,
+    /// The replica that writes it.
+    pub replica: String,
+    pub created_at_ms: i64,
+}
+
 /// A consistency proof, as served.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ConsistencyProof {
@@ -162,10 +202,10 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
-/// Loads the keyring from the store.
-pub async fn load_keyring(store: &Store, origin: &str) -> Result<Keyring, EvidenceError> {
+/// Loads a log's keyring from the store.
+pub async fn load_keyring(store: &Store, log: &StoredLog) -> Result<Keyring, EvidenceError> {
     let keys = store
-        .keys()
+        .keys(log.id)
         .await?
         .iter()
         .map(|json| {
@@ -175,83 +215,140 @@ pub async fn load_keyring(store: &Store, origin: &str) -> Result<Keyring, Eviden
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Keyring {
-        origin: origin.to_owned(),
+        origin: log.origin.clone(),
         keys,
     })
 }
 
-/// The log's origin, created on first use.
-pub async fn origin(store: &Store) -> Result<String, EvidenceError> {
-    Ok(store
-        .meta_get_or_init(ORIGIN, || format!("ztinfra/{}", random_hex(8)))
-        .await?)
+/// Checks a replica's name: 1 to 64 letters, digits, `.`, `_` or `-`.
+pub fn check_replica_name(name: &str) -> Result<(), EvidenceError> {
+    let fine = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if fine {
+        Ok(())
+    } else {
+        Err(EvidenceError::BadName(name.to_owned()))
+    }
+}
+
+/// The store's log named `wanted` (its origin, or its replica's name).
+pub async fn find_log(store: &Store, wanted: &str) -> Result<StoredLog, EvidenceError> {
+    store
+        .evidence_logs()
+        .await?
+        .into_iter()
+        .find(|log| log.origin == wanted || log.name == wanted)
+        .ok_or_else(|| EvidenceError::NoLog(wanted.to_owned()))
+}
+
+/// The log this signing key signs, if it is in one.
+pub async fn log_of(store: &Store, signer: &Signer) -> Result<Option<StoredLog>, EvidenceError> {
+    let Some(id) = store.key_log(&signer.info().key_id).await? else {
+        return Ok(None);
+    };
+    Ok(store.evidence_logs().await?.into_iter().find(|l| l.id == id))
+}
+
+/// Creates a log for a replica named `name`, signed by `signer`'s key; with `first`, only in
+/// a store with no log yet.
+async fn create_log(
+    store: &Store,
+    signer: &Signer,
+    name: &str,
+    first: bool,
+) -> Result<StoredLog, EvidenceError> {
+    let origin = format!("ztinfra/{}", random_hex(8));
+    let public = PublicKey::new(&origin, &signer.verifying_key(), now_ms());
+    let json = serde_json::to_string(&public)
+        .map_err(|e| EvidenceError::Inconsistent(e.to_string()))?;
+    let id = store
+        .add_evidence_log(name, &origin, &public.key_id, &json, public.created_at_ms, first)
+        .await?;
+    Ok(StoredLog {
+        id,
+        name: name.to_owned(),
+        origin,
+        created_at_ms: public.created_at_ms,
+    })
+}
+
+/// Joins a replica to a store: creates its log, with `signer`'s key as the log's first key,
+/// and records the act as the log's first record (kind `replica.join`, naming the replica,
+/// the log, the key and `how` it joined), durable before this returns. The only way a key
+/// enters a store that has a log already.
+pub async fn join(
+    store: &Store,
+    signer: Arc<Signer>,
+    name: &str,
+    how: &str,
+) -> Result<StoredLog, EvidenceError> {
+    if let Some(log) = log_of(store, &signer).await? {
+        return Err(StoreError::Exists(format!(
+            "this replica's key is already in log `{}` ({})",
+            log.name, log.origin
+        ))
+        .into());
+    }
+    check_replica_name(name)?;
+    let log = create_log(store, &signer, name, false).await?;
+    let evidence = EvidenceLog::open(store.clone(), Arc::clone(&signer), 1, None).await?;
+    let record = PendingRecord {
+        time_ms: now_ms(),
+        caller: None,
+        kind: Some("replica.join".into()),
+        decision_id: uuid::Uuid::now_v7().to_string(),
+        request: serde_json::json!({
+            "replica": name,
+            "log": log.origin,
+            "key_id": signer.info().key_id,
+            "how": how,
+        }),
+        decision: "allow".into(),
+        reasons: serde_json::json!([{"kind": "act", "message": format!("replica `{name}` joined the store with an evidence log of its own")}]),
+        // No policy set takes part in a replica joining.
+        policy_version: String::new(),
+    };
+    evidence.append(vec![record], None).await?;
+    tracing::info!(replica = %name, log = %log.origin, key_id = %signer.info().key_id, "joined the store with a new evidence log");
+    Ok(log)
 }
 
 impl EvidenceLog {
-    /// Opens the log: registers the signing key, loads every record hash into the tree, checks
-    /// the tree against the latest checkpoint, and starts the writer.
+    /// Opens the log that `signer`'s key signs (a store with no log yet gets its first, for
+    /// this replica; a store with logs but none of this key refuses: see [`join`]), loads
+    /// every record hash into the tree, checks the tree against the latest checkpoint, and
+    /// starts the writer.
     pub async fn open(
         store: Store,
         signer: Arc<Signer>,
         max_batch: usize,
         local_copy: Option<PathBuf>,
     ) -> Result<Self, EvidenceError> {
-        let origin = origin(&store).await?;
-        let public = PublicKey::new(&origin, &signer.verifying_key(), now_ms());
-        let json = serde_json::to_string(&public)
-            .map_err(|e| EvidenceError::Inconsistent(e.to_string()))?;
-        store
-            .add_key(&public.key_id, &json, public.created_at_ms)
-            .await?;
-        let keyring = load_keyring(&store, &origin).await?;
-
-        let mut tree = Tree::with_tile_height(TILE_HEIGHT);
-        let mut chain = Chain::genesis();
-        catch_up(&store, &mut tree, &mut chain).await?;
-        let durable = match store.evidence_checkpoint(0, true).await? {
-            None if tree.is_empty() => Durable {
-                tree_size: 0,
-                root: zt_evidence::merkle::empty_root().to_hex(),
-                note: String::new(),
-            },
+        let log = match log_of(&store, &signer).await? {
+            Some(log) => log,
             None => {
-                return Err(EvidenceError::Inconsistent(format!(
-                    "{} records but no checkpoint",
-                    tree.len()
-                )));
-            }
-            Some(stored) => {
-                let verified = verify_note(&stored.note, &keyring).map_err(|e| {
-                    EvidenceError::Inconsistent(format!(
-                        "the latest checkpoint does not verify: {e}"
-                    ))
-                })?;
-                let size = verified.checkpoint.size;
-                if size != tree.len() || tree.root(size, &Tiles::new())? != verified.checkpoint.root
-                {
-                    return Err(EvidenceError::Inconsistent(format!(
-                        "the latest checkpoint (size {size}) does not match the {} stored records",
-                        tree.len()
-                    )));
+                let not_joined = |logs| EvidenceError::NotJoined {
+                    key_id: signer.info().key_id.clone(),
+                    logs,
+                };
+                let logs = store.evidence_logs().await?.len();
+                if logs > 0 {
+                    return Err(not_joined(logs));
                 }
-                Durable {
-                    tree_size: size,
-                    root: verified.checkpoint.root.to_hex(),
-                    note: stored.note,
+                match create_log(&store, &signer, FIRST_REPLICA, true).await {
+                    // Another replica created the first log meanwhile.
+                    Err(EvidenceError::Store(StoreError::Exists(_))) => {
+                        return Err(not_joined(1));
+                    }
+                    other => other?,
                 }
             }
         };
-        tracing::info!(origin = %origin, records = tree.len(), key_id = %public.key_id, "evidence log open");
-
-        let shared = Arc::new(Shared {
-            arriving: AtomicUsize::new(0),
-            keyring,
-            store,
-            tree: RwLock::new(tree),
-            durable: ArcSwap::from_pointee(durable),
-            signer: Arc::clone(&signer),
-            failing: AtomicBool::new(false),
-        });
+        let (shared, chain) = load(store, &log).await?;
+        tracing::info!(origin = %log.origin, replica = %log.name, records = shared.durable.load().tree_size, key_id = %signer.info().key_id, "evidence log open");
+        let shared = Arc::new(shared);
         if let Some(path) = local_copy {
             check_local_copy(&shared, &path).await?;
             tokio::spawn(keep_local_copy(Arc::clone(&shared), path));
@@ -260,14 +357,18 @@ impl EvidenceLog {
         tokio::spawn(writer(
             rx,
             Arc::clone(&shared),
-            signer,
+            Arc::clone(&signer),
             chain,
             max_batch.max(1),
         ));
-        Ok(Self { jobs, shared })
+        Ok(Self {
+            jobs,
+            shared,
+            signer,
+            others: Arc::default(),
+        })
     }
 
-    /// Announces a record that will be appended soon, so that the writer can hold its batch
     /// open for it; the announcement ends when the returned value is handed to `append` or
     /// dropped.
     pub fn announce(&self) -> Announcement {
@@ -300,13 +401,98 @@ impl EvidenceLog {
     pub fn sign_record_hash(&self, hash_hex: &str) -> Option<(String, String)> {
         use base64::Engine as _;
         let hash = Hash::from_hex(hash_hex)?;
-        let signature = self.shared.signer.sign(&hash.0);
+        let signature = self.signer.sign(&hash.0);
         Some((
-            self.shared.signer.info().key_id.clone(),
+            self.signer.info().key_id.clone(),
             base64::engine::general_purpose::STANDARD.encode(signature.to_bytes()),
         ))
     }
 
+    /// This replica's own log, for reading.
+    pub fn own(&self) -> LogView {
+        LogView {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// The latest durable checkpoint of this replica's log.
+    pub fn checkpoint(&self) -> Arc<Durable> {
+        self.shared.durable.load_full()
+    }
+
+    /// Every log of the store.
+    pub async fn logs(&self) -> Result<Vec<LogInfo>, EvidenceError> {
+        Ok(self
+            .shared
+            .store
+            .evidence_logs()
+            .await?
+            .into_iter()
+            .map(|log| LogInfo {
+                log: log.origin,
+                replica: log.name,
+                created_at_ms: log.created_at_ms,
+            })
+            .collect())
+    }
+
+    /// A log of the store, for reading: this replica's when `log` is `None` or names it (by
+    /// origin or replica name), another replica's otherwise, brought up to date from the store.
+    pub async fn view(&self, log: Option<&str>) -> Result<LogView, EvidenceError> {
+        let own = &self.shared.keyring.origin;
+        let Some(wanted) = log.filter(|l| *l != own.as_str()) else {
+            return Ok(self.own());
+        };
+        let other = {
+            let mut others = self.others.lock().await;
+            match others.get(wanted) {
+                Some(other) => Arc::clone(other),
+                None => {
+                    let found = find_log(&self.shared.store, wanted).await?;
+                    if found.id == self.shared.log {
+                        return Ok(self.own());
+                    }
+                    let (shared, chain) = load(self.shared.store.clone(), &found).await?;
+                    let other = Arc::new(Other {
+                        shared: Arc::new(shared),
+                        chain: tokio::sync::Mutex::new(chain),
+                    });
+                    others.insert(wanted.to_owned(), Arc::clone(&other));
+                    return Ok(LogView {
+                        shared: Arc::clone(&other.shared),
+                    });
+                }
+            }
+        };
+        catch_up_shared(&other.shared, &mut *other.chain.lock().await).await?;
+        Ok(LogView {
+            shared: Arc::clone(&other.shared),
+        })
+    }
+
+    /// Whether evidence can be written: `false` from a failed commit until a commit, or a
+    /// probe write made here, succeeds (so that a service nobody sends decisions to while it
+    /// is failing can still become ready again).
+    pub async fn writable(&self) -> bool {
+        if !self.shared.failing.load(Ordering::Relaxed) {
+            return true;
+        }
+        match self.shared.store.probe_write(now_ms()).await {
+            Ok(()) => {
+                self.shared.failing.store(false, Ordering::Relaxed);
+                tracing::info!("the evidence store takes writes again");
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %crate::error_chain(&e), "probe write failed");
+                false
+            }
+        }
+    }
+
+}
+
+impl LogView {
     pub fn keyring(&self) -> &Keyring {
         &self.shared.keyring
     }
@@ -315,6 +501,7 @@ impl EvidenceLog {
         &self.shared.keyring.origin
     }
 
+    /// The latest durable checkpoint.
     pub fn checkpoint(&self) -> Arc<Durable> {
         self.shared.durable.load_full()
     }
@@ -330,7 +517,7 @@ impl EvidenceLog {
         let stored = self
             .shared
             .store
-            .evidence_records(seq, seq.saturating_add(1), 1)
+            .evidence_records(self.shared.log, seq, seq.saturating_add(1), 1)
             .await?
             .into_iter()
             .next()
@@ -352,26 +539,6 @@ impl EvidenceLog {
             )));
         }
         Ok(stored)
-    }
-
-    /// Whether evidence can be written: `false` from a failed commit until a commit, or a
-    /// probe write made here, succeeds (so that a service nobody sends decisions to while it
-    /// is failing can still become ready again).
-    pub async fn writable(&self) -> bool {
-        if !self.shared.failing.load(Ordering::Relaxed) {
-            return true;
-        }
-        match self.shared.store.probe_write(now_ms()).await {
-            Ok(()) => {
-                self.shared.failing.store(false, Ordering::Relaxed);
-                tracing::info!("the evidence store takes writes again");
-                true
-            }
-            Err(e) => {
-                tracing::debug!(error = %crate::error_chain(&e), "probe write failed");
-                false
-            }
-        }
     }
 
     /// The inclusion proof of record `seq` in the tree of `size` records (the latest checkpoint's
@@ -405,7 +572,7 @@ impl EvidenceLog {
         let checkpoint = self
             .shared
             .store
-            .evidence_checkpoint(size, false)
+            .evidence_checkpoint(self.shared.log, size, false)
             .await?
             .filter(|c| c.tree_size == size)
             .map(|c| c.note);
@@ -450,6 +617,57 @@ impl EvidenceLog {
     }
 }
 
+/// Reads a log from the store: every record hash into a tree, checked against the latest
+/// signed checkpoint.
+async fn load(store: Store, log: &StoredLog) -> Result<(Shared, Chain), EvidenceError> {
+    let keyring = load_keyring(&store, log).await?;
+    let mut tree = Tree::with_tile_height(TILE_HEIGHT);
+    let mut chain = Chain::genesis();
+    catch_up(&store, log.id, &mut tree, &mut chain).await?;
+    let durable = match store.evidence_checkpoint(log.id, 0, true).await? {
+        None if tree.is_empty() => Durable {
+            log: log.origin.clone(),
+            tree_size: 0,
+            root: zt_evidence::merkle::empty_root().to_hex(),
+            note: String::new(),
+        },
+        None => {
+            return Err(EvidenceError::Inconsistent(format!(
+                "{} records but no checkpoint",
+                tree.len()
+            )));
+        }
+        Some(stored) => {
+            let verified = verify_note(&stored.note, &keyring).map_err(|e| {
+                EvidenceError::Inconsistent(format!("the latest checkpoint does not verify: {e}"))
+            })?;
+            let size = verified.checkpoint.size;
+            if size != tree.len() || tree.root(size, &Tiles::new())? != verified.checkpoint.root {
+                return Err(EvidenceError::Inconsistent(format!(
+                    "the latest checkpoint (size {size}) does not match the {} stored records",
+                    tree.len()
+                )));
+            }
+            Durable {
+                log: log.origin.clone(),
+                tree_size: size,
+                root: verified.checkpoint.root.to_hex(),
+                note: stored.note,
+            }
+        }
+    };
+    let shared = Shared {
+        log: log.id,
+        arriving: AtomicUsize::new(0),
+        keyring,
+        store,
+        tree: RwLock::new(tree),
+        durable: ArcSwap::from_pointee(durable),
+        failing: AtomicBool::new(false),
+    };
+    Ok((shared, chain))
+}
+
 impl Shared {
     /// Runs `ask` on the tree, reading from the store the tiles of leaves it needs and the tree
     /// no longer holds (at most three for any proof), until it answers.
@@ -487,7 +705,7 @@ impl Shared {
     async fn tile(&self, tile: u64) -> Result<Vec<Hash>, EvidenceError> {
         let size = 1u64 << TILE_HEIGHT;
         let start = tile * size;
-        let page = self.store.evidence_hashes(start, size as u32).await?;
+        let page = self.store.evidence_hashes(self.log, start, size as u32).await?;
         if page.len() as u64 != size {
             return Err(EvidenceError::Inconsistent(format!(
                 "records {start}..{} are not all in the store",
@@ -532,21 +750,31 @@ fn apply_page(
     Ok(!page.is_empty())
 }
 
-/// Reads every stored record the tree does not have yet into the tree and the chain.
-async fn catch_up(store: &Store, tree: &mut Tree, chain: &mut Chain) -> Result<(), EvidenceError> {
+/// Reads every stored record of `log` the tree does not have yet into the tree and the chain.
+async fn catch_up(
+    store: &Store,
+    log: LogId,
+    tree: &mut Tree,
+    chain: &mut Chain,
+) -> Result<(), EvidenceError> {
     while apply_page(
         tree,
         chain,
-        &store.evidence_hashes(chain.next_seq, PAGE).await?,
+        &store.evidence_hashes(log, chain.next_seq, PAGE).await?,
     )? {}
     Ok(())
 }
 
-/// After another replica appended: reads its records into the shared tree, and its latest
-/// checkpoint.
+/// Brings a log held in memory up to date with the store: another replica's log before it
+/// answers, or this replica's after a conflicting append. The latest checkpoint is read
+/// first, so that the records it covers are read after it (they were committed with it).
 async fn catch_up_shared(shared: &Shared, chain: &mut Chain) -> Result<(), EvidenceError> {
+    let latest = shared.store.evidence_checkpoint(shared.log, 0, true).await?;
     loop {
-        let page = shared.store.evidence_hashes(chain.next_seq, PAGE).await?;
+        let page = shared
+            .store
+            .evidence_hashes(shared.log, chain.next_seq, PAGE)
+            .await?;
         let mut tree = shared
             .tree
             .write()
@@ -555,11 +783,14 @@ async fn catch_up_shared(shared: &Shared, chain: &mut Chain) -> Result<(), Evide
             break;
         }
     }
-    if let Some(latest) = shared.store.evidence_checkpoint(0, true).await? {
+    if let Some(latest) = latest
+        && latest.tree_size > shared.durable.load().tree_size
+    {
         let root = shared
             .with_tree(|tree, tiles| tree.root(latest.tree_size, tiles))
             .await?;
         shared.durable.store(Arc::new(Durable {
+            log: shared.keyring.origin.clone(),
             tree_size: latest.tree_size,
             root: root.to_hex(),
             note: latest.note,
@@ -785,6 +1016,7 @@ async fn commit(
     shared
         .store
         .append_evidence(
+            shared.log,
             stored,
             StoredCheckpoint {
                 tree_size: size,
@@ -804,6 +1036,7 @@ async fn commit(
     let mut prev = chain.last_hash.to_hex();
     *chain = next;
     shared.durable.store(Arc::new(Durable {
+        log: shared.keyring.origin.clone(),
         tree_size: size,
         root: root.to_hex(),
         note,
@@ -811,6 +1044,7 @@ async fn commit(
     Ok(placed
         .into_iter()
         .map(|(seq, hash)| Receipt {
+            log: shared.keyring.origin.clone(),
             seq,
             prev_hash: std::mem::replace(&mut prev, hash.clone()),
             hash,
@@ -892,7 +1126,7 @@ mod tests {
             (600, 650),
             (699, 700),
         ] {
-            let answer = log.inclusion(seq, Some(size)).await.unwrap();
+            let answer = log.own().inclusion(seq, Some(size)).await.unwrap();
             let root = whole.root(size, &none).unwrap();
             let path = hashes(&answer.proof);
             assert_eq!(answer.root, root.to_hex(), "root of {size}");
@@ -901,7 +1135,7 @@ mod tests {
             assert!(verify_inclusion(seq, size, &leaf, &path, &root));
         }
         for (from, to) in [(1, 700), (100, 700), (300, 513), (256, 512), (650, 700)] {
-            let answer = log.consistency(from, to).await.unwrap();
+            let answer = log.own().consistency(from, to).await.unwrap();
             let path = hashes(&answer.proof);
             let (old, new) = (
                 whole.root(from, &none).unwrap(),
@@ -955,13 +1189,13 @@ mod tests {
             [&altered],
         )
         .unwrap();
-        match log.inclusion(10, Some(700)).await {
+        match log.own().inclusion(10, Some(700)).await {
             Err(EvidenceError::Inconsistent(message)) => {
                 assert!(message.contains("records 0..256"), "{message}");
             }
             other => panic!("a proof over an altered tile: {other:?}"),
         }
         // Proofs that need no dropped tile are still served.
-        assert!(log.inclusion(650, Some(700)).await.is_ok());
+        assert!(log.own().inclusion(650, Some(700)).await.is_ok());
     }
 }

@@ -108,6 +108,10 @@ pub struct Config {
     /// Where the endpoints that change what is allowed are served instead of on `listen`
     /// (`--admin-listen`); `None`: on `listen`, with the rest.
     pub admin_listen: Option<SocketAddr>,
+    /// Join a store whose evidence logs are other replicas', under this name, with an evidence
+    /// log of its own (`--join`); without it, a replica whose key is in no log of a store that
+    /// has logs refuses to start.
+    pub join: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -222,9 +226,15 @@ impl App {
         if matches!(store.location(), Location::Postgres(_)) {
             Arc::clone(&sessions).follow().await?;
         }
+        let signer = Arc::new(signer);
+        if let Some(name) = &config.join
+            && evidence::log_of(&store, &signer).await?.is_none()
+        {
+            evidence::join(&store, Arc::clone(&signer), name, "ztinfra serve --join").await?;
+        }
         let evidence = evidence::EvidenceLog::open(
             store.clone(),
-            std::sync::Arc::new(signer),
+            signer,
             config.max_evidence_batch,
             Some(config.data_dir.join(LOCAL_CHECKPOINT_FILE)),
         )

@@ -38,7 +38,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use crate::StoreError;
-use crate::evidence::{StoredCheckpoint, StoredRecord, check_next, to_i64};
+use crate::evidence::{LogId, StoredCheckpoint, StoredRecord, check_next};
 
 /// How long after an append the checkpoint thread copies what was committed.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
@@ -135,10 +135,11 @@ impl Appender {
 
     pub(crate) async fn append(
         &self,
+        log: LogId,
         records: Vec<StoredRecord>,
         checkpoint: StoredCheckpoint,
     ) -> Result<(), StoreError> {
-        self.write(move |conn| append(conn, &records, &checkpoint))
+        self.write(move |conn| append(conn, log, &records, &checkpoint))
             .await
     }
 
@@ -162,6 +163,7 @@ impl Appender {
 /// One batch in one transaction; dropping the transaction on an error rolls it back.
 fn append(
     conn: &mut Connection,
+    log: LogId,
     records: &[StoredRecord],
     checkpoint: &StoredCheckpoint,
 ) -> Result<(), StoreError> {
@@ -169,19 +171,19 @@ fn append(
         return Ok(());
     };
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let next: Option<i64> = tx
-        .prepare_cached("SELECT MAX(seq) + 1 FROM zt_evidence_records")?
-        .query_row([], |row| row.get(0))?;
-    check_next(next, first.seq)?;
+    let last: Option<i64> = tx
+        .prepare_cached("SELECT MAX(seq) FROM zt_evidence_records WHERE seq >= ?1 AND seq < ?2")?
+        .query_row(params![log.key(0)?, log.upto(u64::MAX)?], |row| row.get(0))?;
+    check_next(log, last, first.seq)?;
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO zt_evidence_records (seq, hash, body) VALUES (?1, ?2, ?3)",
         )?;
         for r in records {
-            insert.execute(params![to_i64(r.seq)?, r.hash, r.body])?;
+            insert.execute(params![log.key(r.seq)?, r.hash, r.body])?;
         }
         tx.prepare_cached("INSERT INTO zt_evidence_checkpoints (tree_size, note) VALUES (?1, ?2)")?
-            .execute(params![to_i64(checkpoint.tree_size)?, checkpoint.note])?;
+            .execute(params![log.key(checkpoint.tree_size)?, checkpoint.note])?;
     }
     tx.commit()?;
     Ok(())
@@ -239,7 +241,10 @@ mod tests {
                 tree_size: (b + 1) * per_batch,
                 note: format!("checkpoint {b}"),
             };
-            appender.append(records, checkpoint).await.unwrap();
+            appender
+                .append(LogId(0), records, checkpoint)
+                .await
+                .unwrap();
             let wal = std::fs::metadata(dir.path().join("ztinfra.db-wal")).map_or(0, |m| m.len());
             largest = largest.max(wal);
         }
@@ -251,7 +256,7 @@ mod tests {
             "the write-ahead log reached {largest} bytes for {written} bytes appended"
         );
         let stored = store
-            .evidence_hashes(0, u32::MAX)
+            .evidence_hashes(LogId(0), 0, u32::MAX)
             .await
             .unwrap()
             .iter()

@@ -1,9 +1,13 @@
-//! The evidence log's tables: records, checkpoints, public keys, and the log's origin.
+//! The evidence logs' tables: records, checkpoints, public keys, and the logs themselves.
 //!
-//! A batch of records and the checkpoint that covers it are written in one transaction, so a
-//! crash leaves either both or neither. On PostgreSQL, writers on several replicas take an
-//! advisory lock for the transaction, and every writer checks that the log ends where it
-//! believes it does ([`StoreError::Conflict`] otherwise), so that no two records share a place.
+//! Each replica appends to a log of its own ([`LogId`]): its own origin, chain, tree,
+//! checkpoints and keys. A record's key in `zt_evidence_records` (and a checkpoint's in
+//! `zt_evidence_checkpoints`) is `log · 2^40 + seq`, so each log is one range of the primary
+//! key, log 0 is what a store made before there were several logs already held, and no append
+//! waits for another log's. A batch of records and the checkpoint that covers it are written in
+//! one transaction, so a crash leaves either both or neither, and every writer checks that its
+//! log ends where it believes it does ([`StoreError::Conflict`] otherwise), so that no two
+//! records share a place even if two processes wrongly write one log.
 
 use crate::{Backend, Store, StoreError};
 
@@ -22,10 +26,69 @@ pub struct StoredCheckpoint {
     pub note: String,
 }
 
-/// Refuses a batch that does not start where the stored log ends (`next`: one past the last
-/// stored sequence number, `None` for an empty log).
-pub(crate) fn check_next(next: Option<i64>, expected: u64) -> Result<(), StoreError> {
-    let found = to_u64(next.unwrap_or(0))?;
+/// One evidence log of the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLog {
+    pub id: LogId,
+    /// The replica's name, given when it joined.
+    pub name: String,
+    /// The name in its checkpoints (`ztinfra/<16 hex digits>`).
+    pub origin: String,
+    pub created_at_ms: i64,
+}
+
+/// Which evidence log: each replica appends to its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LogId(pub u32);
+
+/// A log holds fewer than `2^SEQ_BITS` records; a store at most `2^(63 - SEQ_BITS)` logs.
+const SEQ_BITS: u32 = 40;
+const MAX_LOGS: u32 = 1 << (63 - SEQ_BITS);
+
+impl LogId {
+    /// The stored key of record (or tree size) `n` of this log.
+    pub(crate) fn key(self, n: u64) -> Result<i64, StoreError> {
+        if self.0 >= MAX_LOGS || n >= 1 << SEQ_BITS {
+            return Err(StoreError::Corrupt(format!(
+                "record {n} of log {} is out of range",
+                self.0
+            )));
+        }
+        Ok((i64::from(self.0) << SEQ_BITS) | n as i64)
+    }
+
+    /// The key of `n`, or the first key past this log's when `n` is beyond it.
+    pub(crate) fn upto(self, n: u64) -> Result<i64, StoreError> {
+        if n >= 1 << SEQ_BITS {
+            Ok(self.key(0)? + (1 << SEQ_BITS))
+        } else {
+            self.key(n)
+        }
+    }
+
+    /// The place within this log of a stored key.
+    fn place(self, key: i64) -> Result<u64, StoreError> {
+        to_u64(key - self.key(0)?)
+    }
+
+    fn as_i64(self) -> i64 {
+        i64::from(self.0)
+    }
+}
+
+impl std::fmt::Display for LogId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Refuses a batch that does not start where the stored log ends (`last`: the stored key of
+/// its last record, `None` for an empty log).
+pub(crate) fn check_next(log: LogId, last: Option<i64>, expected: u64) -> Result<(), StoreError> {
+    let found = match last {
+        Some(key) => log.place(key)? + 1,
+        None => 0,
+    };
     if found == expected {
         Ok(())
     } else {
@@ -33,73 +96,139 @@ pub(crate) fn check_next(next: Option<i64>, expected: u64) -> Result<(), StoreEr
     }
 }
 
-/// The advisory lock key serializing evidence writers on PostgreSQL.
-const APPEND_LOCK: i64 = 7_247_017;
-
-pub(crate) fn to_i64(n: u64) -> Result<i64, StoreError> {
-    i64::try_from(n).map_err(|_| StoreError::Corrupt(format!("sequence number {n} out of range")))
-}
-
 fn to_u64(n: i64) -> Result<u64, StoreError> {
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative sequence number {n}")))
 }
 
+fn to_log(id: i64) -> Result<LogId, StoreError> {
+    u32::try_from(id)
+        .ok()
+        .filter(|id| *id < MAX_LOGS)
+        .map(LogId)
+        .ok_or_else(|| StoreError::Corrupt(format!("evidence log id {id} out of range")))
+}
+
+type LogRow = (i64, String, String, i64);
+
+fn log_from((id, name, origin, created_at_ms): LogRow) -> Result<StoredLog, StoreError> {
+    Ok(StoredLog {
+        id: to_log(id)?,
+        name,
+        origin,
+        created_at_ms,
+    })
+}
+
 impl Store {
-    /// The value of `name` in the store's metadata, set to `init()` if absent (first writer
-    /// wins).
-    pub async fn meta_get_or_init(
-        &self,
-        name: &str,
-        init: impl FnOnce() -> String,
-    ) -> Result<String, StoreError> {
-        let value = init();
-        match &self.backend {
-            Backend::Sqlite(pool, _) => {
-                sqlx::query(
-                    "INSERT INTO zt_meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-                )
-                .bind(name)
-                .bind(&value)
-                .execute(pool)
-                .await?;
-                Ok(
-                    sqlx::query_scalar("SELECT value FROM zt_meta WHERE name = ?")
-                        .bind(name)
-                        .fetch_one(pool)
-                        .await?,
-                )
-            }
-            Backend::Postgres(pool) => {
-                sqlx::query("INSERT INTO zt_meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-                    .bind(name)
-                    .bind(&value)
-                    .execute(pool)
-                    .await?;
-                Ok(
-                    sqlx::query_scalar("SELECT value FROM zt_meta WHERE name = $1")
-                        .bind(name)
-                        .fetch_one(pool)
-                        .await?,
-                )
-            }
-        }
+    /// Every evidence log, oldest first.
+    pub async fn evidence_logs(&self) -> Result<Vec<StoredLog>, StoreError> {
+        let sql = "SELECT id, name, origin, created_at_ms FROM zt_evidence_logs ORDER BY id";
+        let rows: Vec<LogRow> = match &self.backend {
+            Backend::Sqlite(pool, _) => sqlx::query_as(sql).fetch_all(pool).await?,
+            Backend::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await?,
+        };
+        rows.into_iter().map(log_from).collect()
     }
 
-    /// Adds a public key (as JSON) to the keyring unless a key with its id is there.
+    /// Creates a log and its first public key together, under the next free id;
+    /// [`StoreError::Exists`] if the name, the origin or the key is taken, or, with `first`, if
+    /// the store has a log already (the first start of replicas starting together).
+    pub async fn add_evidence_log(
+        &self,
+        name: &str,
+        origin: &str,
+        key_id: &str,
+        key_json: &str,
+        created_at_ms: i64,
+        first: bool,
+    ) -> Result<LogId, StoreError> {
+        let refuse_second = |logs: i64| {
+            if first && logs > 0 {
+                Err(StoreError::Exists("the store's first evidence log".into()))
+            } else {
+                Ok(())
+            }
+        };
+        let taken = |e: sqlx::Error| match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Exists(format!("{name} ({origin}, key {key_id})"))
+            }
+            _ => StoreError::Database(e),
+        };
+        let id: i64 = match &self.backend {
+            Backend::Sqlite(pool, _) => {
+                let mut tx = pool.begin().await?;
+                refuse_second(
+                    sqlx::query_scalar("SELECT COUNT(*) FROM zt_evidence_logs")
+                        .fetch_one(&mut *tx)
+                        .await?,
+                )?;
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO zt_evidence_logs (id, name, origin, created_at_ms)
+                     VALUES ((SELECT COALESCE(MAX(id) + 1, 0) FROM zt_evidence_logs), ?, ?, ?)
+                     RETURNING id",
+                )
+                .bind(name)
+                .bind(origin)
+                .bind(created_at_ms)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(taken)?;
+                sqlx::query("INSERT INTO zt_evidence_keys (key_id, key_json, created_at_ms, log) VALUES (?, ?, ?, ?)")
+                    .bind(key_id).bind(key_json).bind(created_at_ms).bind(id)
+                    .execute(&mut *tx).await.map_err(taken)?;
+                tx.commit().await?;
+                id
+            }
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                // Replicas joining at once take ids one after the other.
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(JOIN_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                refuse_second(
+                    sqlx::query_scalar("SELECT COUNT(*) FROM zt_evidence_logs")
+                        .fetch_one(&mut *tx)
+                        .await?,
+                )?;
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO zt_evidence_logs (id, name, origin, created_at_ms)
+                     VALUES ((SELECT COALESCE(MAX(id) + 1, 0) FROM zt_evidence_logs), $1, $2, $3)
+                     RETURNING id",
+                )
+                .bind(name)
+                .bind(origin)
+                .bind(created_at_ms)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(taken)?;
+                sqlx::query("INSERT INTO zt_evidence_keys (key_id, key_json, created_at_ms, log) VALUES ($1, $2, $3, $4)")
+                    .bind(key_id).bind(key_json).bind(created_at_ms).bind(id)
+                    .execute(&mut *tx).await.map_err(taken)?;
+                tx.commit().await?;
+                id
+            }
+        };
+        to_log(id)
+    }
+
+    /// Adds a public key (as JSON) to a log's keyring unless a key with its id is there.
     pub async fn add_key(
         &self,
+        log: LogId,
         key_id: &str,
         key_json: &str,
         created_at_ms: i64,
     ) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(pool, _) => {
-                sqlx::query("INSERT INTO zt_evidence_keys (key_id, key_json, created_at_ms) VALUES (?, ?, ?) ON CONFLICT (key_id) DO NOTHING")
-                    .bind(key_id).bind(key_json).bind(created_at_ms).execute(pool).await?;
+                sqlx::query("INSERT INTO zt_evidence_keys (key_id, key_json, created_at_ms, log) VALUES (?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING")
+                    .bind(key_id).bind(key_json).bind(created_at_ms).bind(log.as_i64()).execute(pool).await?;
             }
             Backend::Postgres(pool) => {
-                sqlx::query("INSERT INTO zt_evidence_keys (key_id, key_json, created_at_ms) VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING")
-                    .bind(key_id).bind(key_json).bind(created_at_ms).execute(pool).await?;
+                sqlx::query("INSERT INTO zt_evidence_keys (key_id, key_json, created_at_ms, log) VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING")
+                    .bind(key_id).bind(key_json).bind(created_at_ms).bind(log.as_i64()).execute(pool).await?;
             }
         }
         Ok(())
@@ -126,19 +255,40 @@ impl Store {
         Ok(())
     }
 
-    /// Every public key's JSON, oldest first.
-    pub async fn keys(&self) -> Result<Vec<String>, StoreError> {
-        let sql = "SELECT key_json FROM zt_evidence_keys ORDER BY created_at_ms, key_id";
+    /// Every public key's JSON of one log, oldest first.
+    pub async fn keys(&self, log: LogId) -> Result<Vec<String>, StoreError> {
         Ok(match &self.backend {
-            Backend::Sqlite(pool, _) => sqlx::query_scalar(sql).fetch_all(pool).await?,
-            Backend::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await?,
+            Backend::Sqlite(pool, _) => sqlx::query_scalar("SELECT key_json FROM zt_evidence_keys WHERE log = ? ORDER BY created_at_ms, key_id")
+                .bind(log.as_i64()).fetch_all(pool).await?,
+            Backend::Postgres(pool) => sqlx::query_scalar("SELECT key_json FROM zt_evidence_keys WHERE log = $1 ORDER BY created_at_ms, key_id")
+                .bind(log.as_i64()).fetch_all(pool).await?,
         })
     }
 
-    /// Appends records and the checkpoint over them, in one transaction, and returns once it
-    /// is durable. `records` must start where the stored log ends.
+    /// The log whose keyring holds the key `key_id`, if any.
+    pub async fn key_log(&self, key_id: &str) -> Result<Option<LogId>, StoreError> {
+        let id: Option<i64> = match &self.backend {
+            Backend::Sqlite(pool, _) => {
+                sqlx::query_scalar("SELECT log FROM zt_evidence_keys WHERE key_id = ?")
+                    .bind(key_id)
+                    .fetch_optional(pool)
+                    .await?
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query_scalar("SELECT log FROM zt_evidence_keys WHERE key_id = $1")
+                    .bind(key_id)
+                    .fetch_optional(pool)
+                    .await?
+            }
+        };
+        id.map(to_log).transpose()
+    }
+
+    /// Appends records and the checkpoint over them to `log`, in one transaction, and returns
+    /// once it is durable. `records` must start where the stored log ends.
     pub async fn append_evidence(
         &self,
+        log: LogId,
         records: Vec<StoredRecord>,
         checkpoint: StoredCheckpoint,
     ) -> Result<(), StoreError> {
@@ -146,21 +296,20 @@ impl Store {
             return Ok(());
         };
         match &self.backend {
-            Backend::Sqlite(_, appender) => appender.append(records, checkpoint).await?,
+            Backend::Sqlite(_, appender) => appender.append(log, records, checkpoint).await?,
             Backend::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(APPEND_LOCK)
-                    .execute(&mut *tx)
-                    .await?;
-                let next: Option<i64> =
-                    sqlx::query_scalar("SELECT MAX(seq) + 1 FROM zt_evidence_records")
-                        .fetch_one(&mut *tx)
-                        .await?;
-                check_next(next, first)?;
+                let last: Option<i64> = sqlx::query_scalar(
+                    "SELECT MAX(seq) FROM zt_evidence_records WHERE seq >= $1 AND seq < $2",
+                )
+                .bind(log.key(0)?)
+                .bind(log.upto(u64::MAX)?)
+                .fetch_one(&mut *tx)
+                .await?;
+                check_next(log, last, first)?;
                 let seqs = records
                     .iter()
-                    .map(|r| to_i64(r.seq))
+                    .map(|r| log.key(r.seq))
                     .collect::<Result<Vec<_>, _>>()?;
                 let hashes: Vec<&str> = records.iter().map(|r| r.hash.as_str()).collect();
                 let bodies: Vec<&str> = records.iter().map(|r| r.body.as_str()).collect();
@@ -176,7 +325,7 @@ impl Store {
                 sqlx::query(
                     "INSERT INTO zt_evidence_checkpoints (tree_size, note) VALUES ($1, $2)",
                 )
-                .bind(to_i64(checkpoint.tree_size)?)
+                .bind(log.key(checkpoint.tree_size)?)
                 .bind(&checkpoint.note)
                 .execute(&mut *tx)
                 .await?;
@@ -186,56 +335,62 @@ impl Store {
         Ok(())
     }
 
-    /// The hashes (hex) of records `from..` in order, at most `limit` of them.
+    /// The hashes (hex) of records `from..` of `log` in order, at most `limit` of them.
     pub async fn evidence_hashes(
         &self,
+        log: LogId,
         from: u64,
         limit: u32,
     ) -> Result<Vec<(u64, String)>, StoreError> {
+        let (from, end) = (log.upto(from)?, log.upto(u64::MAX)?);
         let rows: Vec<(i64, String)> = match &self.backend {
             Backend::Sqlite(pool, _) => {
                 sqlx::query_as(
-                    "SELECT seq, hash FROM zt_evidence_records WHERE seq >= ? ORDER BY seq LIMIT ?",
+                    "SELECT seq, hash FROM zt_evidence_records WHERE seq >= ? AND seq < ? ORDER BY seq LIMIT ?",
                 )
-                .bind(to_i64(from)?)
+                .bind(from)
+                .bind(end)
                 .bind(i64::from(limit))
                 .fetch_all(pool)
                 .await?
             }
             Backend::Postgres(pool) => sqlx::query_as(
-                "SELECT seq, hash FROM zt_evidence_records WHERE seq >= $1 ORDER BY seq LIMIT $2",
+                "SELECT seq, hash FROM zt_evidence_records WHERE seq >= $1 AND seq < $2 ORDER BY seq LIMIT $3",
             )
-            .bind(to_i64(from)?)
+            .bind(from)
+            .bind(end)
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await?,
         };
         rows.into_iter()
-            .map(|(seq, hash)| Ok((to_u64(seq)?, hash)))
+            .map(|(seq, hash)| Ok((log.place(seq)?, hash)))
             .collect()
     }
 
-    /// Records `from..to` in order, at most `limit` of them.
+    /// Records `from..to` of `log` in order, at most `limit` of them.
     pub async fn evidence_records(
         &self,
+        log: LogId,
         from: u64,
         to: u64,
         limit: u32,
     ) -> Result<Vec<StoredRecord>, StoreError> {
+        let (from, to) = (log.upto(from)?, log.upto(to)?);
         let rows: Vec<(i64, String, String)> = match &self.backend {
             Backend::Sqlite(pool, _) => {
                 sqlx::query_as("SELECT seq, hash, body FROM zt_evidence_records WHERE seq >= ? AND seq < ? ORDER BY seq LIMIT ?")
-                    .bind(to_i64(from)?).bind(to_i64(to)?).bind(i64::from(limit)).fetch_all(pool).await?
+                    .bind(from).bind(to).bind(i64::from(limit)).fetch_all(pool).await?
             }
             Backend::Postgres(pool) => {
                 sqlx::query_as("SELECT seq, hash, body FROM zt_evidence_records WHERE seq >= $1 AND seq < $2 ORDER BY seq LIMIT $3")
-                    .bind(to_i64(from)?).bind(to_i64(to)?).bind(i64::from(limit)).fetch_all(pool).await?
+                    .bind(from).bind(to).bind(i64::from(limit)).fetch_all(pool).await?
             }
         };
         rows.into_iter()
             .map(|(seq, hash, body)| {
                 Ok(StoredRecord {
-                    seq: to_u64(seq)?,
+                    seq: log.place(seq)?,
                     hash,
                     body,
                 })
@@ -243,66 +398,74 @@ impl Store {
             .collect()
     }
 
-    /// The checkpoints with `from < tree_size <= to`, in order.
+    /// The checkpoints of `log` with `from < tree_size <= to`, in order.
     pub async fn evidence_checkpoints(
         &self,
+        log: LogId,
         from: u64,
         to: u64,
     ) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let (from, to) = (log.upto(from)?, log.upto(to)?);
         let rows: Vec<(i64, String)> = match &self.backend {
             Backend::Sqlite(pool, _) => {
                 sqlx::query_as("SELECT tree_size, note FROM zt_evidence_checkpoints WHERE tree_size > ? AND tree_size <= ? ORDER BY tree_size")
-                    .bind(to_i64(from)?).bind(to_i64(to)?).fetch_all(pool).await?
+                    .bind(from).bind(to).fetch_all(pool).await?
             }
             Backend::Postgres(pool) => {
                 sqlx::query_as("SELECT tree_size, note FROM zt_evidence_checkpoints WHERE tree_size > $1 AND tree_size <= $2 ORDER BY tree_size")
-                    .bind(to_i64(from)?).bind(to_i64(to)?).fetch_all(pool).await?
+                    .bind(from).bind(to).fetch_all(pool).await?
             }
         };
         rows.into_iter()
             .map(|(size, note)| {
                 Ok(StoredCheckpoint {
-                    tree_size: to_u64(size)?,
+                    tree_size: log.place(size)?,
                     note,
                 })
             })
             .collect()
     }
 
-    /// The first checkpoint covering at least `size` records: the latest when `size` is 0 and
-    /// `latest` is set.
+    /// The first checkpoint of `log` covering at least `size` records: the latest when `size`
+    /// is 0 and `latest` is set.
     pub async fn evidence_checkpoint(
         &self,
+        log: LogId,
         size: u64,
         latest: bool,
     ) -> Result<Option<StoredCheckpoint>, StoreError> {
+        // Sizes start at 1: a log's range of checkpoint keys is (key(0), key(0) + 2^40).
+        let (low, end) = (log.upto(if latest { 1 } else { size.max(1) })?, log.upto(u64::MAX)?);
         let row: Option<(i64, String)> = match (&self.backend, latest) {
             (Backend::Sqlite(pool, _), true) => {
-                sqlx::query_as("SELECT tree_size, note FROM zt_evidence_checkpoints ORDER BY tree_size DESC LIMIT 1")
-                    .fetch_optional(pool).await?
+                sqlx::query_as("SELECT tree_size, note FROM zt_evidence_checkpoints WHERE tree_size >= ? AND tree_size < ? ORDER BY tree_size DESC LIMIT 1")
+                    .bind(low).bind(end).fetch_optional(pool).await?
             }
             (Backend::Postgres(pool), true) => {
-                sqlx::query_as("SELECT tree_size, note FROM zt_evidence_checkpoints ORDER BY tree_size DESC LIMIT 1")
-                    .fetch_optional(pool).await?
+                sqlx::query_as("SELECT tree_size, note FROM zt_evidence_checkpoints WHERE tree_size >= $1 AND tree_size < $2 ORDER BY tree_size DESC LIMIT 1")
+                    .bind(low).bind(end).fetch_optional(pool).await?
             }
             (Backend::Sqlite(pool, _), false) => {
-                sqlx::query_as("SELECT tree_size, note FROM zt_evidence_checkpoints WHERE tree_size >= ? ORDER BY tree_size LIMIT 1")
-                    .bind(to_i64(size)?).fetch_optional(pool).await?
+                sqlx::query_as("SELECT tree_size, note FROM zt_evidence_checkpoints WHERE tree_size >= ? AND tree_size < ? ORDER BY tree_size LIMIT 1")
+                    .bind(low).bind(end).fetch_optional(pool).await?
             }
             (Backend::Postgres(pool), false) => {
-                sqlx::query_as("SELECT tree_size, note FROM zt_evidence_checkpoints WHERE tree_size >= $1 ORDER BY tree_size LIMIT 1")
-                    .bind(to_i64(size)?).fetch_optional(pool).await?
+                sqlx::query_as("SELECT tree_size, note FROM zt_evidence_checkpoints WHERE tree_size >= $1 AND tree_size < $2 ORDER BY tree_size LIMIT 1")
+                    .bind(low).bind(end).fetch_optional(pool).await?
             }
         };
         row.map(|(size, note)| {
             Ok(StoredCheckpoint {
-                tree_size: to_u64(size)?,
+                tree_size: log.place(size)?,
                 note,
             })
         })
         .transpose()
     }
 }
+
+/// The advisory lock key under which replicas joining at once take log ids on PostgreSQL.
+const JOIN_LOCK: i64 = 7_247_019;
 
 #[cfg(test)]
 mod tests {
@@ -318,36 +481,75 @@ mod tests {
     }
 
     async fn exercise(store: &Store) {
-        let origin = store
-            .meta_get_or_init("log_origin", || "first".into())
+        let log = store
+            .add_evidence_log("a", "ztinfra/a", "k1", "{\"key_id\":\"k1\"}", 1, true)
             .await
             .unwrap();
-        assert_eq!(
-            store
-                .meta_get_or_init("log_origin", || "second".into())
+        assert_eq!(log, LogId(0));
+        // Name, origin and key are each one log's.
+        for (name, origin, key) in [("a", "o", "k9"), ("b", "ztinfra/a", "k9"), ("b", "o", "k1")] {
+            let err = store
+                .add_evidence_log(name, origin, key, "{}", 1, false)
                 .await
-                .unwrap(),
-            origin
-        );
-
-        store.add_key("k1", "{\"key_id\":\"k1\"}", 1).await.unwrap();
-        store.add_key("k1", "{\"ignored\":true}", 1).await.unwrap();
-        store.add_key("k2", "{\"key_id\":\"k2\"}", 2).await.unwrap();
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Exists(_)), "{err}");
+        }
+        // A first log only in a store without one.
+        let err = store
+            .add_evidence_log("c", "ztinfra/c", "k8", "{}", 1, true)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Exists(_)), "{err}");
+        store.add_key(log, "k1", "{\"ignored\":true}", 1).await.unwrap();
+        store.add_key(log, "k2", "{\"key_id\":\"k2\"}", 2).await.unwrap();
         store
             .update_key("k1", "{\"key_id\":\"k1\",\"retired\":true}")
             .await
             .unwrap();
         assert_eq!(
-            store.keys().await.unwrap(),
+            store.keys(log).await.unwrap(),
             [
                 "{\"key_id\":\"k1\",\"retired\":true}",
                 "{\"key_id\":\"k2\"}"
             ]
         );
+        assert_eq!(store.key_log("k2").await.unwrap(), Some(log));
+        assert_eq!(store.key_log("k3").await.unwrap(), None);
+
+        // A second log: its records, checkpoints and keys are its own, and its appends take
+        // places 0.. whatever the first log holds.
+        let other = store
+            .add_evidence_log("b", "ztinfra/b", "k3", "{\"key_id\":\"k3\"}", 3, false)
+            .await
+            .unwrap();
+        assert_eq!(other, LogId(1));
+        store
+            .append_evidence(
+                other,
+                vec![record(0), record(1)],
+                StoredCheckpoint {
+                    tree_size: 2,
+                    note: "other".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.keys(other).await.unwrap(), ["{\"key_id\":\"k3\"}"]);
+        assert_eq!(
+            store
+                .evidence_logs()
+                .await
+                .unwrap()
+                .iter()
+                .map(|l| (l.id, l.origin.as_str()))
+                .collect::<Vec<_>>(),
+            [(log, "ztinfra/a"), (other, "ztinfra/b")]
+        );
 
         let batch: Vec<_> = (0..3).map(record).collect();
         store
             .append_evidence(
+                log,
                 batch,
                 StoredCheckpoint {
                     tree_size: 3,
@@ -359,6 +561,7 @@ mod tests {
         let batch: Vec<_> = (3..5).map(record).collect();
         store
             .append_evidence(
+                log,
                 batch,
                 StoredCheckpoint {
                     tree_size: 5,
@@ -370,6 +573,7 @@ mod tests {
         // A writer that believes the log is shorter (or longer) is refused, and nothing is written.
         let err = store
             .append_evidence(
+                log,
                 vec![record(4)],
                 StoredCheckpoint {
                     tree_size: 5,
@@ -394,6 +598,7 @@ mod tests {
         let big: Vec<_> = (5..size).map(record).collect();
         store
             .append_evidence(
+                log,
                 big,
                 StoredCheckpoint {
                     tree_size: size,
@@ -402,7 +607,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let stored = store.evidence_records(0, size, u32::MAX).await.unwrap();
+        let stored = store.evidence_records(log, 0, size, u32::MAX).await.unwrap();
         assert_eq!(stored.len() as u64, size);
         assert!(
             stored
@@ -411,18 +616,18 @@ mod tests {
                 .all(|(i, r)| *r == record(i as u64))
         );
 
-        let hashes = store.evidence_hashes(1, 3).await.unwrap();
+        let hashes = store.evidence_hashes(log, 1, 3).await.unwrap();
         assert_eq!(hashes.iter().map(|h| h.0).collect::<Vec<_>>(), [1, 2, 3]);
-        let records = store.evidence_records(2, 4, 100).await.unwrap();
+        let records = store.evidence_records(log, 2, 4, 100).await.unwrap();
         assert_eq!(records, [record(2), record(3)]);
-        let checkpoints = store.evidence_checkpoints(0, 5).await.unwrap();
+        let checkpoints = store.evidence_checkpoints(log, 0, 5).await.unwrap();
         assert_eq!(
             checkpoints.iter().map(|c| c.tree_size).collect::<Vec<_>>(),
             [3, 5]
         );
         assert_eq!(
             store
-                .evidence_checkpoint(4, false)
+                .evidence_checkpoint(log, 4, false)
                 .await
                 .unwrap()
                 .unwrap()
@@ -431,16 +636,27 @@ mod tests {
         );
         assert_eq!(
             store
-                .evidence_checkpoint(0, true)
+                .evidence_checkpoint(log, 0, true)
                 .await
                 .unwrap()
                 .unwrap()
                 .note,
             "big"
         );
+        // The other log's end is its own.
+        assert_eq!(
+            store
+                .evidence_checkpoint(other, 0, true)
+                .await
+                .unwrap()
+                .unwrap()
+                .note,
+            "other"
+        );
+        assert_eq!(store.evidence_hashes(other, 0, 10).await.unwrap().len(), 2);
         assert!(
             store
-                .evidence_checkpoint(size + 1, false)
+                .evidence_checkpoint(log, size + 1, false)
                 .await
                 .unwrap()
                 .is_none()

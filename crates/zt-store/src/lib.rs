@@ -28,7 +28,7 @@ mod credentials;
 mod evidence;
 pub use agents::{StoredAgent, StoredSession};
 pub use credentials::{CredentialInfo, Revoked};
-pub use evidence::{StoredCheckpoint, StoredRecord};
+pub use evidence::{LogId, StoredCheckpoint, StoredLog, StoredRecord};
 
 /// Where the store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +259,23 @@ const MIGRATIONS: &[&[&str]] = &[
             created_at_ms BIGINT NOT NULL
         )",
         "CREATE UNIQUE INDEX zt_sessions_status_idx ON zt_sessions (status_idx)",
+    ],
+    // One evidence log per replica (`evidence.rs`: a record's key is `log · 2^40 + seq`). The
+    // log a store already had becomes log 0, its records and keys unchanged.
+    &[
+        "CREATE TABLE zt_evidence_logs (
+            id BIGINT NOT NULL PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            origin TEXT NOT NULL UNIQUE,
+            created_at_ms BIGINT NOT NULL
+        )",
+        "INSERT INTO zt_evidence_logs (id, name, origin, created_at_ms)
+         SELECT 0, 'replica-0', value,
+                COALESCE((SELECT MIN(created_at_ms) FROM zt_evidence_keys), 0)
+         FROM zt_meta WHERE name = 'log_origin'",
+        "DELETE FROM zt_meta WHERE name = 'log_origin'",
+        "ALTER TABLE zt_evidence_keys ADD COLUMN log BIGINT NOT NULL DEFAULT 0",
+        "CREATE INDEX zt_evidence_keys_log ON zt_evidence_keys (log)",
     ],
 ];
 

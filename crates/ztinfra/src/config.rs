@@ -31,7 +31,7 @@ const DEMO_FILES: &[(&str, &str)] = &[
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"            # relative paths: from the config file's directory\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  no_watch = false                # or: watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n  header_timeout_secs = 10\n  body_timeout_secs = 10\n  max_connections = 1024\n  max_pending_body_bytes = 67108864\n  allowed_hosts = [\"pdp.internal\"]\n  allowed_origins = [\"https://console.example.com\"]\n  callers = \"authenticated\"        # or \"open\" (the default with demo = true)\n  allow_open_callers_on_network = false\n  admin_listen = \"127.0.0.1:8182\"   # policy reload, entity edits, agents, revocation: only here\n  trust_domain = \"ztinfra.local\"\n  session_ttl_secs = 900\n  max_session_ttl_secs = 3600\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
+    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"            # relative paths: from the config file's directory\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  no_watch = false                # or: watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n  header_timeout_secs = 10\n  body_timeout_secs = 10\n  max_connections = 1024\n  max_pending_body_bytes = 67108864\n  allowed_hosts = [\"pdp.internal\"]\n  allowed_origins = [\"https://console.example.com\"]\n  callers = \"authenticated\"        # or \"open\" (the default with demo = true)\n  allow_open_callers_on_network = false\n  admin_listen = \"127.0.0.1:8182\"   # policy reload, entity edits, agents, revocation: only here\n  join = \"replica-b\"              # a replica joining a shared store: its name\n  trust_domain = \"ztinfra.local\"\n  session_ttl_secs = 900\n  max_session_ttl_secs = 3600\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
 )]
 pub struct ServeArgs {
     /// Address to listen on, IP:PORT; a bare PORT or localhost:PORT means 127.0.0.1:PORT
@@ -119,6 +119,12 @@ pub struct ServeArgs {
     /// not on `--listen` [default: with the rest].
     #[arg(long, env = "ZTINFRA_ADMIN_LISTEN")]
     admin_listen: Option<String>,
+    /// On a shared (PostgreSQL) store that other replicas write: join it as the replica NAME,
+    /// with an evidence log and key of its own, recorded as that log's first record. Without
+    /// it, a replica whose key is in no log of such a store refuses to start. Later starts
+    /// with the flag change nothing.
+    #[arg(long, env = "ZTINFRA_JOIN", value_name = "NAME")]
+    join: Option<String>,
     /// The SPIFFE trust domain of agent sessions' IDs
     /// (`spiffe://<trust-domain>/agent/<agent>/session/<id>`) [default: ztinfra.local].
     #[arg(long, env = "ZTINFRA_TRUST_DOMAIN")]
@@ -176,6 +182,7 @@ struct FileConfig {
     session_ttl_secs: Option<u64>,
     max_session_ttl_secs: Option<u64>,
     admin_listen: Option<String>,
+    join: Option<String>,
 }
 
 /// Resolved settings.
@@ -347,6 +354,10 @@ impl Settings {
             ..session_defaults
         };
         check_trust_domain(&sessions.trust_domain)?;
+        let join = args.join.or(file.join);
+        if let Some(name) = &join {
+            zt_server::evidence::check_replica_name(name)?;
+        }
         let admin_listen = args
             .admin_listen
             .or(file.admin_listen)
@@ -406,6 +417,7 @@ impl Settings {
                 callers,
                 sessions,
                 admin_listen,
+                join,
             },
             log_format: args
                 .log_format

@@ -1,5 +1,6 @@
-//! `ztinfra evidence` and `ztinfra keys`: export and verify the evidence log, and manage its
-//! signing key. Export and key commands read the store directly (a running server may keep
+//! `ztinfra evidence`, `ztinfra keys` and `ztinfra replicas`: export and verify the evidence
+//! logs (one per replica), manage a replica's signing key, and join replicas to a shared store.
+//! Export, key and replica commands read the store directly (a running server may keep
 //! writing: SQLite readers do not block it); verify needs only the export and the public keys.
 
 use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
@@ -12,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use zt_evidence::checkpoint::{Keyring, PublicKey};
 use zt_evidence::merkle::{CompactRange, Hash, leaf_hash};
 use zt_evidence::verify::{EXPORT_FORMAT, Line, Prefix};
-use zt_store::{Location, Store};
+use zt_store::{Location, Store, StoredLog};
 
 /// Where the store is.
 #[derive(Debug, Args)]
@@ -65,6 +66,10 @@ pub enum EvidenceCommand {
     Export {
         #[command(flatten)]
         store: StoreArgs,
+        /// One log only: its origin or its replica's name [default: every log of the store,
+        /// one after the other, each under a header naming its origin].
+        #[arg(long)]
+        log: Option<String>,
         /// First sequence number [default: 0].
         #[arg(long)]
         from: Option<u64>,
@@ -81,12 +86,14 @@ pub enum EvidenceCommand {
     Verify {
         /// The export (JSON lines).
         file: PathBuf,
-        /// The log's public keys, as `GET /v1/evidence/keys` or `ztinfra keys export` give them.
+        /// The logs' public keys, as `ztinfra keys export` gives them (an array of keyrings, one
+        /// per log) or as `GET /v1/evidence/keys` gives one log's. Each log of the export is
+        /// verified with its own.
         #[arg(long)]
         keys: PathBuf,
         /// A checkpoint obtained earlier from a source you trust (the `note` of
-        /// `GET /v1/evidence/checkpoint`, or `<data-dir>/evidence.checkpoint`): the export must
-        /// reach its size with its root.
+        /// `GET /v1/evidence/checkpoint`, or `<data-dir>/evidence.checkpoint`): the export of
+        /// the log it names must reach its size with its root.
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<PathBuf>,
         /// The export must hold exactly this many records (its tree size).
@@ -100,13 +107,18 @@ pub enum EvidenceCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Print the log's public keys (for `evidence verify --keys`).
+    /// Print the logs' public keys (for `evidence verify --keys`): one keyring, or an array of
+    /// them when the store has several logs.
     Export {
         #[command(flatten)]
         store: StoreArgs,
+        /// One log only: its origin or its replica's name.
+        #[arg(long)]
+        log: Option<String>,
     },
-    /// Replace the signing key with a new one. The old public key stays in the keyring, so what
-    /// it signed still verifies; a running server signs with the new key after a restart.
+    /// Replace this replica's signing key with a new one, in its log's keyring. The old public
+    /// key stays there, so what it signed still verifies; a running server signs with the new
+    /// key after a restart.
     Rotate {
         #[command(flatten)]
         store: StoreArgs,
@@ -115,6 +127,97 @@ pub enum KeysCommand {
         #[arg(long)]
         sessions: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReplicasCommand {
+    /// Join a new replica to a shared store before its first start: makes (or reads) the
+    /// signing key in its data directory, and creates its evidence log with that key, the act
+    /// recorded as the log's first record. The private key never leaves the data directory.
+    Add {
+        /// The replica's name: 1 to 64 letters, digits, `.`, `_` or `-`.
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List the store's evidence logs: replica, origin, records, keys.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+pub fn run_replicas(command: ReplicasCommand) -> ExitCode {
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            match command {
+                ReplicasCommand::Add { name, store: args } => {
+                    zt_server::evidence::check_replica_name(&name)?;
+                    let store = args.open_or(true).await?;
+                    let signer = std::sync::Arc::new(zt_server::keys::load_or_generate(
+                        &args.data_dir().join("keys"),
+                    )?);
+                    let log = zt_server::evidence::join(
+                        &store,
+                        std::sync::Arc::clone(&signer),
+                        &name,
+                        "ztinfra replicas add",
+                    )
+                    .await?;
+                    store.close().await;
+                    println!(
+                        "replica `{name}` joined: evidence log {} signed by key {}; start it with this data directory ({})",
+                        log.origin,
+                        signer.info().key_id,
+                        args.data_dir().display()
+                    );
+                    Ok(())
+                }
+                ReplicasCommand::List { store } => {
+                    let store = store.open().await?;
+                    println!("{:<20} {:<26} {:>12}  keys", "replica", "log", "records");
+                    for log in store.evidence_logs().await? {
+                        let size = store
+                            .evidence_checkpoint(log.id, 0, true)
+                            .await?
+                            .map_or(0, |c| c.tree_size);
+                        let keyring = zt_server::evidence::load_keyring(&store, &log).await?;
+                        let keys: Vec<String> = keyring
+                            .keys
+                            .iter()
+                            .map(|k| match k.retired_at_ms {
+                                Some(_) => format!("{} (retired)", k.key_id),
+                                None => k.key_id.clone(),
+                            })
+                            .collect();
+                        println!(
+                            "{:<20} {:<26} {size:>12}  {}",
+                            log.name,
+                            log.origin,
+                            keys.join(", ")
+                        );
+                    }
+                    store.close().await;
+                    Ok(())
+                }
+            }
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The logs a command names: one (`--log`, by origin or replica name), or every log.
+async fn logs(store: &Store, log: Option<&str>) -> anyhow::Result<Vec<StoredLog>> {
+    Ok(match log {
+        Some(wanted) => vec![zt_server::evidence::find_log(store, wanted).await?],
+        None => store.evidence_logs().await?,
+    })
 }
 
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -149,10 +252,13 @@ pub fn run_evidence(command: EvidenceCommand) -> ExitCode {
     let result = match command {
         EvidenceCommand::Export {
             store,
+            log,
             from,
             to,
             output,
-        } => runtime().and_then(|rt| rt.block_on(export(&store, from, to, output.as_deref()))),
+        } => runtime().and_then(|rt| {
+            rt.block_on(export(&store, log.as_deref(), from, to, output.as_deref()))
+        }),
         EvidenceCommand::Verify {
             file,
             keys,
@@ -181,10 +287,17 @@ pub fn run_keys(command: KeysCommand) -> ExitCode {
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
             match command {
-                KeysCommand::Export { store } => {
+                KeysCommand::Export { store, log } => {
                     let store = store.open().await?;
-                    let keyring = keyring(&store).await?;
-                    println!("{}", serde_json::to_string_pretty(&keyring)?);
+                    let mut keyrings = Vec::new();
+                    for log in logs(&store, log.as_deref()).await? {
+                        keyrings.push(zt_server::evidence::load_keyring(&store, &log).await?);
+                    }
+                    let json = match keyrings.as_slice() {
+                        [one] => serde_json::to_string_pretty(one)?,
+                        all => serde_json::to_string_pretty(all)?,
+                    };
+                    println!("{json}");
                     Ok(())
                 }
                 KeysCommand::Rotate {
@@ -205,11 +318,6 @@ pub fn run_keys(command: KeysCommand) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-async fn keyring(store: &Store) -> anyhow::Result<Keyring> {
-    let origin = zt_server::evidence::origin(store).await?;
-    Ok(zt_server::evidence::load_keyring(store, &origin).await?)
 }
 
 async fn rotate_sessions(args: &StoreArgs) -> anyhow::Result<()> {
@@ -235,14 +343,22 @@ async fn rotate_sessions(args: &StoreArgs) -> anyhow::Result<()> {
 
 async fn rotate(args: &StoreArgs) -> anyhow::Result<()> {
     let store = args.open().await?;
-    let origin = zt_server::evidence::origin(&store).await?;
-    let (old, new) = zt_server::keys::rotate(&args.data_dir().join("keys"))?;
+    let key_dir = args.data_dir().join("keys");
+    let current = zt_server::keys::load_or_generate(&key_dir)?;
+    let Some(log) = zt_server::evidence::log_of(&store, &current).await? else {
+        bail!(
+            "the key in `{}` ({}) signs no evidence log of this store: nothing to rotate",
+            key_dir.display(),
+            current.info().key_id
+        );
+    };
+    let (old, new) = zt_server::keys::rotate(&key_dir)?;
     let now = zt_server::now_ms();
-    let public = PublicKey::new(&origin, &new.verifying_key(), now);
+    let public = PublicKey::new(&log.origin, &new.verifying_key(), now);
     store
-        .add_key(&public.key_id, &serde_json::to_string(&public)?, now)
+        .add_key(log.id, &public.key_id, &serde_json::to_string(&public)?, now)
         .await?;
-    for json in store.keys().await? {
+    for json in store.keys(log.id).await? {
         let mut key: PublicKey = serde_json::from_str(&json)?;
         if key.key_id == old.key_id && key.retired_at_ms.is_none() {
             key.retired_at_ms = Some(now);
@@ -260,14 +376,41 @@ async fn rotate(args: &StoreArgs) -> anyhow::Result<()> {
 
 async fn export(
     args: &StoreArgs,
+    log: Option<&str>,
     from: Option<u64>,
     to: Option<u64>,
     output: Option<&Path>,
 ) -> anyhow::Result<()> {
     let store = args.open().await?;
-    let origin = zt_server::evidence::origin(&store).await?;
+    let logs = logs(&store, log).await?;
+    if logs.len() > 1 && (from.is_some() || to.is_some()) {
+        bail!("this store holds {} evidence logs: `--from` and `--to` need `--log`", logs.len());
+    }
+    let sink: Box<dyn Write> = match output {
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create `{}`", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut out = BufWriter::new(sink);
+    for log in &logs {
+        export_log(&store, log, from, to, &mut out).await?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Writes one log's header, records and checkpoints.
+async fn export_log(
+    store: &Store,
+    log: &StoredLog,
+    from: Option<u64>,
+    to: Option<u64>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let latest = store
-        .evidence_checkpoint(0, true)
+        .evidence_checkpoint(log.id, 0, true)
         .await?
         .map_or(0, |c| c.tree_size);
     let from = from.unwrap_or(0);
@@ -278,7 +421,7 @@ async fn export(
             latest - 1
         );
     }
-    let end = match store.evidence_checkpoint(last + 1, false).await? {
+    let end = match store.evidence_checkpoint(log.id, last + 1, false).await? {
         Some(c) if latest > 0 => c.tree_size,
         _ => 0,
     };
@@ -287,7 +430,7 @@ async fn export(
     let mut prefix = CompactRange::new();
     while prefix.len() < from {
         let page = store
-            .evidence_hashes(prefix.len(), 50_000)
+            .evidence_hashes(log.id, prefix.len(), 50_000)
             .await?
             .into_iter()
             .take_while(|(seq, _)| *seq < from)
@@ -302,17 +445,9 @@ async fn export(
         }
     }
 
-    let sink: Box<dyn Write> = match output {
-        Some(path) => Box::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create `{}`", path.display()))?,
-        ),
-        None => Box::new(std::io::stdout().lock()),
-    };
-    let mut out = BufWriter::new(sink);
     let header = Line::Header {
         format: EXPORT_FORMAT.into(),
-        origin,
+        origin: log.origin.clone(),
         from,
         to: end,
         prefix: Prefix {
@@ -321,12 +456,12 @@ async fn export(
         },
     };
     writeln!(out, "{}", serde_json::to_string(&header)?)?;
-    let checkpoints = store.evidence_checkpoints(from, end).await?;
+    let checkpoints = store.evidence_checkpoints(log.id, from, end).await?;
     let mut checkpoints = checkpoints.into_iter().peekable();
     let bar = progress(Some(end - from), "exporting");
     let mut next = from;
     while next < end {
-        let page = store.evidence_records(next, end, 10_000).await?;
+        let page = store.evidence_records(log.id, next, end, 10_000).await?;
         if page.is_empty() {
             bail!("record {next} is missing from the store");
         }
@@ -348,9 +483,11 @@ async fn export(
         }
         bar.set_position(next - from);
     }
-    out.flush()?;
     bar.finish_and_clear();
-    eprintln!("exported records {from}..{end} of the log");
+    eprintln!(
+        "exported records {from}..{end} of log {} (replica `{}`)",
+        log.origin, log.name
+    );
     Ok(())
 }
 
@@ -364,11 +501,19 @@ struct Expect {
 
 impl Expect {
     /// The pin these options set, read and checked against `keyring`.
-    fn pin(&self, keyring: &Keyring) -> anyhow::Result<Option<zt_evidence::verify::Pin>> {
+    /// With `several` logs in the export, a checkpoint pins only the log it names.
+    fn pin(
+        &self,
+        keyring: &Keyring,
+        several: bool,
+    ) -> anyhow::Result<Option<zt_evidence::verify::Pin>> {
         use zt_evidence::verify::Pin;
         if let Some(path) = &self.checkpoint {
             let note = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read `{}`", path.display()))?;
+            if several && note.lines().next() != Some(keyring.origin.as_str()) {
+                return Ok(None);
+            }
             let verified = zt_evidence::checkpoint::verify_note(&note, keyring).map_err(|e| {
                 anyhow::anyhow!(
                     "`{}` is not a checkpoint signed by this log's keys: {e}",
@@ -400,64 +545,159 @@ impl Expect {
 }
 
 fn verify(file: &Path, keys: &Path, expect: &Expect) -> ExitCode {
-    let verdict = verify_file(file, keys, expect).map(|verdict| {
-        // `--expect-root` alone: the root at the export's end.
-        verdict.and_then(|summary| match &expect.root {
-            Some(root) if expect.size.is_none() && !summary.root.eq_ignore_ascii_case(root) => {
-                Err(zt_evidence::Failure {
-                    kind: zt_evidence::FailureKind::Modified,
-                    seq: None,
-                    message: format!(
-                        "the export's root is {}, not the expected {root}",
-                        summary.root
-                    ),
-                })
-            }
-            _ => Ok(summary),
-        })
-    });
-    match verdict {
-        Ok(Ok(summary)) => {
-            let range = match summary.records {
-                0 => "none".to_owned(),
-                _ => format!("{}..={}", summary.from, summary.tree_size - 1),
-            };
-            println!(
-                "ok: {} records (seq {range}), {} checkpoints, tree size {}, root {}, signed by {}",
-                summary.records,
-                summary.checkpoints,
-                summary.tree_size,
-                summary.root,
-                summary.key_ids.join(", ")
-            );
-            ExitCode::SUCCESS
-        }
-        Ok(Err(failure)) => {
-            let kind = serde_json::to_value(failure.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            match failure.seq {
-                Some(seq) => println!("FAILED at seq {seq}: {kind}: {}", failure.message),
-                None => println!("FAILED: {kind}: {}", failure.message),
-            }
-            ExitCode::FAILURE
-        }
+    let sections = match sections(file, keys, expect) {
+        Ok(sections) => sections,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
+    };
+    let several = sections.len() > 1;
+    let mut failed = false;
+    for section in &sections {
+        let name = if several {
+            format!("log {}: ", section.keyring.origin)
+        } else {
+            String::new()
+        };
+        match verify_section(file, section, several, expect) {
+            Ok(Ok(summary)) => {
+                let range = match summary.records {
+                    0 => "none".to_owned(),
+                    _ => format!("{}..={}", summary.from, summary.tree_size - 1),
+                };
+                println!(
+                    "ok: {name}{} records (seq {range}), {} checkpoints, tree size {}, root {}, signed by {}",
+                    summary.records,
+                    summary.checkpoints,
+                    summary.tree_size,
+                    summary.root,
+                    summary.key_ids.join(", ")
+                );
+            }
+            Ok(Err(failure)) => {
+                failed = true;
+                let kind = serde_json::to_value(failure.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                match failure.seq {
+                    Some(seq) => println!("FAILED {name}at seq {seq}: {kind}: {}", failure.message),
+                    None => println!("FAILED: {name}{kind}: {}", failure.message),
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
 type Verdict = Result<zt_evidence::Summary, zt_evidence::Failure>;
 
-fn verify_file(file: &Path, keys: &Path, expect: &Expect) -> anyhow::Result<Verdict> {
-    let keyring: Keyring = serde_json::from_str(
-        &std::fs::read_to_string(keys)
-            .with_context(|| format!("cannot read `{}`", keys.display()))?,
-    )
-    .with_context(|| format!("`{}` is not a keyring", keys.display()))?;
+/// One log's part of an export: its lines, and the keys it is verified with.
+#[derive(Debug)]
+struct Section {
+    /// The line its header is on, and how many lines it has.
+    start: usize,
+    lines: usize,
+    keyring: Keyring,
+}
+
+/// Splits an export into its logs (each begins with a header line) and gives each its own
+/// keyring from the keys file (one keyring, or an array of them).
+fn sections(file: &Path, keys: &Path, expect: &Expect) -> anyhow::Result<Vec<Section>> {
+    let text = std::fs::read_to_string(keys)
+        .with_context(|| format!("cannot read `{}`", keys.display()))?;
+    let keyrings: Vec<Keyring> = match serde_json::from_str::<Keyring>(&text) {
+        Ok(one) => vec![one],
+        Err(_) => serde_json::from_str(&text).with_context(|| {
+            format!("`{}` is not a keyring or an array of keyrings", keys.display())
+        })?,
+    };
+    let reader = BufReader::with_capacity(
+        1 << 20,
+        std::fs::File::open(file).with_context(|| format!("cannot read `{}`", file.display()))?,
+    );
+    let mut sections: Vec<Section> = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read `{}`", file.display()))?;
+        if line.starts_with("{\"type\":\"header\"") {
+            let origin = match serde_json::from_str::<Line>(&line) {
+                Ok(Line::Header { origin, .. }) => origin,
+                // Left to the verifier, which names what is wrong with it.
+                _ => String::new(),
+            };
+            let keyring = keyrings
+                .iter()
+                .find(|k| k.origin == origin)
+                .or(match keyrings.as_slice() {
+                    [only] if sections.is_empty() => Some(only),
+                    _ => None,
+                })
+                .cloned()
+                .with_context(|| {
+                    format!("`{}` holds no keys of log `{origin}`", keys.display())
+                })?;
+            sections.push(Section {
+                start: i,
+                lines: 0,
+                keyring,
+            });
+        } else if sections.is_empty() {
+            // Before any header: the verifier reports the file as malformed.
+            sections.push(Section {
+                start: 0,
+                lines: 0,
+                keyring: keyrings.first().cloned().context("the keys file is empty")?,
+            });
+        }
+        if let Some(last) = sections.last_mut() {
+            last.lines += 1;
+        }
+    }
+    if sections.is_empty() {
+        sections.push(Section {
+            start: 0,
+            lines: 0,
+            keyring: keyrings.first().cloned().context("the keys file is empty")?,
+        });
+    }
+    if sections.len() > 1
+        && let Some(path) = &expect.checkpoint
+    {
+        let note = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
+        let origin = note.lines().next().unwrap_or_default();
+        if !sections.iter().any(|s| s.keyring.origin == origin) {
+            bail!(
+                "`{}` is a checkpoint of log `{origin}`, which the export does not hold",
+                path.display()
+            );
+        }
+    }
+    if sections.len() > 1 && (expect.size.is_some() || expect.root.is_some()) {
+        bail!(
+            "the export holds {} logs: `--expect-size` and `--expect-root` need an export of one (`evidence export --log`)",
+            sections.len()
+        );
+    }
+    Ok(sections)
+}
+
+fn verify_section(
+    file: &Path,
+    section: &Section,
+    several: bool,
+    expect: &Expect,
+) -> anyhow::Result<Verdict> {
+    let keyring = &section.keyring;
     let open = || -> anyhow::Result<_> {
         let reader = BufReader::with_capacity(
             1 << 20,
@@ -466,13 +706,28 @@ fn verify_file(file: &Path, keys: &Path, expect: &Expect) -> anyhow::Result<Verd
         );
         Ok(reader
             .lines()
+            .skip(section.start)
+            .take(section.lines)
             .map(|line| line.with_context(|| format!("cannot read `{}`", file.display()))))
     };
-    let pin = expect.pin(&keyring)?;
+    let pin = expect.pin(keyring, several)?;
     let bar = progress(None, "verifying");
-    let verdict = zt_evidence::verify::verify_export_pinned(open, &keyring, pin, |done| {
+    let verdict = zt_evidence::verify::verify_export_pinned(open, keyring, pin, |done| {
         bar.set_position(done)
     })?;
     bar.finish_and_clear();
-    Ok(verdict)
+    // `--expect-root` alone: the root at the export's end.
+    Ok(verdict.and_then(|summary| match &expect.root {
+        Some(root) if expect.size.is_none() && !summary.root.eq_ignore_ascii_case(root) => {
+            Err(zt_evidence::Failure {
+                kind: zt_evidence::FailureKind::Modified,
+                seq: None,
+                message: format!(
+                    "the export's root is {}, not the expected {root}",
+                    summary.root
+                ),
+            })
+        }
+        _ => Ok(summary),
+    }))
 }

@@ -48,9 +48,12 @@ enum Command {
     /// Register, list and disable agents (through a running service, with an admin credential).
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
-    /// Manage the evidence signing key.
+    /// Manage this replica's evidence signing key.
     #[command(subcommand)]
     Keys(evidence::KeysCommand),
+    /// Join replicas to a shared store, each with an evidence log of its own, and list them.
+    #[command(subcommand)]
+    Replicas(evidence::ReplicasCommand),
     /// Stand between an MCP client and MCP servers: every tools/call is decided first.
     #[command(name = "mcp-gateway")]
     McpGateway(Box<mcp::GatewayArgs>),
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
         Command::Policy(command) => policy::run(command),
         Command::Evidence(command) => evidence::run_evidence(command),
         Command::Keys(command) => evidence::run_keys(command),
+        Command::Replicas(command) => evidence::run_replicas(command),
         Command::Credentials(command) => credentials::run(command),
         Command::Agents(command) => agents::run(command),
         Command::McpGateway(args) => {

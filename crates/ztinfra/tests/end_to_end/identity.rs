@@ -1121,7 +1121,8 @@ fn replicas_on_postgresql_share_sessions_and_revocations_and_fail_closed_without
         "http://pdp.test",
     ];
     let a = Server::start(&args);
-    let b = Server::start(&args);
+    // The second replica joins the shared store with an evidence log of its own.
+    let b = Server::start(&[&args[..], &["--join", "b"]].concat());
     let credential = |name: &str, role: &str| {
         let out = run(&[
             "credentials",
