@@ -248,7 +248,11 @@ pub async fn log_of(store: &Store, signer: &Signer) -> Result<Option<StoredLog>,
     let Some(id) = store.key_log(&signer.info().key_id).await? else {
         return Ok(None);
     };
-    Ok(store.evidence_logs().await?.into_iter().find(|l| l.id == id))
+    Ok(store
+        .evidence_logs()
+        .await?
+        .into_iter()
+        .find(|l| l.id == id))
 }
 
 /// Creates a log for a replica named `name`, signed by `signer`'s key; with `first`, only in
@@ -261,10 +265,17 @@ async fn create_log(
 ) -> Result<StoredLog, EvidenceError> {
     let origin = format!("ztinfra/{}", random_hex(8));
     let public = PublicKey::new(&origin, &signer.verifying_key(), now_ms());
-    let json = serde_json::to_string(&public)
-        .map_err(|e| EvidenceError::Inconsistent(e.to_string()))?;
+    let json =
+        serde_json::to_string(&public).map_err(|e| EvidenceError::Inconsistent(e.to_string()))?;
     let id = store
-        .add_evidence_log(name, &origin, &public.key_id, &json, public.created_at_ms, first)
+        .add_evidence_log(
+            name,
+            &origin,
+            &public.key_id,
+            &json,
+            public.created_at_ms,
+            first,
+        )
         .await?;
     Ok(StoredLog {
         id,
@@ -489,7 +500,6 @@ impl EvidenceLog {
             }
         }
     }
-
 }
 
 impl LogView {
@@ -705,7 +715,10 @@ impl Shared {
     async fn tile(&self, tile: u64) -> Result<Vec<Hash>, EvidenceError> {
         let size = 1u64 << TILE_HEIGHT;
         let start = tile * size;
-        let page = self.store.evidence_hashes(self.log, start, size as u32).await?;
+        let page = self
+            .store
+            .evidence_hashes(self.log, start, size as u32)
+            .await?;
         if page.len() as u64 != size {
             return Err(EvidenceError::Inconsistent(format!(
                 "records {start}..{} are not all in the store",
@@ -769,7 +782,10 @@ async fn catch_up(
 /// answers, or this replica's after a conflicting append. The latest checkpoint is read
 /// first, so that the records it covers are read after it (they were committed with it).
 async fn catch_up_shared(shared: &Shared, chain: &mut Chain) -> Result<(), EvidenceError> {
-    let latest = shared.store.evidence_checkpoint(shared.log, 0, true).await?;
+    let latest = shared
+        .store
+        .evidence_checkpoint(shared.log, 0, true)
+        .await?;
     loop {
         let page = shared
             .store

@@ -435,7 +435,10 @@ impl Store {
         latest: bool,
     ) -> Result<Option<StoredCheckpoint>, StoreError> {
         // Sizes start at 1: a log's range of checkpoint keys is (key(0), key(0) + 2^40).
-        let (low, end) = (log.upto(if latest { 1 } else { size.max(1) })?, log.upto(u64::MAX)?);
+        let (low, end) = (
+            log.upto(if latest { 1 } else { size.max(1) })?,
+            log.upto(u64::MAX)?,
+        );
         let row: Option<(i64, String)> = match (&self.backend, latest) {
             (Backend::Sqlite(pool, _), true) => {
                 sqlx::query_as("SELECT tree_size, note FROM zt_evidence_checkpoints WHERE tree_size >= ? AND tree_size < ? ORDER BY tree_size DESC LIMIT 1")
@@ -500,8 +503,14 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Exists(_)), "{err}");
-        store.add_key(log, "k1", "{\"ignored\":true}", 1).await.unwrap();
-        store.add_key(log, "k2", "{\"key_id\":\"k2\"}", 2).await.unwrap();
+        store
+            .add_key(log, "k1", "{\"ignored\":true}", 1)
+            .await
+            .unwrap();
+        store
+            .add_key(log, "k2", "{\"key_id\":\"k2\"}", 2)
+            .await
+            .unwrap();
         store
             .update_key("k1", "{\"key_id\":\"k1\",\"retired\":true}")
             .await
@@ -607,7 +616,10 @@ mod tests {
             )
             .await
             .unwrap();
-        let stored = store.evidence_records(log, 0, size, u32::MAX).await.unwrap();
+        let stored = store
+            .evidence_records(log, 0, size, u32::MAX)
+            .await
+            .unwrap();
         assert_eq!(stored.len() as u64, size);
         assert!(
             stored

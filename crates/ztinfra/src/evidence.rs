@@ -356,7 +356,12 @@ async fn rotate(args: &StoreArgs) -> anyhow::Result<()> {
     let now = zt_server::now_ms();
     let public = PublicKey::new(&log.origin, &new.verifying_key(), now);
     store
-        .add_key(log.id, &public.key_id, &serde_json::to_string(&public)?, now)
+        .add_key(
+            log.id,
+            &public.key_id,
+            &serde_json::to_string(&public)?,
+            now,
+        )
         .await?;
     for json in store.keys(log.id).await? {
         let mut key: PublicKey = serde_json::from_str(&json)?;
@@ -384,7 +389,10 @@ async fn export(
     let store = args.open().await?;
     let logs = logs(&store, log).await?;
     if logs.len() > 1 && (from.is_some() || to.is_some()) {
-        bail!("this store holds {} evidence logs: `--from` and `--to` need `--log`", logs.len());
+        bail!(
+            "this store holds {} evidence logs: `--from` and `--to` need `--log`",
+            logs.len()
+        );
     }
     let sink: Box<dyn Write> = match output {
         Some(path) => Box::new(
@@ -618,7 +626,10 @@ fn sections(file: &Path, keys: &Path, expect: &Expect) -> anyhow::Result<Vec<Sec
     let keyrings: Vec<Keyring> = match serde_json::from_str::<Keyring>(&text) {
         Ok(one) => vec![one],
         Err(_) => serde_json::from_str(&text).with_context(|| {
-            format!("`{}` is not a keyring or an array of keyrings", keys.display())
+            format!(
+                "`{}` is not a keyring or an array of keyrings",
+                keys.display()
+            )
         })?,
     };
     let reader = BufReader::with_capacity(
@@ -642,9 +653,7 @@ fn sections(file: &Path, keys: &Path, expect: &Expect) -> anyhow::Result<Vec<Sec
                     _ => None,
                 })
                 .cloned()
-                .with_context(|| {
-                    format!("`{}` holds no keys of log `{origin}`", keys.display())
-                })?;
+                .with_context(|| format!("`{}` holds no keys of log `{origin}`", keys.display()))?;
             sections.push(Section {
                 start: i,
                 lines: 0,
@@ -655,7 +664,10 @@ fn sections(file: &Path, keys: &Path, expect: &Expect) -> anyhow::Result<Vec<Sec
             sections.push(Section {
                 start: 0,
                 lines: 0,
-                keyring: keyrings.first().cloned().context("the keys file is empty")?,
+                keyring: keyrings
+                    .first()
+                    .cloned()
+                    .context("the keys file is empty")?,
             });
         }
         if let Some(last) = sections.last_mut() {
@@ -666,7 +678,10 @@ fn sections(file: &Path, keys: &Path, expect: &Expect) -> anyhow::Result<Vec<Sec
         sections.push(Section {
             start: 0,
             lines: 0,
-            keyring: keyrings.first().cloned().context("the keys file is empty")?,
+            keyring: keyrings
+                .first()
+                .cloned()
+                .context("the keys file is empty")?,
         });
     }
     if sections.len() > 1

@@ -167,6 +167,7 @@ mod end_to_end {
     mod evidence;
     mod hardening;
     mod identity;
+    mod replicas;
 }
 
 /// A tiny synchronous HTTP helper over reqwest's async client, on a private runtime.

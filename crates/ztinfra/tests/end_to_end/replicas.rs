@@ -1,0 +1,342 @@
+//! Several replicas on one PostgreSQL store, each appending to an evidence log of its own.
+#![expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "tests fail loudly by design"
+)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::super::{BIN, Server, client, run};
+
+/// What a load worker saw of one decision.
+#[derive(Debug)]
+enum Seen {
+    /// Answered, with its record's place: (log, seq, hash, decision id).
+    Recorded(String, u64, String, String),
+    /// A denial because the record could not be made: what this design must not produce.
+    NotRecorded(usize, String),
+    /// The replica was down (killed, or restarting): its own in-flight requests.
+    Unreachable(usize),
+}
+
+/// Three replicas on one database, load spread over all three, one of them killed with SIGKILL
+/// and restarted during the load: no decision is denied for want of evidence outside the killed
+/// replica's own in-flight requests, every acknowledged decision is in exactly one log, and
+/// every log verifies with its own keys. A replica joins only explicitly.
+#[test]
+fn three_replicas_on_postgresql_under_load_and_a_kill() {
+    let Some((_, scoped)) = super::evidence::postgres_schema("replicas3") else {
+        return;
+    };
+    let store = ["--store", scoped.as_str()];
+    let args = |extra: &[&'static str]| -> Vec<String> {
+        ["--demo", "--store", scoped.as_str()]
+            .iter()
+            .chain(extra)
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    let start = |data: &Arc<tempfile::TempDir>, extra: &[&'static str]| {
+        let args = args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start_in(Arc::clone(data), &args, &[])
+    };
+    let dirs: Vec<Arc<tempfile::TempDir>> = (0..3)
+        .map(|_| Arc::new(tempfile::tempdir().unwrap()))
+        .collect();
+    let a = start(&dirs[0], &[]);
+
+    // A replica whose key is in no log of the store does not start, and says how to join.
+    let stranger = tempfile::tempdir().unwrap();
+    let refused = std::process::Command::new(BIN)
+        .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(stranger.path())
+        .args(store)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("ztinfra replicas add") && said.contains("--join"),
+        "{said}"
+    );
+    assert!(
+        json_logs(&a).len() == 1,
+        "a refused replica changed the store's logs"
+    );
+
+    // One replica joins by the command line before its first start, one by its start flag.
+    let added = run(&[
+        "replicas",
+        "add",
+        "b",
+        "--data-dir",
+        dirs[1].path().to_str().unwrap(),
+        "--store",
+        scoped.as_str(),
+    ]);
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let b = start(&dirs[1], &[]);
+    let c = start(&dirs[2], &["--join", "c"]);
+    let logs = json_logs(&a);
+    assert_eq!(logs.len(), 3, "{logs:?}");
+    let names: Vec<&str> = logs
+        .iter()
+        .map(|l| l["replica"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["replica-0", "b", "c"]);
+    // Each joined log begins with the act that made it.
+    for (server, name) in [(&b, "b"), (&c, "c")] {
+        let first = client().get(&server.url("/v1/evidence/0")).json();
+        assert_eq!(first["record"]["kind"], "replica.join", "{first}");
+        assert_eq!(first["record"]["request"]["replica"], name, "{first}");
+    }
+
+    let bases = Arc::new(RwLock::new(vec![
+        a.base.clone(),
+        b.base.clone(),
+        c.base.clone(),
+    ]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let workers: Vec<_> = (0..6)
+        .map(|w| {
+            let (bases, stop, sent, seen) = (
+                Arc::clone(&bases),
+                Arc::clone(&stop),
+                Arc::clone(&sent),
+                Arc::clone(&seen),
+            );
+            std::thread::spawn(move || {
+                let http = client();
+                let mut i = 0usize;
+                // Bounded: at most 600 requests per worker, whatever the machine's speed.
+                while !stop.load(Ordering::Relaxed) && i < 600 {
+                    i += 1;
+                    let replica = (w + i) % 3;
+                    let base = bases.read().unwrap()[replica].clone();
+                    let allow = i.is_multiple_of(2);
+                    let action = if allow {
+                        "aws.ec2.describe_instances"
+                    } else {
+                        "aws.ec2.terminate_instances"
+                    };
+                    let body = json!({"actor": format!("agent-{w}"), "action": action, "resource": format!("i-{i}"), "context": {"env": "prod"}});
+                    let request = http
+                        .inner()
+                        .post(format!("{base}/v1/decide"))
+                        .json(&body)
+                        .timeout(Duration::from_secs(5));
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    let outcome = match http.try_send(request) {
+                        Err(_) => Seen::Unreachable(replica),
+                        Ok(response) if response.status == 200 => {
+                            let answer = response.json();
+                            let reason = answer["reasons"][0]["message"].as_str().unwrap_or("");
+                            if reason.contains("could not be recorded") {
+                                Seen::NotRecorded(replica, answer.to_string())
+                            } else {
+                                let receipt = &answer["evidence"];
+                                assert_eq!(answer["decision"], if allow { "allow" } else { "deny" }, "{answer}");
+                                Seen::Recorded(
+                                    receipt["log"].as_str().unwrap().to_owned(),
+                                    receipt["seq"].as_u64().unwrap(),
+                                    receipt["hash"].as_str().unwrap().to_owned(),
+                                    answer["decision_id"].as_str().unwrap().to_owned(),
+                                )
+                            }
+                        }
+                        Ok(response) => Seen::NotRecorded(
+                            replica,
+                            format!("{} {}", response.status, String::from_utf8_lossy(&response.body)),
+                        ),
+                    };
+                    seen.lock().unwrap().push(outcome);
+                }
+            })
+        })
+        .collect();
+
+    // A third of the way in, replica b dies without warning, and comes back on its own log.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sent.load(Ordering::Relaxed) < 1_200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut b = b;
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let b = start(&dirs[1], &[]);
+    bases.write().unwrap()[1] = b.base.clone();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let spurious: Vec<String> = seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::NotRecorded(replica, said) => Some(format!("replica {replica}: {said}")),
+            _ => None,
+        })
+        .collect();
+    let unreachable: Vec<usize> = seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Unreachable(r) => Some(*r),
+            _ => None,
+        })
+        .collect();
+    let recorded: Vec<(&String, u64, &String, &String)> = seen
+        .iter()
+        .filter_map(|s| match s {
+            Seen::Recorded(log, seq, hash, id) => Some((log, *seq, hash, id)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        spurious.is_empty(),
+        "{} decisions denied for want of evidence: {:?}",
+        spurious.len(),
+        spurious.iter().take(3).collect::<Vec<_>>()
+    );
+    assert!(
+        unreachable.iter().all(|r| *r == 1),
+        "only the killed replica may be unreachable: {unreachable:?}"
+    );
+    assert!(recorded.len() >= 3_000, "{} recorded", recorded.len());
+    let per_log: HashSet<&String> = recorded.iter().map(|r| r.0).collect();
+    assert_eq!(per_log.len(), 3, "every replica's log took decisions");
+
+    // Every log verifies with its own keys, and holds exactly the acknowledged decisions.
+    let work = tempfile::tempdir().unwrap();
+    let export = work.path().join("all.jsonl");
+    let keys = work.path().join("keys.json");
+    let out = run(&[
+        "evidence",
+        "export",
+        "--store",
+        scoped.as_str(),
+        "-o",
+        export.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["keys", "export", "--store", scoped.as_str()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keyrings: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(keyrings.as_array().unwrap().len(), 3, "{keyrings}");
+    std::fs::write(&keys, &out.stdout).unwrap();
+    let out = run(&[
+        "evidence",
+        "verify",
+        export.to_str().unwrap(),
+        "--keys",
+        keys.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert_eq!(
+        said.lines().filter(|l| l.starts_with("ok: log ")).count(),
+        3,
+        "{said}"
+    );
+
+    // (log, seq) -> (hash, decision id), from the export.
+    let mut stored: HashMap<(String, u64), (String, String)> = HashMap::new();
+    let mut origin = String::new();
+    let mut next = 0u64;
+    for line in std::fs::read_to_string(&export).unwrap().lines() {
+        let line: Value = serde_json::from_str(line).unwrap();
+        match line["type"].as_str().unwrap() {
+            "header" => {
+                origin = line["origin"].as_str().unwrap().to_owned();
+                next = 0;
+            }
+            "record" => {
+                let id = line["record"]["decision_id"].as_str().unwrap().to_owned();
+                stored.insert(
+                    (origin.clone(), next),
+                    (line["hash"].as_str().unwrap().to_owned(), id),
+                );
+                next += 1;
+            }
+            _ => {}
+        }
+    }
+    let mut ids = HashSet::new();
+    for (log, seq, hash, id) in &recorded {
+        let found = stored.get(&((*log).clone(), *seq));
+        assert_eq!(
+            found.map(|(h, i)| (h, i)),
+            Some((*hash, *id)),
+            "acknowledged decision {id} is not at {log} #{seq}"
+        );
+        assert!(ids.insert(*id), "decision {id} acknowledged twice");
+    }
+    let in_logs: HashSet<&String> = stored.values().map(|(_, id)| id).collect();
+    assert_eq!(
+        in_logs.len(),
+        stored.len(),
+        "a decision id is in the logs twice"
+    );
+
+    // Any replica serves any log's records and proofs.
+    let (b_log, b_seq, b_hash, _) = recorded
+        .iter()
+        .find(|r| r.0.as_str() == b_origin(&b))
+        .unwrap();
+    let proof = client().get(&a.url(&format!("/v1/evidence/{b_seq}/proof?log={b_log}")));
+    assert_eq!(
+        proof.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&proof.body)
+    );
+    assert_eq!(proof.json()["record_hash"].as_str(), Some(b_hash.as_str()));
+    let checkpoint = client()
+        .get(&c.url(&format!("/v1/evidence/checkpoint?log={b_log}")))
+        .json();
+    assert_eq!(checkpoint["log"].as_str(), Some(b_log.as_str()));
+    let missing = client().get(&a.url("/v1/evidence/checkpoint?log=ztinfra/nothing"));
+    assert_eq!(missing.status, 404);
+    eprintln!(
+        "{} recorded over 3 logs, {} unreachable while replica b was down",
+        recorded.len(),
+        unreachable.len()
+    );
+    drop((a, c));
+}
+
+fn json_logs(server: &Server) -> Vec<Value> {
+    client().get(&server.url("/v1/evidence/logs")).json()["logs"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn b_origin(b: &Server) -> String {
+    client().get(&b.url("/v1/evidence/logs")).json()["own"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
