@@ -19,10 +19,10 @@ store="$url${sep}options=-c%20search_path%3D$schema"
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; psql "$url" -qc "DROP SCHEMA IF EXISTS $schema CASCADE"' EXIT
-start() { # start NAME: a replica with a data directory of its own; sets ${NAME}_addr
+start() { # start NAME [FLAG...]: a replica with a data directory of its own; sets ${NAME}_addr
   mkdir -p "$work/$1"
   target/release/ztinfra serve --demo --no-watch --callers authenticated --store "$store" \
-    --public-url http://ztinfra.bench --data-dir "$work/$1" --listen 127.0.0.1:0 >"$work/$1/out" 2>"$work/$1/err" &
+    --public-url http://ztinfra.bench --data-dir "$work/$1" --listen 127.0.0.1:0 "${@:2}" >"$work/$1/out" 2>"$work/$1/err" &
   pids+=($!)
   for _ in $(seq 100); do grep -q "listening on" "$work/$1/out" 2>/dev/null && break; sleep 0.1; done
   local addr
@@ -31,7 +31,7 @@ start() { # start NAME: a replica with a data directory of its own; sets ${NAME}
   eval "${1}_addr=$addr"
 }
 start a
-start b
+start b --join b
 target/release/ztinfra credentials add bench-broker --role broker --store "$store" >"$work/a/broker.token" 2>/dev/null
 curl -sf "http://$a_addr/v1/agents" -H "authorization: Bearer $(cat "$work/a/admin.token")" \
   -H 'content-type: application/json' -d '{"name": "demo-agent", "owner": "bench"}' >/dev/null

@@ -153,6 +153,7 @@ pub async fn decider(config: &GatewayConfig) -> Result<decide::Decider, GatewayE
         sessions: zt_server::sessions::SessionSettings::default(),
         admin_listen: None,
         join: None,
+        policies_from_store: false,
     };
     let app = zt_server::App::start(&server).await?;
     Ok(decide::Decider::InProcess(Arc::new(app)))

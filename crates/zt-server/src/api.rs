@@ -922,6 +922,15 @@ fn entity_edit_problem(e: crate::policies::EntityEditError) -> Problem {
             tracing::error!(error = %other, "entity edit failed");
             Problem::internal("the entity file could not be written")
         }
+        EntityEditError::Store(why) => {
+            tracing::error!(error = %why, "entity edit failed");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-unavailable",
+                "store unavailable",
+                "the edited set could not be stored; nothing was changed",
+            )
+        }
     }
 }
 
@@ -944,7 +953,10 @@ async fn replace_entities(
 ) -> Result<Json<Reloaded>, Problem> {
     tracing::info!(credential = %admin.name(), entities = edit.entities.len(), "entity store replaced");
     app.policies
-        .edit_entities(move |_| Ok(edit.entities))
+        .edit_entities(
+            admin.name().as_str(),
+            Arc::new(move |_| Ok(edit.entities.clone())),
+        )
         .await
         .map(Json)
         .map_err(entity_edit_problem)
@@ -978,16 +990,19 @@ async fn upsert_entities(
 ) -> Result<Json<Reloaded>, Problem> {
     tracing::info!(credential = %admin.name(), entities = edit.entities.len(), "entities added");
     app.policies
-        .edit_entities(move |mut current| {
-            for (i, entity) in edit.entities.into_iter().enumerate() {
-                let key = entity_key(&entity).ok_or_else(|| {
-                    format!("`/entities/{i}` has no `uid` with string `type` and `id`")
-                })?;
-                current.retain(|e| entity_key(e).as_ref() != Some(&key));
-                current.push(entity);
-            }
-            Ok(current)
-        })
+        .edit_entities(
+            admin.name().as_str(),
+            Arc::new(move |mut current: Vec<serde_json::Value>| {
+                for (i, entity) in edit.entities.iter().cloned().enumerate() {
+                    let key = entity_key(&entity).ok_or_else(|| {
+                        format!("`/entities/{i}` has no `uid` with string `type` and `id`")
+                    })?;
+                    current.retain(|e| entity_key(e).as_ref() != Some(&key));
+                    current.push(entity);
+                }
+                Ok(current)
+            }),
+        )
         .await
         .map(Json)
         .map_err(entity_edit_problem)

@@ -112,6 +112,9 @@ pub struct Config {
     /// log of its own (`--join`); without it, a replica whose key is in no log of a store that
     /// has logs refuses to start.
     pub join: Option<String>,
+    /// Take the policy set from the versions pushed to the store (`ztinfra policy push`),
+    /// following each new one, instead of `policy_dir` (`--policies-from-store`).
+    pub policies_from_store: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,9 +130,9 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("cannot open the evidence log")]
     Evidence(#[from] evidence::EvidenceError),
-    #[error("the policy set in `{dir}` does not load:\n{}", .errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    #[error("the policy set from `{dir}` does not load:\n{}", .errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Policies {
-        dir: PathBuf,
+        dir: String,
         errors: Vec<PolicyError>,
     },
     #[error("cannot watch `{dir}` for changes")]
@@ -245,10 +248,15 @@ impl App {
             );
         }
         let metrics = telemetry::handle();
-        let policies = Policies::start(config.policy_dir.clone(), store.clone())
+        let source = if config.policies_from_store {
+            policies::PolicySource::Store
+        } else {
+            policies::PolicySource::Dir(config.policy_dir.clone())
+        };
+        let policies = Policies::start(source.clone(), store.clone())
             .await
             .map_err(|errors| ServerError::Policies {
-                dir: config.policy_dir.clone(),
+                dir: source.to_string(),
                 errors,
             })?;
         let policies = Arc::new(policies);
@@ -260,7 +268,10 @@ impl App {
         for warning in &status.warnings {
             tracing::warn!(warning = %warning, "policy warning");
         }
-        let watcher = if config.watch {
+        if config.policies_from_store {
+            Arc::clone(&policies).follow().await?;
+        }
+        let watcher = if config.watch && !config.policies_from_store {
             Some(
                 policies
                     .watch(Duration::from_millis(200))

@@ -1,5 +1,6 @@
-//! The active policy set: read from a directory, swapped atomically on reload, watched for
-//! changes.
+//! The active policy set: read from a directory (one node; watched for changes) or from the
+//! versions pushed to the store (replicas sharing it; each new version is announced on the
+//! store's change feed and activated by every replica), swapped atomically.
 //!
 //! Architecture invariant: a request sees one whole policy set. The engine is immutable and
 //! held behind an `ArcSwap`; a reload builds a new engine completely, and only a set that
@@ -16,7 +17,7 @@ use tokio::sync::Mutex;
 use utoipa::ToSchema;
 use zt_core::policy::ENTITIES_FILE;
 use zt_core::{Engine, FileInfo, FileKind, PolicyError, SourceFile, ValidationCache};
-use zt_store::{Activation, Store};
+use zt_store::{Activation, Store, StoreError, StoredPolicyVersion};
 
 use crate::now_ms;
 
@@ -89,18 +90,15 @@ pub fn read_policy_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyError> {
     Ok(files)
 }
 
-/// Writes the edited entity file and returns the set loaded with it.
-fn write_entities(
-    dir: &Path,
-    cache: &std::sync::Mutex<ValidationCache>,
-    edit: impl FnOnce(Vec<serde_json::Value>) -> Result<Vec<serde_json::Value>, String>,
-) -> Result<Engine, EntityEditError> {
-    let path = dir.join(ENTITIES_FILE);
-    let io = |e: std::io::Error| EntityEditError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let mut files = read_policy_dir(dir).map_err(|e| EntityEditError::Rejected(vec![e]))?;
+/// An edit of the entity file: gets its entities, returns the new ones (or why not).
+pub type EntityEdit =
+    Arc<dyn Fn(Vec<serde_json::Value>) -> Result<Vec<serde_json::Value>, String> + Send + Sync>;
+
+/// Applies `edit` to the entity file among `files` (none: no entities), and returns its new text.
+fn edit_entity_file(
+    files: &mut Vec<SourceFile>,
+    edit: &EntityEdit,
+) -> Result<String, EntityEditError> {
     let current = match files.iter().find(|f| f.path == ENTITIES_FILE) {
         None => Vec::new(),
         Some(file) => match serde_json::from_str(&file.text) {
@@ -121,10 +119,108 @@ fn write_entities(
         path: ENTITIES_FILE.into(),
         text: text.clone(),
     });
-    let engine = load_cached(&files, cache).map_err(EntityEditError::Rejected)?;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(text)
+}
 
+/// Writes the edited entity file and returns the set loaded with it.
+fn write_entities(
+    dir: &Path,
+    cache: &std::sync::Mutex<ValidationCache>,
+    edit: &EntityEdit,
+) -> Result<Engine, EntityEditError> {
+    let path = dir.join(ENTITIES_FILE);
+    let io = |e: std::io::Error| EntityEditError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut files = read_policy_dir(dir).map_err(|e| EntityEditError::Rejected(vec![e]))?;
+    let text = edit_entity_file(&mut files, edit)?;
+    let engine = load_cached(&files, cache).map_err(EntityEditError::Rejected)?;
     crate::write_private_file(&path, text.as_bytes()).map_err(io)?;
     Ok(engine)
+}
+
+/// A policy set's files as the store keeps them: `[{"path": …, "text": …}]`.
+pub fn files_to_json(files: &[SourceFile]) -> String {
+    let files: Vec<serde_json::Value> = files
+        .iter()
+        .map(|f| serde_json::json!({"path": f.path, "text": f.text}))
+        .collect();
+    serde_json::Value::Array(files).to_string()
+}
+
+/// The files of a stored version.
+pub fn files_from_json(json: &str) -> Result<Vec<SourceFile>, PolicyError> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        path: String,
+        text: String,
+    }
+    let files: Vec<File> = serde_json::from_str(json).map_err(|e| PolicyError {
+        file: "<store>".into(),
+        line: None,
+        column: None,
+        message: format!("the stored policy version is unreadable: {e}"),
+    })?;
+    Ok(files
+        .into_iter()
+        .map(|f| SourceFile {
+            path: f.path,
+            text: f.text,
+        })
+        .collect())
+}
+
+/// The change feed topic of pushed policy versions (key: the version's number).
+pub const TOPIC_POLICY: &str = "policy.version";
+
+/// Where the active set comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// A directory on this node: the single-node mode, watched for changes.
+    Dir(PathBuf),
+    /// The newest version pushed to the store (`ztinfra policy push`), for replicas sharing it.
+    Store,
+}
+
+impl std::fmt::Display for PolicySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(dir) => write!(f, "{}", dir.display()),
+            Self::Store => f.write_str("store"),
+        }
+    }
+}
+
+/// A version pushed to the store, as the status tells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct PushedVersion {
+    pub number: u64,
+    pub pushed_by: String,
+    /// Milliseconds since the Unix epoch.
+    pub pushed_at_ms: i64,
+    pub note: String,
+}
+
+impl From<&StoredPolicyVersion> for PushedVersion {
+    fn from(v: &StoredPolicyVersion) -> Self {
+        Self {
+            number: v.number,
+            pushed_by: v.pushed_by.clone(),
+            pushed_at_ms: v.pushed_at_ms,
+            note: v.note.clone(),
+        }
+    }
+}
+
+fn store_error(e: &StoreError) -> Vec<PolicyError> {
+    vec![PolicyError {
+        file: "<store>".into(),
+        line: None,
+        column: None,
+        message: format!("cannot read the policy versions: {}", crate::error_chain(e)),
+    }]
 }
 
 /// Runs `work` on a thread of its own at the lowest CPU priority (nice 19 on Linux): loading a
@@ -139,6 +235,20 @@ fn behind_decisions(work: impl FnOnce() + Send + 'static) -> std::io::Result<()>
             work();
         })
         .map(drop)
+}
+
+/// Runs `load` [`behind_decisions`], with a failure to run it as a policy error.
+async fn behind<T: Send + 'static>(
+    load: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Vec<PolicyError>> {
+    load_behind_decisions(load).await.map_err(|message| {
+        vec![PolicyError {
+            file: "<reload>".into(),
+            line: None,
+            column: None,
+            message,
+        }]
+    })
 }
 
 /// Runs `load` [`behind_decisions`] and waits for it; the error says why it did not finish.
@@ -205,8 +315,11 @@ pub struct ReloadFailure {
 pub struct PolicyStatus {
     /// `sha256:<hex>` of the active set.
     pub version: String,
-    /// The policy directory.
+    /// The policy directory, or `store` for the versions pushed to the store.
     pub source: String,
+    /// With `source` `store`: the pushed version that is active.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pushed: Option<PushedVersion>,
     /// Milliseconds since the Unix epoch when the active set was loaded.
     pub loaded_at_ms: i64,
     pub policies: usize,
@@ -222,13 +335,17 @@ pub struct PolicyStatus {
 struct Active {
     engine: Arc<Engine>,
     loaded_at_ms: i64,
+    pushed: Option<PushedVersion>,
 }
+
+/// A set loaded, and the pushed version it came from (from the store).
+type Loaded = (Engine, Option<PushedVersion>);
 
 /// The active set and how to reload it.
 #[derive(Debug)]
 pub struct Policies {
-    /// The policy directory, read at start, on change and on reload.
-    dir: PathBuf,
+    /// Where the set is read, at start, on change and on reload.
+    source: PolicySource,
     active: ArcSwap<Active>,
     last_error: std::sync::Mutex<Option<ReloadFailure>>,
     /// Held by a reload, and by an entity edit from reading the file to activating the set.
@@ -250,6 +367,9 @@ pub enum EntityEditError {
     /// The entity file could not be read or written.
     #[error("cannot update `{path}`: {message}")]
     Io { path: String, message: String },
+    /// The store could not take the new version.
+    #[error("cannot store the edited set: {0}")]
+    Store(String),
 }
 
 /// The result of a reload that succeeded.
@@ -264,14 +384,15 @@ pub struct Reloaded {
 impl Policies {
     /// Loads the initial set. Failing here fails start-up: a service never starts with a set
     /// that did not load.
-    pub async fn start(dir: PathBuf, store: Store) -> Result<Self, Vec<PolicyError>> {
+    pub async fn start(source: PolicySource, store: Store) -> Result<Self, Vec<PolicyError>> {
         let validation = Arc::new(std::sync::Mutex::new(ValidationCache::default()));
-        let engine = Self::read(&dir, &validation).await?;
+        let (engine, pushed) = Self::read(&source, &store, &validation).await?;
         let policies = Self {
-            dir,
+            source,
             active: ArcSwap::from_pointee(Active {
                 engine: Arc::new(engine),
                 loaded_at_ms: now_ms(),
+                pushed,
             }),
             last_error: std::sync::Mutex::new(None),
             reloading: Mutex::new(()),
@@ -282,22 +403,38 @@ impl Policies {
         Ok(policies)
     }
 
+    /// Reads and loads the set from its source: the directory, or the newest pushed version.
     async fn read(
-        dir: &Path,
+        source: &PolicySource,
+        store: &Store,
         validation: &Arc<std::sync::Mutex<ValidationCache>>,
-    ) -> Result<Engine, Vec<PolicyError>> {
-        let dir = dir.to_path_buf();
+    ) -> Result<Loaded, Vec<PolicyError>> {
         let validation = Arc::clone(validation);
-        load_behind_decisions(move || load_dir(&dir, &validation))
-            .await
-            .map_err(|message| {
-                vec![PolicyError {
-                    file: "<reload>".into(),
-                    line: None,
-                    column: None,
-                    message,
-                }]
-            })?
+        let (files, pushed) = match source {
+            PolicySource::Dir(dir) => {
+                let dir = dir.clone();
+                return behind(move || load_dir(&dir, &validation).map(|e| (e, None))).await?;
+            }
+            PolicySource::Store => {
+                let Some(version) = store
+                    .policy_version(None)
+                    .await
+                    .map_err(|e| store_error(&e))?
+                else {
+                    return Err(vec![PolicyError {
+                        file: "<store>".into(),
+                        line: None,
+                        column: None,
+                        message: "no policy set was pushed to the store yet: push one first (`ztinfra policy push DIR --store …`)".into(),
+                    }]);
+                };
+                (
+                    files_from_json(&version.files).map_err(|e| vec![e])?,
+                    PushedVersion::from(&version),
+                )
+            }
+        };
+        behind(move || load_cached(&files, &validation).map(|e| (e, Some(pushed)))).await?
     }
 
     /// The active engine.
@@ -310,11 +447,26 @@ impl Policies {
         f(&self.active.load().engine)
     }
 
-    /// Reloads from the directory. On failure the active set stays, and the errors are kept for
-    /// `GET /v1/policies`.
+    /// Reloads from the source (from the store: only when a newer version was pushed). On
+    /// failure the active set stays, and the errors are kept for `GET /v1/policies`.
     pub async fn reload(&self) -> Result<Reloaded, Vec<PolicyError>> {
         let _one_at_a_time = self.reloading.lock().await;
-        let loaded = Self::read(&self.dir, &self.validation).await;
+        if self.source == PolicySource::Store {
+            let newest = self
+                .store
+                .newest_policy_version()
+                .await
+                .map_err(|e| store_error(&e))?;
+            let active = self.active.load();
+            if active.pushed.as_ref().is_some_and(|p| p.number >= newest) {
+                return Ok(Reloaded {
+                    version: active.engine.version().to_owned(),
+                    changed: false,
+                    policies: active.engine.policies().policy_count(),
+                });
+            }
+        }
+        let loaded = Self::read(&self.source, &self.store, &self.validation).await;
         self.activate(loaded).await
     }
 
@@ -322,12 +474,19 @@ impl Policies {
     /// `reloading`.
     async fn activate(
         &self,
-        loaded: Result<Engine, Vec<PolicyError>>,
+        loaded: Result<Loaded, Vec<PolicyError>>,
     ) -> Result<Reloaded, Vec<PolicyError>> {
         match loaded {
-            Ok(engine) => {
+            Ok((engine, pushed)) => {
                 let previous = self.engine();
                 let changed = previous.version() != engine.version();
+                let newly_pushed = pushed.is_some() && pushed != self.active.load().pushed;
+                if let Some(p) = &pushed
+                    && newly_pushed
+                {
+                    let delay = (now_ms() - p.pushed_at_ms).max(0) as f64 / 1000.0;
+                    metrics::histogram!("ztinfra_policy_push_to_activation_seconds").record(delay);
+                }
                 let reloaded = Reloaded {
                     version: engine.version().to_owned(),
                     changed,
@@ -341,10 +500,11 @@ impl Policies {
                         .last_error
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    let replaced = changed.then(|| {
+                    let replaced = (changed || newly_pushed).then(|| {
                         self.active.swap(Arc::new(Active {
                             engine: Arc::clone(&engine),
                             loaded_at_ms: now_ms(),
+                            pushed: pushed.clone(),
                         }))
                     });
                     (replaced, last.take().is_some())
@@ -358,7 +518,7 @@ impl Policies {
                     // start, the set is freed here when the closure is dropped.
                     let _ = behind_decisions(move || drop((replaced, previous)));
                     self.record(&engine).await;
-                    tracing::info!(version = %reloaded.version, policies = reloaded.policies, "policy set activated");
+                    tracing::info!(version = %reloaded.version, policies = reloaded.policies, pushed = ?pushed.as_ref().map(|p| p.number), "policy set activated");
                 }
                 metrics::counter!("ztinfra_policy_reloads_total", "outcome" => "ok").increment(1);
                 Ok(reloaded)
@@ -381,29 +541,118 @@ impl Policies {
         }
     }
 
-    /// Edits the entity file (`entities.json` at the top of the policy directory): `edit`
-    /// gets its entities (none if the file does not exist) and returns the new ones. The
-    /// edited set is loaded in memory first; only if it loads is the file replaced (written
-    /// beside it, synced, then renamed over it) and that set made active. Edits and reloads
-    /// take turns, so a reload that read the files before the edit cannot activate after it.
+    /// Edits the entity file (`entities.json` at the top of the policy set): `edit` gets its
+    /// entities (none if there is no such file) and returns the new ones. The edited set is
+    /// loaded in memory first; only if it loads is it kept and made active: from a directory,
+    /// the file is replaced (written beside it, synced, then renamed over it); from the store,
+    /// it becomes a new version (`by` made it), which every replica then activates (an edit
+    /// that races another replica's is applied again to the newer version). Edits and reloads
+    /// take turns, so a reload that read the set before the edit cannot activate after it.
     pub async fn edit_entities(
         &self,
-        edit: impl FnOnce(Vec<serde_json::Value>) -> Result<Vec<serde_json::Value>, String>
-        + Send
-        + 'static,
+        by: &str,
+        edit: EntityEdit,
     ) -> Result<Reloaded, EntityEditError> {
         let _one_at_a_time = self.reloading.lock().await;
-        let dir = self.dir.clone();
-        let validation = Arc::clone(&self.validation);
-        let engine = load_behind_decisions(move || write_entities(&dir, &validation, edit))
-            .await
-            .map_err(|message| EntityEditError::Io {
-                path: ENTITIES_FILE.into(),
-                message,
-            })??;
-        self.activate(Ok(engine))
+        let loaded = match &self.source {
+            PolicySource::Dir(dir) => {
+                let dir = dir.clone();
+                let validation = Arc::clone(&self.validation);
+                let engine = behind(move || write_entities(&dir, &validation, &edit))
+                    .await
+                    .map_err(|e| EntityEditError::Io {
+                        path: ENTITIES_FILE.into(),
+                        message: e
+                            .into_iter()
+                            .map(|e| e.message)
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    })??;
+                (engine, None)
+            }
+            PolicySource::Store => self.store_entities(by, edit).await?,
+        };
+        self.activate(Ok(loaded))
             .await
             .map_err(EntityEditError::Rejected)
+    }
+
+    /// An entity edit on the newest pushed version, stored as the next version and announced.
+    async fn store_entities(&self, by: &str, edit: EntityEdit) -> Result<Loaded, EntityEditError> {
+        let failed = |e: StoreError| EntityEditError::Store(crate::error_chain(&e));
+        for _ in 0..5 {
+            let newest = self
+                .store
+                .policy_version(None)
+                .await
+                .map_err(failed)?
+                .ok_or_else(|| {
+                    EntityEditError::Store("no policy set was pushed to the store".into())
+                })?;
+            let mut files =
+                files_from_json(&newest.files).map_err(|e| EntityEditError::Rejected(vec![e]))?;
+            let validation = Arc::clone(&self.validation);
+            let edit = Arc::clone(&edit);
+            let (engine, files) = behind(move || {
+                edit_entity_file(&mut files, &edit)?;
+                let engine = load_cached(&files, &validation).map_err(EntityEditError::Rejected)?;
+                Ok::<_, EntityEditError>((engine, files))
+            })
+            .await
+            .map_err(EntityEditError::Rejected)??;
+            let version = StoredPolicyVersion {
+                number: newest.number + 1,
+                digest: engine.version().to_owned(),
+                files: files_to_json(&files),
+                pushed_by: by.to_owned(),
+                pushed_at_ms: now_ms(),
+                note: "entity edit".into(),
+            };
+            match self.store.add_policy_version(&version).await {
+                Ok(()) => {
+                    if let Err(e) = self
+                        .store
+                        .publish(TOPIC_POLICY, &version.number.to_string())
+                        .await
+                    {
+                        // Stored: the other replicas take it at their next reload or feed resumption.
+                        tracing::error!(error = %crate::error_chain(&e), "cannot announce the new policy version");
+                    }
+                    return Ok((engine, Some(PushedVersion::from(&version))));
+                }
+                // Another replica stored a version meanwhile: edit that one.
+                Err(StoreError::Exists(_)) => continue,
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        Err(EntityEditError::Store(
+            "other versions kept arriving; try again".into(),
+        ))
+    }
+
+    /// Follows the store's change feed and activates each version pushed (by `ztinfra policy
+    /// push`, a rollback, or an entity edit on another replica) as it is announced; after the
+    /// feed was lost, reads the newest version again. A version that does not load here leaves
+    /// the previous one active and is reported, as a failed reload is.
+    pub async fn follow(self: Arc<Self>) -> Result<(), StoreError> {
+        let mut feed = self.store.subscribe().await?;
+        tokio::spawn(async move {
+            while let Some(item) = feed.recv().await {
+                match item {
+                    zt_store::changes::Feed::Change(change) if change.topic == TOPIC_POLICY => {}
+                    zt_store::changes::Feed::Change(_) => continue,
+                    zt_store::changes::Feed::Lost => {
+                        tracing::warn!(
+                            "the store's change feed was lost: policy versions pushed meanwhile are read when it is back"
+                        );
+                        continue;
+                    }
+                    zt_store::changes::Feed::Resumed => {}
+                }
+                let _ = self.reload().await;
+            }
+        });
+        Ok(())
     }
 
     async fn record(&self, engine: &Engine) {
@@ -427,10 +676,10 @@ impl Policies {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let active = self.active.load();
         let set = active.engine.policies();
-        let dir = &self.dir;
         PolicyStatus {
             version: set.version().to_owned(),
-            source: dir.display().to_string(),
+            source: self.source.to_string(),
+            pushed: active.pushed.clone(),
             loaded_at_ms: active.loaded_at_ms,
             policies: set.policy_count(),
             files: set.files().to_vec(),
@@ -446,7 +695,9 @@ impl Policies {
         quiet: Duration,
     ) -> Result<notify::RecommendedWatcher, notify::Error> {
         use notify::Watcher;
-        let dir = &self.dir;
+        let PolicySource::Dir(dir) = &self.source else {
+            return Err(notify::Error::generic("only a policy directory is watched"));
+        };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {

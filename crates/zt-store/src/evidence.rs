@@ -142,7 +142,7 @@ impl Store {
         created_at_ms: i64,
         first: bool,
     ) -> Result<LogId, StoreError> {
-        let refuse_second = |logs: i64| {
+        let refuse_second = move |logs: i64| {
             if first && logs > 0 {
                 Err(StoreError::Exists("the store's first evidence log".into()))
             } else {
@@ -156,29 +156,50 @@ impl Store {
             _ => StoreError::Database(e),
         };
         let id: i64 = match &self.backend {
-            Backend::Sqlite(pool, _) => {
-                let mut tx = pool.begin().await?;
-                refuse_second(
-                    sqlx::query_scalar("SELECT COUNT(*) FROM zt_evidence_logs")
-                        .fetch_one(&mut *tx)
-                        .await?,
-                )?;
-                let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO zt_evidence_logs (id, name, origin, created_at_ms)
-                     VALUES ((SELECT COALESCE(MAX(id) + 1, 0) FROM zt_evidence_logs), ?, ?, ?)
-                     RETURNING id",
-                )
-                .bind(name)
-                .bind(origin)
-                .bind(created_at_ms)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(taken)?;
-                sqlx::query("INSERT INTO zt_evidence_keys (key_id, key_json, created_at_ms, log) VALUES (?, ?, ?, ?)")
-                    .bind(key_id).bind(key_json).bind(created_at_ms).bind(id)
-                    .execute(&mut *tx).await.map_err(taken)?;
-                tx.commit().await?;
-                id
+            // On the append thread, in an immediate transaction: a deferred one that read
+            // first could not take the write lock from another writer in between.
+            Backend::Sqlite(pool, appender) => {
+                let (owned_name, owned_origin) = (name.to_owned(), origin.to_owned());
+                let (owned_key, owned_json) = (key_id.to_owned(), key_json.to_owned());
+                let exists = format!("{name} ({origin}, key {key_id})");
+                appender
+                    .write(move |conn| {
+                        let tx = conn.transaction_with_behavior(
+                            rusqlite::TransactionBehavior::Immediate,
+                        )?;
+                        refuse_second(tx.query_row(
+                            "SELECT COUNT(*) FROM zt_evidence_logs",
+                            [],
+                            |row| row.get(0),
+                        )?)?;
+                        let unique = |e: rusqlite::Error| match e.sqlite_error_code() {
+                            Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                                StoreError::Exists(exists.clone())
+                            }
+                            _ => StoreError::Sqlite(e),
+                        };
+                        let id: i64 = tx
+                            .query_row(
+                                "INSERT INTO zt_evidence_logs (id, name, origin, created_at_ms)
+                                 VALUES ((SELECT COALESCE(MAX(id) + 1, 0) FROM zt_evidence_logs), ?1, ?2, ?3)
+                                 RETURNING id",
+                                rusqlite::params![owned_name, owned_origin, created_at_ms],
+                                |row| row.get(0),
+                            )
+                            .map_err(unique)?;
+                        tx.execute(
+                            "INSERT INTO zt_evidence_keys (key_id, key_json, created_at_ms, log) VALUES (?1, ?2, ?3, ?4)",
+                            rusqlite::params![owned_key, owned_json, created_at_ms, id],
+                        )
+                        .map_err(unique)?;
+                        tx.commit()?;
+                        Ok(())
+                    })
+                    .await?;
+                sqlx::query_scalar("SELECT id FROM zt_evidence_logs WHERE origin = ?")
+                    .bind(origin)
+                    .fetch_one(pool)
+                    .await?
             }
             Backend::Postgres(pool) => {
                 let mut tx = pool.begin().await?;

@@ -26,9 +26,11 @@ mod appender;
 pub mod changes;
 mod credentials;
 mod evidence;
+mod policy_versions;
 pub use agents::{StoredAgent, StoredSession};
 pub use credentials::{CredentialInfo, Revoked};
 pub use evidence::{LogId, StoredCheckpoint, StoredLog, StoredRecord};
+pub use policy_versions::StoredPolicyVersion;
 
 /// Where the store lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,6 +279,15 @@ const MIGRATIONS: &[&[&str]] = &[
         "ALTER TABLE zt_evidence_keys ADD COLUMN log BIGINT NOT NULL DEFAULT 0",
         "CREATE INDEX zt_evidence_keys_log ON zt_evidence_keys (log)",
     ],
+    // Policy sets pushed to the store, for replicas that share it (`policy_versions.rs`).
+    &["CREATE TABLE zt_policy_versions (
+        number BIGINT NOT NULL PRIMARY KEY,
+        digest TEXT NOT NULL,
+        files TEXT NOT NULL,
+        pushed_by TEXT NOT NULL,
+        pushed_at_ms BIGINT NOT NULL,
+        note TEXT NOT NULL
+    )"],
 ];
 
 impl Store {

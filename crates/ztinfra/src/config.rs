@@ -31,7 +31,7 @@ const DEMO_FILES: &[(&str, &str)] = &[
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"            # relative paths: from the config file's directory\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  no_watch = false                # or: watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n  header_timeout_secs = 10\n  body_timeout_secs = 10\n  max_connections = 1024\n  max_pending_body_bytes = 67108864\n  allowed_hosts = [\"pdp.internal\"]\n  allowed_origins = [\"https://console.example.com\"]\n  callers = \"authenticated\"        # or \"open\" (the default with demo = true)\n  allow_open_callers_on_network = false\n  admin_listen = \"127.0.0.1:8182\"   # policy reload, entity edits, agents, revocation: only here\n  join = \"replica-b\"              # a replica joining a shared store: its name\n  trust_domain = \"ztinfra.local\"\n  session_ttl_secs = 900\n  max_session_ttl_secs = 3600\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
+    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"            # relative paths: from the config file's directory\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  no_watch = false                # or: watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n  header_timeout_secs = 10\n  body_timeout_secs = 10\n  max_connections = 1024\n  max_pending_body_bytes = 67108864\n  allowed_hosts = [\"pdp.internal\"]\n  allowed_origins = [\"https://console.example.com\"]\n  callers = \"authenticated\"        # or \"open\" (the default with demo = true)\n  allow_open_callers_on_network = false\n  admin_listen = \"127.0.0.1:8182\"   # policy reload, entity edits, agents, revocation: only here\n  join = \"replica-b\"              # a replica joining a shared store: its name\n  policies_from_store = false     # true: the set pushed with `ztinfra policy push`\n  trust_domain = \"ztinfra.local\"\n  session_ttl_secs = 900\n  max_session_ttl_secs = 3600\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
 )]
 pub struct ServeArgs {
     /// Address to listen on, IP:PORT; a bare PORT or localhost:PORT means 127.0.0.1:PORT
@@ -48,6 +48,11 @@ pub struct ServeArgs {
     /// Load the bundled demo policy set (written to <data-dir>/demo-policies if missing).
     #[arg(long, env = "ZTINFRA_DEMO")]
     demo: bool,
+    /// Take the policy set (and its entities) from the versions pushed to the store
+    /// (`ztinfra policy push`), activating each new one as it is pushed, instead of from a
+    /// directory: what replicas sharing a PostgreSQL store do. Entity edits become new versions.
+    #[arg(long, env = "ZTINFRA_POLICIES_FROM_STORE", conflicts_with_all = ["policies", "demo"])]
+    policies_from_store: bool,
     /// Store: a path to an SQLite file or a postgres:// URL [default: <data-dir>/ztinfra.db].
     #[arg(long, env = "ZTINFRA_STORE")]
     store: Option<String>,
@@ -160,6 +165,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     policies: Option<PathBuf>,
     demo: Option<bool>,
+    policies_from_store: Option<bool>,
     store: Option<String>,
     watch: Option<bool>,
     /// The flag's own name; `watch = false` says the same.
@@ -232,7 +238,14 @@ impl Settings {
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR));
         let demo = args.demo || file.demo.unwrap_or(false);
+        let policies_from_store =
+            args.policies_from_store || file.policies_from_store.unwrap_or(false);
         let named_policies = args.policies.or(file.policies);
+        if policies_from_store && (demo || named_policies.is_some()) {
+            bail!(
+                "`policies_from_store` takes the policy set from the store: `policies` and `demo` do not apply with it"
+            );
+        }
         let explicit = named_policies.is_some();
         let policy_dir = match named_policies {
             Some(dir) => dir,
@@ -375,13 +388,14 @@ impl Settings {
         }
         // The data directory first, private, before anything is written into it.
         zt_server::private_dir(&data_dir)?;
-        if explicit && !policy_dir.is_dir() {
+        if policies_from_store {
+            // The set comes from the store: no directory is read or written.
+        } else if explicit && !policy_dir.is_dir() {
             bail!(
                 "the policy directory `{}` does not exist (or is not a directory); create it, or correct `--policies`",
                 policy_dir.display()
             );
-        }
-        if demo {
+        } else if demo {
             write_demo(&policy_dir)?;
         } else if !policy_dir.exists() {
             // An empty set denies everything: a safe start that the operator fills.
@@ -418,6 +432,7 @@ impl Settings {
                 sessions,
                 admin_listen,
                 join,
+                policies_from_store,
             },
             log_format: args
                 .log_format

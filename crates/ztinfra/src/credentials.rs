@@ -107,6 +107,6 @@ async fn execute(command: CredentialsCommand) -> anyhow::Result<()> {
     }
 }
 
-fn time(ms: i64) -> String {
+pub(crate) fn time(ms: i64) -> String {
     zt_server::reference::rfc3339_utc(ms)
 }
