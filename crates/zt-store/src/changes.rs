@@ -90,12 +90,15 @@ impl Store {
                 });
             }
             Backend::Postgres(pool) => {
-                let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-                listener.listen(CHANNEL).await?;
+                let mut first = sqlx::postgres::PgListener::connect_with(pool).await?;
+                first.listen(CHANNEL).await?;
                 let pool = pool.clone();
                 tokio::spawn(async move {
-                    loop {
-                        if let Ok(Some(notification)) = listener.try_recv().await {
+                    // The listener holds one of the pool's connections: it must be dropped for
+                    // the pool to close, and none is made again once it is closing.
+                    let mut listener = Some(first);
+                    while let Some(current) = listener.as_mut() {
+                        if let Ok(Some(notification)) = current.try_recv().await {
                             let (topic, key) = notification
                                 .payload()
                                 .split_once('\n')
@@ -109,15 +112,20 @@ impl Store {
                             }
                             continue;
                         }
+                        listener = None;
+                        if pool.is_closed() {
+                            // The store is closing: the feed ends, and its receivers see it end.
+                            return;
+                        }
                         // Lost: say so at once, then listen again on a new connection, and say
                         // when that works.
                         tracing::warn!("the change feed from the store was lost; reconnecting");
                         if tx.send(Feed::Lost).await.is_err() {
                             return;
                         }
-                        loop {
+                        while listener.is_none() {
                             tokio::time::sleep(Duration::from_millis(100)).await;
-                            if tx.is_closed() {
+                            if tx.is_closed() || pool.is_closed() {
                                 return;
                             }
                             let fresh = async {
@@ -126,10 +134,7 @@ impl Store {
                                 fresh.listen(CHANNEL).await?;
                                 Ok::<_, sqlx::Error>(fresh)
                             };
-                            if let Ok(fresh) = fresh.await {
-                                listener = fresh;
-                                break;
-                            }
+                            listener = fresh.await.ok();
                         }
                         tracing::info!("the change feed from the store is back");
                         if tx.send(Feed::Resumed).await.is_err() {
