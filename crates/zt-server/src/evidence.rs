@@ -128,7 +128,8 @@ pub struct EvidenceLog {
     jobs: mpsc::Sender<Job>,
     shared: Arc<Shared>,
     signer: Arc<Signer>,
-    /// The other replicas' logs read so far, by origin, each with the chain its tree ends at.
+    /// The other replicas' logs read so far, by origin, each with the chain its tree ends at
+    /// (a few hundred bytes, and a quarter of a byte per record, each).
     others: Arc<tokio::sync::Mutex<HashMap<String, Arc<Other>>>>,
 }
 
@@ -459,19 +460,25 @@ impl EvidenceLog {
             match others.get(wanted) {
                 Some(other) => Arc::clone(other),
                 None => {
+                    // Named by its replica, or not read yet: held under its origin.
                     let found = find_log(&self.shared.store, wanted).await?;
                     if found.id == self.shared.log {
                         return Ok(self.own());
                     }
-                    let (shared, chain) = load(self.shared.store.clone(), &found).await?;
-                    let other = Arc::new(Other {
-                        shared: Arc::new(shared),
-                        chain: tokio::sync::Mutex::new(chain),
-                    });
-                    others.insert(wanted.to_owned(), Arc::clone(&other));
-                    return Ok(LogView {
-                        shared: Arc::clone(&other.shared),
-                    });
+                    match others.get(&found.origin) {
+                        Some(other) => Arc::clone(other),
+                        None => {
+                            let (shared, chain) = load(self.shared.store.clone(), &found).await?;
+                            let other = Arc::new(Other {
+                                shared: Arc::new(shared),
+                                chain: tokio::sync::Mutex::new(chain),
+                            });
+                            others.insert(found.origin.clone(), Arc::clone(&other));
+                            return Ok(LogView {
+                                shared: Arc::clone(&other.shared),
+                            });
+                        }
+                    }
                 }
             }
         };

@@ -696,6 +696,65 @@ mod tests {
         );
     }
 
+    /// A store made before there were several logs: its log becomes log 0, named `replica-0`,
+    /// with its origin, keys, records and checkpoints where they were.
+    #[tokio::test]
+    async fn a_store_with_one_log_migrates_to_log_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ztinfra.db");
+        {
+            let db = rusqlite::Connection::open(&path).unwrap();
+            db.execute_batch("CREATE TABLE zt_schema_version (version BIGINT NOT NULL)")
+                .unwrap();
+            for (i, statements) in crate::MIGRATIONS.iter().take(6).enumerate() {
+                for statement in *statements {
+                    db.execute_batch(&statement.replace("{seq_key}", "INTEGER PRIMARY KEY"))
+                        .unwrap();
+                }
+                db.execute(
+                    "INSERT INTO zt_schema_version (version) VALUES (?1)",
+                    [i as i64 + 1],
+                )
+                .unwrap();
+            }
+            db.execute_batch(
+                "INSERT INTO zt_meta (name, value) VALUES ('log_origin', 'ztinfra/old');
+                 INSERT INTO zt_evidence_keys (key_id, key_json, created_at_ms) VALUES ('k0', '{}', 7);
+                 INSERT INTO zt_evidence_records (seq, hash, body) VALUES (0, 'h0', 'b0'), (1, 'h1', 'b1');
+                 INSERT INTO zt_evidence_checkpoints (tree_size, note) VALUES (2, 'n2');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&Location::Sqlite(path)).await.unwrap();
+        let logs = store.evidence_logs().await.unwrap();
+        assert_eq!(
+            logs,
+            [StoredLog {
+                id: LogId(0),
+                name: "replica-0".into(),
+                origin: "ztinfra/old".into(),
+                created_at_ms: 7,
+            }]
+        );
+        assert_eq!(store.key_log("k0").await.unwrap(), Some(LogId(0)));
+        assert_eq!(
+            store.evidence_hashes(LogId(0), 0, 10).await.unwrap(),
+            [(0, "h0".to_owned()), (1, "h1".to_owned())]
+        );
+        let latest = store.evidence_checkpoint(LogId(0), 0, true).await.unwrap();
+        assert_eq!(
+            latest.map(|c| (c.tree_size, c.note)),
+            Some((2, "n2".into()))
+        );
+        // The next log starts at its own place 0.
+        let next = store
+            .add_evidence_log("b", "ztinfra/b", "k1", "{}", 8, false)
+            .await
+            .unwrap();
+        assert_eq!(next, LogId(1));
+        assert!(store.evidence_hashes(next, 0, 10).await.unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn sqlite_evidence_tables() {
         let dir = tempfile::tempdir().unwrap();
