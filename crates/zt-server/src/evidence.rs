@@ -128,6 +128,8 @@ pub struct EvidenceLog {
     jobs: mpsc::Sender<Job>,
     shared: Arc<Shared>,
     signer: Arc<Signer>,
+    /// This process's right to write its log, for as long as the log is open.
+    writing: Arc<zt_store::WriterLock>,
     /// The other replicas' logs read so far, by origin, each with the chain its tree ends at
     /// (a few hundred bytes, and a quarter of a byte per record, each).
     others: Arc<tokio::sync::Mutex<HashMap<String, Arc<Other>>>>,
@@ -323,6 +325,8 @@ pub async fn join(
         policy_version: String::new(),
     };
     evidence.append(vec![record], None).await?;
+    // The replica itself writes the log from now on.
+    evidence.release().await;
     tracing::info!(replica = %name, log = %log.origin, key_id = %signer.info().key_id, "joined the store with a new evidence log");
     Ok(log)
 }
@@ -358,6 +362,7 @@ impl EvidenceLog {
                 }
             }
         };
+        let writing = Arc::new(store.lock_log_writer(log.id).await?);
         let (shared, chain) = load(store, &log).await?;
         tracing::info!(origin = %log.origin, replica = %log.name, records = shared.durable.load().tree_size, key_id = %signer.info().key_id, "evidence log open");
         let shared = Arc::new(shared);
@@ -377,10 +382,21 @@ impl EvidenceLog {
             jobs,
             shared,
             signer,
+            writing,
             others: Arc::default(),
         })
     }
 
+    /// Gives up the right to write this log at once (rather than when the process goes), for a
+    /// command that wrote the log's first record before the replica starts.
+    pub async fn release(self) {
+        let Self { writing, .. } = self;
+        if let Ok(lock) = Arc::try_unwrap(writing) {
+            lock.release().await;
+        }
+    }
+
+    /// Announces a record that will be appended soon, so that the writer can hold its batch
     /// open for it; the announcement ends when the returned value is handed to `append` or
     /// dropped.
     pub fn announce(&self) -> Announcement {

@@ -490,6 +490,63 @@ impl Store {
 
 /// The advisory lock key under which replicas joining at once take log ids on PostgreSQL.
 const JOIN_LOCK: i64 = 7_247_019;
+/// The advisory locks held by the processes writing each log on PostgreSQL: this plus the log's
+/// id (session locks on a connection of their own, released when the process goes).
+const WRITER_LOCK_BASE: i64 = 7_248_000_000;
+
+/// Held while this process writes a log: on PostgreSQL, a connection taken out of the pool
+/// holding the log's writer lock; nothing on SQLite, which one process uses.
+#[derive(Debug)]
+pub struct WriterLock {
+    connection: Option<sqlx::PgConnection>,
+}
+
+impl WriterLock {
+    /// Releases the lock now (dropping it releases it when the server notices the connection
+    /// closed).
+    pub async fn release(self) {
+        use sqlx::Connection as _;
+        if let Some(connection) = self.connection {
+            let _ = connection.close().await;
+        }
+    }
+}
+
+/// How long a start waits for a log's writer lock: a replica killed a moment ago holds it
+/// until the server notices its connection is gone.
+const WRITER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Store {
+    /// Takes the right to write `log` for as long as the returned value lives: on PostgreSQL,
+    /// [`StoreError::Exists`] when another process writes it (two replicas started with one
+    /// key: a copied data directory).
+    pub async fn lock_log_writer(&self, log: LogId) -> Result<WriterLock, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(..) => Ok(WriterLock { connection: None }),
+            Backend::Postgres(pool) => {
+                let mut connection = pool.acquire().await?.detach();
+                let started = std::time::Instant::now();
+                loop {
+                    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                        .bind(WRITER_LOCK_BASE + log.as_i64())
+                        .fetch_one(&mut connection)
+                        .await?;
+                    if taken {
+                        return Ok(WriterLock {
+                            connection: Some(connection),
+                        });
+                    }
+                    if started.elapsed() >= WRITER_LOCK_WAIT {
+                        return Err(StoreError::Exists(format!(
+                            "evidence log {log} is being written by another process: each replica needs a key of its own (a copied data directory shares one)"
+                        )));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

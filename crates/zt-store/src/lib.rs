@@ -29,7 +29,7 @@ mod evidence;
 mod policy_versions;
 pub use agents::{StoredAgent, StoredSession};
 pub use credentials::{CredentialInfo, Revoked};
-pub use evidence::{LogId, StoredCheckpoint, StoredLog, StoredRecord};
+pub use evidence::{LogId, StoredCheckpoint, StoredLog, StoredRecord, WriterLock};
 pub use policy_versions::StoredPolicyVersion;
 
 /// Where the store lives.

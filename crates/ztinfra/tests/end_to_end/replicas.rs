@@ -127,6 +127,33 @@ fn three_replicas_on_postgresql_under_load_and_faults() {
         "a refused replica changed the store's logs"
     );
 
+    // A copy of a replica's key (a cloned data directory) does not start a second writer of
+    // its log.
+    let clone = tempfile::tempdir().unwrap();
+    std::fs::create_dir(clone.path().join("keys")).unwrap();
+    for key in ["signing.key", "session.key"] {
+        std::fs::copy(
+            dirs[0].path().join("keys").join(key),
+            clone.path().join("keys").join(key),
+        )
+        .unwrap();
+    }
+    let refused = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--policies-from-store",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(clone.path())
+        .args(store)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("being written by another process"), "{said}");
+
     // One replica joins by the command line before its first start, one by its start flag.
     let added = run(&[
         "replicas",
