@@ -636,6 +636,17 @@ fn sections(file: &Path, keys: &Path, expect: &Expect) -> anyhow::Result<Vec<Sec
         1 << 20,
         std::fs::File::open(file).with_context(|| format!("cannot read `{}`", file.display()))?,
     );
+    // A file with no header first (malformed, as the verifier then says) is one section.
+    let whole = || -> anyhow::Result<Section> {
+        Ok(Section {
+            start: 0,
+            lines: 0,
+            keyring: keyrings
+                .first()
+                .cloned()
+                .context("the keys file is empty")?,
+        })
+    };
     let mut sections: Vec<Section> = Vec::new();
     for (i, line) in reader.lines().enumerate() {
         let line = line.with_context(|| format!("cannot read `{}`", file.display()))?;
@@ -660,29 +671,14 @@ fn sections(file: &Path, keys: &Path, expect: &Expect) -> anyhow::Result<Vec<Sec
                 keyring,
             });
         } else if sections.is_empty() {
-            // Before any header: the verifier reports the file as malformed.
-            sections.push(Section {
-                start: 0,
-                lines: 0,
-                keyring: keyrings
-                    .first()
-                    .cloned()
-                    .context("the keys file is empty")?,
-            });
+            sections.push(whole()?);
         }
         if let Some(last) = sections.last_mut() {
             last.lines += 1;
         }
     }
     if sections.is_empty() {
-        sections.push(Section {
-            start: 0,
-            lines: 0,
-            keyring: keyrings
-                .first()
-                .cloned()
-                .context("the keys file is empty")?,
-        });
+        sections.push(whole()?);
     }
     if sections.len() > 1
         && let Some(path) = &expect.checkpoint

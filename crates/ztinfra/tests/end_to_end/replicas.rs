@@ -72,7 +72,6 @@ fn three_replicas_on_postgresql_under_load_and_faults() {
     let Some((_, scoped)) = super::evidence::postgres_schema("replicas3") else {
         return;
     };
-    let store = ["--store", scoped.as_str()];
     // Version 1: the demo set. Version 2 adds a permit for listing buckets.
     push(&demo_dir(), &scoped);
     let second = tempfile::tempdir().unwrap();
@@ -104,20 +103,7 @@ fn three_replicas_on_postgresql_under_load_and_faults() {
 
     // A replica whose key is in no log of the store does not start, and says how to join.
     let stranger = tempfile::tempdir().unwrap();
-    let refused = std::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--policies-from-store",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(stranger.path())
-        .args(store)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{said}");
+    let said = refused_start(stranger.path(), &scoped);
     assert!(
         said.contains("ztinfra replicas add") && said.contains("--join"),
         "{said}"
@@ -138,20 +124,7 @@ fn three_replicas_on_postgresql_under_load_and_faults() {
         )
         .unwrap();
     }
-    let refused = std::process::Command::new(BIN)
-        .args([
-            "serve",
-            "--policies-from-store",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(clone.path())
-        .args(store)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{said}");
+    let said = refused_start(clone.path(), &scoped);
     assert!(said.contains("being written by another process"), "{said}");
 
     // One replica joins by the command line before its first start, one by its start flag.
@@ -473,6 +446,20 @@ fn three_replicas_on_postgresql_under_load_and_faults() {
     for mut replica in [a, b, c] {
         assert!(replica.terminate().success(), "{}", replica.logs());
     }
+}
+
+/// Starts a replica on `data` that must refuse to start; returns what it said.
+fn refused_start(data: &std::path::Path, store: &str) -> String {
+    let refused = std::process::Command::new(BIN)
+        .args(["serve", "--policies-from-store", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--store", store])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success(), "{said}");
+    said
 }
 
 fn json_logs(server: &Server) -> Vec<Value> {
