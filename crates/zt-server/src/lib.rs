@@ -166,7 +166,9 @@ impl App {
     /// Prepares the data directory, keys, store and policies.
     ///
     /// A start that fails removes the signing key and the SQLite store it created, so that a
-    /// mistake (a policy set that does not load, say) leaves nothing behind to be reused later.
+    /// mistake (a policy set that does not load, say) leaves nothing behind to be reused later;
+    /// but a key that a store it keeps now names as an evidence log's key stays, so that the
+    /// next start writes that log rather than finding itself a stranger to the store.
     pub async fn start(config: &Config) -> Result<Self, ServerError> {
         private_dir(&config.data_dir)?;
         let key_dir = config.data_dir.join("keys");
@@ -189,7 +191,7 @@ impl App {
         if !admin_token.exists() {
             created.push(admin_token);
         }
-        let started = Self::start_in(config, &key_dir).await;
+        let started = Self::start_in(config, &key_dir, &mut created).await;
         if started.is_err() {
             for path in &created {
                 let _ = std::fs::remove_file(path);
@@ -198,7 +200,11 @@ impl App {
         started
     }
 
-    async fn start_in(config: &Config, key_dir: &std::path::Path) -> Result<Self, ServerError> {
+    async fn start_in(
+        config: &Config,
+        key_dir: &std::path::Path,
+        created: &mut Vec<PathBuf>,
+    ) -> Result<Self, ServerError> {
         let signer = keys::load_or_generate(key_dir)?;
         tracing::info!(key_id = %signer.info().key_id, "signing key ready");
         let store = match &config.store {
@@ -242,6 +248,16 @@ impl App {
             Some(config.data_dir.join(LOCAL_CHECKPOINT_FILE)),
         )
         .await?;
+        // The store names this key now: unless the store itself goes with a failed start
+        // (an SQLite file made by it), the key stays.
+        let store_goes = match store.location() {
+            Location::Sqlite(path) => created.contains(path),
+            Location::Postgres(_) => false,
+        };
+        if !store_goes {
+            let key_file = key_dir.join(keys::KEY_FILE);
+            created.retain(|path| *path != key_file);
+        }
         if !config.record_evidence {
             tracing::warn!(
                 "evidence is OFF (--unsafe-no-evidence): decisions are not recorded; for benchmarks only"

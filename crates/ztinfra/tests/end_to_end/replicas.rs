@@ -448,6 +448,45 @@ fn three_replicas_on_postgresql_under_load_and_faults() {
     }
 }
 
+/// A first start on a shared store that fails after its evidence log was made (here, a policy
+/// set that does not load) keeps the key that log names: once the set is fixed, the replica
+/// starts on its log instead of finding itself a stranger to the store.
+#[test]
+fn a_failed_first_start_keeps_the_key_its_log_names() {
+    let Some((_, scoped)) = super::evidence::postgres_schema("failedfirst") else {
+        return;
+    };
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(
+        policies.path().join("broken.cedar"),
+        "permit(principal, action, resource) when { nope };",
+    )
+    .unwrap();
+    let data = Arc::new(tempfile::tempdir().unwrap());
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
+        .arg(policies.path())
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--store", scoped.as_str()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        data.path().join("keys/signing.key").exists(),
+        "the key its log names was removed"
+    );
+    std::fs::remove_file(policies.path().join("broken.cedar")).unwrap();
+    let policy_dir = policies.path().to_str().unwrap();
+    let server = Server::start_in(
+        data,
+        &["--policies", policy_dir, "--store", scoped.as_str()],
+        &[],
+    );
+    let logs = json_logs(&server);
+    assert_eq!(logs.len(), 1, "{logs:?}");
+}
+
 /// Starts a replica on `data` that must refuse to start; returns what it said.
 fn refused_start(data: &std::path::Path, store: &str) -> String {
     let refused = std::process::Command::new(BIN)
