@@ -789,7 +789,11 @@ async fn evidence_keys(
     State(app): State<Arc<AppState>>,
     params: Params,
 ) -> Result<Json<Keyring>, Problem> {
-    Ok(Json(log_view(&app, &params).await?.keyring().clone()))
+    app.evidence
+        .keyring(params.get("log").map(String::as_str))
+        .await
+        .map(Json)
+        .map_err(evidence_problem)
 }
 
 /// Every evidence log of the store: one per replica, each with its own origin and keys.

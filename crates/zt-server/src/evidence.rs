@@ -288,6 +288,21 @@ async fn create_log(
     })
 }
 
+/// A record of an act of the log itself (a replica joining, a key rotation), which no policy
+/// set takes part in: its `policy_version` is empty.
+fn act(kind: &str, request: serde_json::Value, message: String) -> PendingRecord {
+    PendingRecord {
+        time_ms: now_ms(),
+        caller: None,
+        kind: Some(kind.into()),
+        decision_id: uuid::Uuid::now_v7().to_string(),
+        request,
+        decision: "allow".into(),
+        reasons: serde_json::json!([{"kind": "act", "message": message}]),
+        policy_version: String::new(),
+    }
+}
+
 /// Joins a replica to a store: creates its log, with `signer`'s key as the log's first key,
 /// and records the act as the log's first record (kind `replica.join`, naming the replica,
 /// the log, the key and `how` it joined), durable before this returns. The only way a key
@@ -308,22 +323,16 @@ pub async fn join(
     check_replica_name(name)?;
     let log = create_log(store, &signer, name, false).await?;
     let evidence = EvidenceLog::open(store.clone(), Arc::clone(&signer), 1, None).await?;
-    let record = PendingRecord {
-        time_ms: now_ms(),
-        caller: None,
-        kind: Some("replica.join".into()),
-        decision_id: uuid::Uuid::now_v7().to_string(),
-        request: serde_json::json!({
+    let record = act(
+        "replica.join",
+        serde_json::json!({
             "replica": name,
             "log": log.origin,
             "key_id": signer.info().key_id,
             "how": how,
         }),
-        decision: "allow".into(),
-        reasons: serde_json::json!([{"kind": "act", "message": format!("replica `{name}` joined the store with an evidence log of its own")}]),
-        // No policy set takes part in a replica joining.
-        policy_version: String::new(),
-    };
+        format!("replica `{name}` joined the store with an evidence log of its own"),
+    );
     evidence.append(vec![record], None).await?;
     // The replica itself writes the log from now on.
     evidence.release().await;
@@ -363,7 +372,7 @@ impl EvidenceLog {
             }
         };
         let writing = Arc::new(store.lock_log_writer(log.id).await?);
-        let (shared, chain) = load(store, &log).await?;
+        let (shared, chain, last_key) = load(store, &log).await?;
         tracing::info!(origin = %log.origin, replica = %log.name, records = shared.durable.load().tree_size, key_id = %signer.info().key_id, "evidence log open");
         let shared = Arc::new(shared);
         if let Some(path) = local_copy {
@@ -378,13 +387,26 @@ impl EvidenceLog {
             chain,
             max_batch.max(1),
         ));
-        Ok(Self {
+        let log = Self {
             jobs,
             shared,
             signer,
             writing,
             others: Arc::default(),
-        })
+        };
+        // A key that signs this log for the first time after another did (`ztinfra keys
+        // rotate`) first records that, so that a keyring never changes without a record.
+        let key_id = log.signer.info().key_id.clone();
+        if let Some(previous) = last_key.filter(|previous| *previous != key_id) {
+            let record = act(
+                "key.rotate",
+                serde_json::json!({"key_id": key_id, "previous_key_id": previous}),
+                format!("key {key_id} signs this log from now on, after key {previous}"),
+            );
+            log.append(vec![record], None).await?;
+            tracing::info!(key_id = %key_id, previous = %previous, "the key rotation is recorded");
+        }
+        Ok(log)
     }
 
     /// Gives up the right to write this log at once (rather than when the process goes), for a
@@ -448,6 +470,22 @@ impl EvidenceLog {
         self.shared.durable.load_full()
     }
 
+    /// A log's keyring: this replica's as loaded, another's read from the store now (so that a
+    /// key rotated there shows at once).
+    pub async fn keyring(&self, log: Option<&str>) -> Result<Keyring, EvidenceError> {
+        let own = &self.shared.keyring;
+        match log.filter(|l| *l != own.origin.as_str()) {
+            None => Ok(own.clone()),
+            Some(wanted) => {
+                let found = find_log(&self.shared.store, wanted).await?;
+                if found.id == self.shared.log {
+                    return Ok(own.clone());
+                }
+                load_keyring(&self.shared.store, &found).await
+            }
+        }
+    }
+
     /// Every log of the store.
     pub async fn logs(&self) -> Result<Vec<LogInfo>, EvidenceError> {
         Ok(self
@@ -484,7 +522,8 @@ impl EvidenceLog {
                     match others.get(&found.origin) {
                         Some(other) => Arc::clone(other),
                         None => {
-                            let (shared, chain) = load(self.shared.store.clone(), &found).await?;
+                            let (shared, chain, _) =
+                                load(self.shared.store.clone(), &found).await?;
                             let other = Arc::new(Other {
                                 shared: Arc::new(shared),
                                 chain: tokio::sync::Mutex::new(chain),
@@ -651,12 +690,16 @@ impl LogView {
 }
 
 /// Reads a log from the store: every record hash into a tree, checked against the latest
-/// signed checkpoint.
-async fn load(store: Store, log: &StoredLog) -> Result<(Shared, Chain), EvidenceError> {
+/// signed checkpoint; also gives the id of the key that signed that checkpoint.
+async fn load(
+    store: Store,
+    log: &StoredLog,
+) -> Result<(Shared, Chain, Option<String>), EvidenceError> {
     let keyring = load_keyring(&store, log).await?;
     let mut tree = Tree::with_tile_height(TILE_HEIGHT);
     let mut chain = Chain::genesis();
     catch_up(&store, log.id, &mut tree, &mut chain).await?;
+    let mut last_key = None;
     let durable = match store.evidence_checkpoint(log.id, 0, true).await? {
         None if tree.is_empty() => Durable {
             log: log.origin.clone(),
@@ -675,6 +718,7 @@ async fn load(store: Store, log: &StoredLog) -> Result<(Shared, Chain), Evidence
                 EvidenceError::Inconsistent(format!("the latest checkpoint does not verify: {e}"))
             })?;
             let size = verified.checkpoint.size;
+            last_key = Some(verified.key_id);
             if size != tree.len() || tree.root(size, &Tiles::new())? != verified.checkpoint.root {
                 return Err(EvidenceError::Inconsistent(format!(
                     "the latest checkpoint (size {size}) does not match the {} stored records",
@@ -698,7 +742,7 @@ async fn load(store: Store, log: &StoredLog) -> Result<(Shared, Chain), Evidence
         durable: ArcSwap::from_pointee(durable),
         failing: AtomicBool::new(false),
     };
-    Ok((shared, chain))
+    Ok((shared, chain, last_key))
 }
 
 impl Shared {

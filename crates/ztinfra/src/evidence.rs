@@ -373,7 +373,7 @@ async fn rotate(args: &StoreArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "rotated: the signing key is now {} (key {} is retired and stays in the keyring); restart the server to sign with the new key",
+        "rotated: the signing key is now {} (key {} is retired and stays in the keyring); restart the server to sign with the new key (its first record then says so, kind `key.rotate`)",
         public.key_id, old.key_id
     );
     Ok(())

@@ -262,12 +262,25 @@ fn a_rotated_key_keeps_the_whole_log_verifiable() {
     assert!(String::from_utf8_lossy(&rotate.stdout).starts_with("rotated:"));
 
     let server = Server::start_in(Arc::clone(&data), &["--demo"], &[]);
+    // The first record the new key signs is the rotation itself.
+    let rotation = c.get(&server.url("/v1/evidence/5")).json();
+    assert_eq!(rotation["record"]["kind"], "key.rotate", "{rotation}");
+    let new_key = String::from_utf8_lossy(&rotate.stdout)
+        .split_whitespace()
+        .nth(6)
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        rotation["record"]["request"]["key_id"],
+        new_key.as_str(),
+        "{rotation}"
+    );
     let answer = decide(
         &c,
         &server,
         json!({"actor": "a", "action": "x", "resource": "after"}),
     );
-    assert_eq!(answer["evidence"]["seq"], 5);
+    assert_eq!(answer["evidence"]["seq"], 6);
     let keyring: Keyring =
         serde_json::from_slice(&c.get(&server.url("/v1/evidence/keys")).body).unwrap();
     assert_eq!(keyring.keys.len(), 2);
