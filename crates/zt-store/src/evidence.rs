@@ -538,7 +538,7 @@ impl Store {
                     }
                     if started.elapsed() >= WRITER_LOCK_WAIT {
                         return Err(StoreError::Exists(format!(
-                            "evidence log {log} is being written by another process: each replica needs a key of its own (a copied data directory shares one)"
+                            "evidence log {log} is being written by another process: each replica needs a key of its own (a copied data directory shares one; so do replicas that shared one log before logs were per replica: give each but one an empty `keys` directory and join it with `ztinfra replicas add`)"
                         )));
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
