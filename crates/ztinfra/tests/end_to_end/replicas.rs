@@ -487,6 +487,48 @@ fn a_failed_first_start_keeps_the_key_its_log_names() {
     assert_eq!(logs.len(), 1, "{logs:?}");
 }
 
+/// A pushed version that does not load on a replica (here, written to the store by hand, as a
+/// newer build's push might look to an older one) leaves that replica on the version it had,
+/// reported in `GET /v1/policies`; the next good version is taken as usual.
+#[test]
+fn a_pushed_version_that_does_not_load_keeps_the_previous_one() {
+    let Some((url, scoped)) = super::evidence::postgres_schema("badversion") else {
+        return;
+    };
+    push(&demo_dir(), &scoped);
+    let server = Server::start(&["--policies-from-store", "--store", scoped.as_str()]);
+    let before = client().get(&server.url("/v1/policies")).json();
+    assert_eq!(before["pushed"]["number"], 1, "{before}");
+    let schema = format!("zt_e2e_badversion_{}", std::process::id());
+    super::evidence::psql(
+        &url,
+        &format!(
+            "INSERT INTO {schema}.zt_policy_versions (number, digest, files, pushed_by, pushed_at_ms, note) \
+             VALUES (2, 'sha256:x', '[{{\"path\": \"p.cedar\", \"text\": \"permit(principal, action, resource) when {{ nope }};\"}}]', 'test', 0, 'broken'); \
+             SELECT pg_notify('ztinfra_changes', 'policy.version' || chr(10) || '2')"
+        ),
+    );
+    let mut status = Value::Null;
+    wait_for("the failed load reported", || {
+        status = client().get(&server.url("/v1/policies")).json();
+        status.get("last_reload_error").is_some()
+    });
+    assert_eq!(status["pushed"]["number"], 1, "{status}");
+    assert_eq!(status["version"], before["version"], "{status}");
+    let answer = client().post_json(
+        &server.url("/v1/decide"),
+        &json!({"actor": "demo-agent", "action": "aws.ec2.describe_instances", "resource": "i-1"}),
+    );
+    assert_eq!(answer.json()["decision"], "allow");
+    // A good version after it is taken, and clears the report.
+    push(&demo_dir(), &scoped);
+    wait_for("version 3 active", || {
+        status = client().get(&server.url("/v1/policies")).json();
+        status["pushed"]["number"] == 3
+    });
+    assert!(status.get("last_reload_error").is_none(), "{status}");
+}
+
 /// Starts a replica on `data` that must refuse to start; returns what it said.
 fn refused_start(data: &std::path::Path, store: &str) -> String {
     let refused = std::process::Command::new(BIN)
