@@ -57,22 +57,24 @@ def policy_status(addr):
     return json.loads(urllib.request.urlopen(f"http://{addr}/v1/policies", timeout=5).read())
 
 
-def push_delays(store, addrs, dirs, pushes):
-    """Pushes `pushes` versions (alternating between `dirs`), each once the previous is active
-    everywhere; returns every (push, replica) delay in milliseconds."""
+def push_delays(store, addrs, dirs, pushes, first):
+    """Pushes `pushes` versions (alternating between `dirs`; the first gets number `first`),
+    each once the previous is active everywhere; returns every (push, replica) delay in
+    milliseconds."""
     delays = []
     for i in range(pushes):
         push(store, dirs[i % 2])
+        want = first + i
         for addr in addrs:
             deadline = time.time() + 30
             while True:
                 status = policy_status(addr)
                 pushed = status.get("pushed") or {}
-                if pushed.get("number", 0) >= i + 2:
+                if pushed.get("number", 0) >= want:
                     delays.append(status["loaded_at_ms"] - pushed["pushed_at_ms"])
                     break
                 if time.time() > deadline:
-                    sys.exit(f"version {i + 2} did not become active on {addr}")
+                    sys.exit(f"version {want} did not become active on {addr}")
                 time.sleep(0.002)
     return delays
 
@@ -145,26 +147,13 @@ def run(url, replicas, seconds, connections, pushes=0):
                 shutil.copytree(DEMO, other)
                 with open(os.path.join(other, "listing.cedar"), "w") as f:
                     f.write('permit(principal, action == Action::"aws.s3.list_buckets", resource);\n')
-                idle = push_delays(store, addrs, [other, DEMO], pushes)
+                # Version 1 is the demo set pushed before the replicas started.
+                idle = push_delays(store, addrs, [other, DEMO], pushes, first=2)
                 loads = [subprocess.Popen([LOADGEN, "--addr", a, "--connections", str(connections),
                                            "--duration", str(seconds * 3), "--warmup", "1", "--json"],
                                           stdout=subprocess.PIPE, text=True) for a in addrs]
                 time.sleep(1.5)
-                # Versions pushed so far: 1 + pushes; continue the count from there.
-                loaded = []
-                for i in range(pushes):
-                    push(store, [other, DEMO][i % 2])
-                    want = pushes + i + 2
-                    for addr in addrs:
-                        deadline = time.time() + 30
-                        while True:
-                            status = policy_status(addr)
-                            if (status.get("pushed") or {}).get("number", 0) >= want:
-                                loaded.append(status["loaded_at_ms"] - status["pushed"]["pushed_at_ms"])
-                                break
-                            if time.time() > deadline:
-                                sys.exit(f"version {want} did not become active on {addr}")
-                            time.sleep(0.002)
+                loaded = push_delays(store, addrs, [other, DEMO], pushes, first=pushes + 2)
                 for p in loads:
                     p.communicate()
                 pushed = {"idle": summary(idle), "loaded": summary(loaded)}

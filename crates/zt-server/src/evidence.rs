@@ -473,17 +473,23 @@ impl EvidenceLog {
     /// A log's keyring: this replica's as loaded, another's read from the store now (so that a
     /// key rotated there shows at once).
     pub async fn keyring(&self, log: Option<&str>) -> Result<Keyring, EvidenceError> {
-        let own = &self.shared.keyring;
-        match log.filter(|l| *l != own.origin.as_str()) {
-            None => Ok(own.clone()),
-            Some(wanted) => {
-                let found = find_log(&self.shared.store, wanted).await?;
-                if found.id == self.shared.log {
-                    return Ok(own.clone());
-                }
-                load_keyring(&self.shared.store, &found).await
-            }
+        match log {
+            Some(wanted) => match self.other_log(wanted).await? {
+                Some(found) => load_keyring(&self.shared.store, &found).await,
+                None => Ok(self.shared.keyring.clone()),
+            },
+            None => Ok(self.shared.keyring.clone()),
         }
+    }
+
+    /// The stored log `wanted` (an origin or a replica's name) names, unless it is this
+    /// replica's own.
+    async fn other_log(&self, wanted: &str) -> Result<Option<StoredLog>, EvidenceError> {
+        if wanted == self.shared.keyring.origin {
+            return Ok(None);
+        }
+        let found = find_log(&self.shared.store, wanted).await?;
+        Ok((found.id != self.shared.log).then_some(found))
     }
 
     /// Every log of the store.
@@ -505,8 +511,7 @@ impl EvidenceLog {
     /// A log of the store, for reading: this replica's when `log` is `None` or names it (by
     /// origin or replica name), another replica's otherwise, brought up to date from the store.
     pub async fn view(&self, log: Option<&str>) -> Result<LogView, EvidenceError> {
-        let own = &self.shared.keyring.origin;
-        let Some(wanted) = log.filter(|l| *l != own.as_str()) else {
+        let Some(wanted) = log else {
             return Ok(self.own());
         };
         let other = {
@@ -515,10 +520,9 @@ impl EvidenceLog {
                 Some(other) => Arc::clone(other),
                 None => {
                     // Named by its replica, or not read yet: held under its origin.
-                    let found = find_log(&self.shared.store, wanted).await?;
-                    if found.id == self.shared.log {
+                    let Some(found) = self.other_log(wanted).await? else {
                         return Ok(self.own());
-                    }
+                    };
                     match others.get(&found.origin) {
                         Some(other) => Arc::clone(other),
                         None => {

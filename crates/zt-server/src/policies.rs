@@ -214,6 +214,22 @@ impl From<&StoredPolicyVersion> for PushedVersion {
     }
 }
 
+/// The newest version pushed to the store; an error when none was.
+async fn newest_version(store: &Store) -> Result<StoredPolicyVersion, Vec<PolicyError>> {
+    store
+        .policy_version(None)
+        .await
+        .map_err(|e| store_error(&e))?
+        .ok_or_else(|| {
+            vec![PolicyError {
+                file: "<store>".into(),
+                line: None,
+                column: None,
+                message: "no policy set was pushed to the store yet: push one first (`ztinfra policy push DIR --store …`)".into(),
+            }]
+        })
+}
+
 fn store_error(e: &StoreError) -> Vec<PolicyError> {
     vec![PolicyError {
         file: "<store>".into(),
@@ -409,31 +425,25 @@ impl Policies {
         store: &Store,
         validation: &Arc<std::sync::Mutex<ValidationCache>>,
     ) -> Result<Loaded, Vec<PolicyError>> {
-        let validation = Arc::clone(validation);
-        let (files, pushed) = match source {
+        match source {
             PolicySource::Dir(dir) => {
-                let dir = dir.clone();
-                return behind(move || load_dir(&dir, &validation).map(|e| (e, None))).await?;
+                let (dir, validation) = (dir.clone(), Arc::clone(validation));
+                behind(move || load_dir(&dir, &validation).map(|e| (e, None))).await?
             }
             PolicySource::Store => {
-                let Some(version) = store
-                    .policy_version(None)
-                    .await
-                    .map_err(|e| store_error(&e))?
-                else {
-                    return Err(vec![PolicyError {
-                        file: "<store>".into(),
-                        line: None,
-                        column: None,
-                        message: "no policy set was pushed to the store yet: push one first (`ztinfra policy push DIR --store …`)".into(),
-                    }]);
-                };
-                (
-                    files_from_json(&version.files).map_err(|e| vec![e])?,
-                    PushedVersion::from(&version),
-                )
+                Self::load_version(newest_version(store).await?, validation).await
             }
-        };
+        }
+    }
+
+    /// Loads a pushed version's set.
+    async fn load_version(
+        version: StoredPolicyVersion,
+        validation: &Arc<std::sync::Mutex<ValidationCache>>,
+    ) -> Result<Loaded, Vec<PolicyError>> {
+        let files = files_from_json(&version.files).map_err(|e| vec![e])?;
+        let pushed = PushedVersion::from(&version);
+        let validation = Arc::clone(validation);
         behind(move || load_cached(&files, &validation).map(|e| (e, Some(pushed)))).await?
     }
 
@@ -451,22 +461,25 @@ impl Policies {
     /// failure the active set stays, and the errors are kept for `GET /v1/policies`.
     pub async fn reload(&self) -> Result<Reloaded, Vec<PolicyError>> {
         let _one_at_a_time = self.reloading.lock().await;
-        if self.source == PolicySource::Store {
-            let newest = self
-                .store
-                .newest_policy_version()
-                .await
-                .map_err(|e| store_error(&e))?;
-            let active = self.active.load();
-            if active.pushed.as_ref().is_some_and(|p| p.number >= newest) {
-                return Ok(Reloaded {
-                    version: active.engine.version().to_owned(),
-                    changed: false,
-                    policies: active.engine.policies().policy_count(),
-                });
+        let loaded = match &self.source {
+            PolicySource::Store => {
+                let newest = newest_version(&self.store).await?;
+                let active = self.active.load();
+                if active
+                    .pushed
+                    .as_ref()
+                    .is_some_and(|p| p.number >= newest.number)
+                {
+                    return Ok(Reloaded {
+                        version: active.engine.version().to_owned(),
+                        changed: false,
+                        policies: active.engine.policies().policy_count(),
+                    });
+                }
+                Self::load_version(newest, &self.validation).await
             }
-        }
-        let loaded = Self::read(&self.source, &self.store, &self.validation).await;
+            PolicySource::Dir(_) => Self::read(&self.source, &self.store, &self.validation).await,
+        };
         self.activate(loaded).await
     }
 

@@ -46,19 +46,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 /// that the log restarts (16,384 pages of 4 KiB: 64 MiB).
 pub(crate) const RESTART_FRAMES: i64 = 16_384;
 
-/// A write run on the append thread's connection.
-type Write = Box<dyn FnOnce(&mut Connection) -> Result<(), StoreError> + Send>;
-
-struct Job {
-    write: Write,
-    reply: oneshot::Sender<Result<(), StoreError>>,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").finish_non_exhaustive()
-    }
-}
+/// A write run on the append thread's connection: it answers its caller itself, and tells the
+/// thread whether it wrote (a failed one needs no checkpoint).
+type Job = Box<dyn FnOnce(&mut Connection) -> bool + Send>;
 
 /// The handle on the append thread; the thread ends, and closes its connection, when the last
 /// handle is dropped.
@@ -113,10 +103,7 @@ impl Appender {
             .name("zt-evidence-append".into())
             .spawn(move || {
                 while let Ok(job) = rx.recv() {
-                    let result = (job.write)(&mut conn);
-                    let written = result.is_ok();
-                    let _ = job.reply.send(result);
-                    if !written {
+                    if !job(&mut conn) {
                         continue;
                     }
                     let _ = nudge.try_send(());
@@ -143,18 +130,21 @@ impl Appender {
             .await
     }
 
-    /// Runs `write` on the append thread, after the jobs queued before it; the answer comes
-    /// after its commit's fsync.
-    pub(crate) async fn write(
+    /// Runs `write` on the append thread, after the jobs queued before it, and gives its
+    /// result; the answer comes after its commit's fsync.
+    pub(crate) async fn write<T: Send + 'static>(
         &self,
-        write: impl FnOnce(&mut Connection) -> Result<(), StoreError> + Send + 'static,
-    ) -> Result<(), StoreError> {
+        write: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = write(conn);
+            let written = result.is_ok();
+            let _ = reply.send(result);
+            written
+        });
         self.jobs
-            .send(Job {
-                write: Box::new(write),
-                reply,
-            })
+            .send(job)
             .map_err(|_| StoreError::AppenderStopped)?;
         answer.await.map_err(|_| StoreError::AppenderStopped)?
     }

@@ -149,19 +149,13 @@ impl Store {
                 Ok(())
             }
         };
-        let taken = |e: sqlx::Error| match &e {
-            sqlx::Error::Database(db) if db.is_unique_violation() => {
-                StoreError::Exists(format!("{name} ({origin}, key {key_id})"))
-            }
-            _ => StoreError::Database(e),
-        };
+        let exists = format!("{name} ({origin}, key {key_id})");
         let id: i64 = match &self.backend {
             // On the append thread, in an immediate transaction: a deferred one that read
             // first could not take the write lock from another writer in between.
-            Backend::Sqlite(pool, appender) => {
+            Backend::Sqlite(_, appender) => {
                 let (owned_name, owned_origin) = (name.to_owned(), origin.to_owned());
                 let (owned_key, owned_json) = (key_id.to_owned(), key_json.to_owned());
-                let exists = format!("{name} ({origin}, key {key_id})");
                 appender
                     .write(move |conn| {
                         let tx = conn.transaction_with_behavior(
@@ -193,15 +187,17 @@ impl Store {
                         )
                         .map_err(unique)?;
                         tx.commit()?;
-                        Ok(())
+                        Ok(id)
                     })
-                    .await?;
-                sqlx::query_scalar("SELECT id FROM zt_evidence_logs WHERE origin = ?")
-                    .bind(origin)
-                    .fetch_one(pool)
                     .await?
             }
             Backend::Postgres(pool) => {
+                let taken = |e: sqlx::Error| match &e {
+                    sqlx::Error::Database(db) if db.is_unique_violation() => {
+                        StoreError::Exists(exists.clone())
+                    }
+                    _ => StoreError::Database(e),
+                };
                 let mut tx = pool.begin().await?;
                 // Replicas joining at once take ids one after the other.
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")

@@ -87,16 +87,19 @@ impl Store {
         &self,
         number: Option<u64>,
     ) -> Result<Option<StoredPolicyVersion>, StoreError> {
-        let number = match number {
-            Some(n) => n,
-            None => self.newest_policy_version().await?,
+        // The newest: the highest number there is.
+        let (low, high) = match number {
+            Some(n) => {
+                let n = i64::try_from(n).unwrap_or(i64::MAX);
+                (n, n)
+            }
+            None => (0, i64::MAX),
         };
-        let number = i64::try_from(number).unwrap_or(i64::MAX);
         let row: Option<Row> = match &self.backend {
-            Backend::Sqlite(pool, _) => sqlx::query_as("SELECT number, digest, files, pushed_by, pushed_at_ms, note FROM zt_policy_versions WHERE number = ?")
-                .bind(number).fetch_optional(pool).await?,
-            Backend::Postgres(pool) => sqlx::query_as("SELECT number, digest, files, pushed_by, pushed_at_ms, note FROM zt_policy_versions WHERE number = $1")
-                .bind(number).fetch_optional(pool).await?,
+            Backend::Sqlite(pool, _) => sqlx::query_as("SELECT number, digest, files, pushed_by, pushed_at_ms, note FROM zt_policy_versions WHERE number BETWEEN ? AND ? ORDER BY number DESC LIMIT 1")
+                .bind(low).bind(high).fetch_optional(pool).await?,
+            Backend::Postgres(pool) => sqlx::query_as("SELECT number, digest, files, pushed_by, pushed_at_ms, note FROM zt_policy_versions WHERE number BETWEEN $1 AND $2 ORDER BY number DESC LIMIT 1")
+                .bind(low).bind(high).fetch_optional(pool).await?,
         };
         Ok(row.map(from_row))
     }

@@ -69,11 +69,11 @@ pub fn run(command: PolicyCommand) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if check_files(&dir.display().to_string(), &files) != ExitCode::SUCCESS {
+            let Some(digest) = check_files(&dir.display().to_string(), &files) else {
                 eprintln!("not pushed: the set must be valid and pass its tests");
                 return ExitCode::FAILURE;
-            }
-            finish(runtime().and_then(|rt| rt.block_on(push(&store, &files, &note))))
+            };
+            finish(runtime().and_then(|rt| rt.block_on(push(&store, &files, &digest, &note))))
         }
         PolicyCommand::History { store, limit } => {
             finish(runtime().and_then(|rt| rt.block_on(history(&store, limit))))
@@ -103,26 +103,19 @@ fn pusher() -> String {
     format!("ztinfra policy push ({user})")
 }
 
-/// Stores `files` as the next version and announces it; returns its number.
+/// Stores `files` (checked by [`check_files`], which gave their `digest`) as the next version
+/// and announces it.
 async fn store_version(
     store: &Store,
     files: &[SourceFile],
+    digest: &str,
     by: &str,
     note: &str,
 ) -> anyhow::Result<StoredPolicyVersion> {
-    let digest = Engine::load(files)
-        .map_err(|errors| {
-            anyhow::anyhow!(
-                "the set does not load: {}",
-                errors.first().map(ToString::to_string).unwrap_or_default()
-            )
-        })?
-        .version()
-        .to_owned();
     for _ in 0..5 {
         let version = StoredPolicyVersion {
             number: store.newest_policy_version().await? + 1,
-            digest: digest.clone(),
+            digest: digest.to_owned(),
             files: files_to_json(files),
             pushed_by: by.to_owned(),
             pushed_at_ms: zt_server::now_ms(),
@@ -144,9 +137,14 @@ async fn store_version(
     bail!("other versions kept arriving; try again")
 }
 
-async fn push(args: &StoreArgs, files: &[SourceFile], note: &str) -> anyhow::Result<()> {
+async fn push(
+    args: &StoreArgs,
+    files: &[SourceFile],
+    digest: &str,
+    note: &str,
+) -> anyhow::Result<()> {
     let store = args.open().await?;
-    let version = store_version(&store, files, &pusher(), note).await?;
+    let version = store_version(&store, files, digest, &pusher(), note).await?;
     store.close().await;
     println!(
         "pushed version {} ({}): replicas following the store activate it now",
@@ -181,11 +179,11 @@ async fn rollback(args: &StoreArgs, number: u64) -> anyhow::Result<()> {
         bail!("the store has no policy version {number} (`ztinfra policy history` lists them)");
     };
     let files = files_from_json(&old.files).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if check_files(&format!("version {number}"), &files) != ExitCode::SUCCESS {
+    let Some(digest) = check_files(&format!("version {number}"), &files) else {
         bail!("version {number} no longer passes its checks; not pushed");
-    }
-    let version =
-        store_version(&store, &files, &pusher(), &format!("rollback to {number}")).await?;
+    };
+    let note = format!("rollback to {number}");
+    let version = store_version(&store, &files, &digest, &pusher(), &note).await?;
     store.close().await;
     println!(
         "pushed version {} with the files of version {number} ({}): replicas following the store activate it now",
@@ -202,12 +200,15 @@ fn check(dir: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    check_files(&dir.display().to_string(), &files)
+    match check_files(&dir.display().to_string(), &files) {
+        Some(_) => ExitCode::SUCCESS,
+        None => ExitCode::FAILURE,
+    }
 }
 
-/// Validates a set and runs its tests, printing what it finds; success only if it loads and
-/// every test passes.
-fn check_files(label: &str, files: &[SourceFile]) -> ExitCode {
+/// Validates a set and runs its tests, printing what it finds; the set's version (its digest)
+/// only if it loads and every test passes.
+fn check_files(label: &str, files: &[SourceFile]) -> Option<String> {
     let engine = match Engine::load(files) {
         Ok(engine) => engine,
         Err(errors) => {
@@ -215,7 +216,7 @@ fn check_files(label: &str, files: &[SourceFile]) -> ExitCode {
                 eprintln!("error: {e}");
             }
             eprintln!("{label}: invalid policy set ({} error(s))", errors.len());
-            return ExitCode::FAILURE;
+            return None;
         }
     };
     let set = engine.policies();
@@ -256,11 +257,7 @@ fn check_files(label: &str, files: &[SourceFile]) -> ExitCode {
     if passed + failed > 0 {
         println!("policy tests: {passed} passed, {failed} failed");
     }
-    if failed > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    (failed == 0).then(|| set.version().to_owned())
 }
 
 fn import(file: &std::path::Path, output: Option<&std::path::Path>) -> ExitCode {
