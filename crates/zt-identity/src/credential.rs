@@ -295,6 +295,7 @@ impl UnverifiedCredential {
         Ok(Caller {
             name: stored.name.clone(),
             role: stored.role,
+            workload: None,
         })
     }
 }
@@ -310,9 +311,26 @@ impl fmt::Debug for UnverifiedCredential {
 pub struct Caller {
     name: CredentialName,
     role: Role,
+    /// The SPIFFE ID of a caller that presented an X.509-SVID instead of a token.
+    workload: Option<String>,
 }
 
 impl Caller {
+    /// A caller known by the X.509-SVID it presented over mutual TLS, given the name and role
+    /// the service's configuration maps its SPIFFE ID to.
+    pub fn from_workload(svid: &crate::svid::X509Svid, name: CredentialName, role: Role) -> Self {
+        Self {
+            name,
+            role,
+            workload: Some(svid.id.as_str().to_owned()),
+        }
+    }
+
+    /// The SPIFFE ID, for a caller known by its X.509-SVID.
+    pub fn workload(&self) -> Option<&str> {
+        self.workload.as_deref()
+    }
+
     pub fn name(&self) -> &CredentialName {
         &self.name
     }
@@ -350,6 +368,11 @@ pub enum AuthError {
     Unknown,
     #[error("the credential `{0}` was revoked")]
     Revoked(CredentialName),
+    /// A client certificate (X.509-SVID) that verified, but names no caller here.
+    #[error(
+        "the client certificate's SPIFFE ID `{0}` is not mapped to an enforcement point or operator here (`[[workloads.callers]]`); an agent exchanges its SVID for a session token at `/oauth2/token`"
+    )]
+    UnmappedWorkload(String),
     #[error("the credential `{name}` has role `{role}`; this needs {}", needed_roles(.needed))]
     WrongRole {
         name: CredentialName,
@@ -456,6 +479,7 @@ mod tests {
         let caller = |role| Caller {
             name: CredentialName("x".into()),
             role,
+            workload: None,
         };
         for (role, granted) in [
             (Role::Admin, Permission::Administer),

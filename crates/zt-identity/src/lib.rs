@@ -6,10 +6,14 @@
 //! caller may do is its [`Role`]'s, asked through [`Caller::authorize`]. Agent sessions
 //! ([`session`]) carry signed access tokens: an [`session::UnverifiedToken`] becomes a
 //! [`session::VerifiedSession`] only through its `verify`, given the keys and the time.
+//! Workloads ([`svid`]) arrive as SPIFFE SVIDs, checked against trust bundles at a time passed
+//! in; the service's own issuing CA signs with a key its caller made (ECDSA signatures draw
+//! their nonces from `ring`).
 
 pub mod credential;
 pub mod session;
 pub mod status_list;
+pub mod svid;
 
 pub use credential::{
     AuthError, Caller, CallerKind, CredentialName, CredentialRecord, NewSecret, Permission, Role,

@@ -54,6 +54,18 @@ pub struct SessionClaim {
     pub on_behalf_of: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket: Option<String>,
+    /// The SPIFFE ID of the workload whose SVID started the root of this session's tree (set
+    /// by the service, like the broker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+}
+
+/// Proof of possession (RFC 7800 `cnf`): the SHA-256 thumbprint of the client certificate a
+/// token is bound to (RFC 8705 section 3.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
 }
 
 /// The claims of an access token.
@@ -74,6 +86,10 @@ pub struct AccessClaims {
     /// Where the token's revocation is published (a Token Status List).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<crate::status_list::Status>,
+    /// Present on a token issued over mutual TLS: it is accepted only from a connection that
+    /// presents the same certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
 }
 
 /// `spiffe://<trust-domain>/agent/<agent>/session/<id>`.
@@ -395,8 +411,10 @@ mod tests {
                 },
                 on_behalf_of: Some("alice".into()),
                 ticket: None,
+                workload: None,
             },
             status: None,
+            cnf: None,
         }
     }
 

@@ -105,7 +105,7 @@ pub async fn serve(
         max_body_bytes: MAX_MESSAGE_BYTES,
         ..zt_server::conn::ConnLimits::default()
     };
-    zt_server::conn::serve(listener, router, limits, async move {
+    zt_server::conn::serve(listener, router, limits, None, async move {
         shutdown.await;
         cancel.cancel();
     })

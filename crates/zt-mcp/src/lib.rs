@@ -154,6 +154,7 @@ pub async fn decider(config: &GatewayConfig) -> Result<decide::Decider, GatewayE
         admin_listen: None,
         join: None,
         policies_from_store: false,
+        workloads: zt_server::workloads::WorkloadSettings::default(),
     };
     let app = zt_server::App::start(&server).await?;
     Ok(decide::Decider::InProcess(Arc::new(app)))

@@ -46,6 +46,8 @@ pub struct AppState {
     pub callers: Callers,
     /// Agents and their sessions.
     pub sessions: Arc<crate::sessions::Sessions>,
+    /// Trust bundles, SPIFFE ID mappings and the CA.
+    pub workloads: Arc<crate::workloads::Workloads>,
 }
 
 /// The answer to a decision request.

@@ -24,6 +24,7 @@ use zt_identity::{
 use zt_store::{Store, StoreError};
 
 use crate::api::AppState;
+use crate::conn::Peer;
 use crate::problem::{Challenge, Problem};
 
 /// How long a credential looked up in the store is trusted before it is read again.
@@ -55,11 +56,13 @@ impl CallerMode {
     }
 }
 
-/// The credentials of callers, checked against the store through a short cache.
+/// The credentials of callers, checked against the store through a short cache, and the
+/// client certificates of callers over mutual TLS, checked against the workload mappings.
 #[derive(Debug)]
 pub struct Callers {
     mode: CallerMode,
     store: Store,
+    workloads: Arc<crate::workloads::Workloads>,
     cache: Mutex<HashMap<TokenDigest, (Option<CredentialRecord>, Instant)>>,
 }
 
@@ -71,10 +74,15 @@ pub enum Refusal {
 }
 
 impl Callers {
-    pub fn new(mode: CallerMode, store: Store) -> Self {
+    pub fn new(
+        mode: CallerMode,
+        store: Store,
+        workloads: Arc<crate::workloads::Workloads>,
+    ) -> Self {
         Self {
             mode,
             store,
+            workloads,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -83,11 +91,20 @@ impl Callers {
         self.mode
     }
 
-    /// The caller whose credential is in `headers`, if it is valid.
-    pub async fn verify(&self, headers: &HeaderMap) -> Result<Caller, Refusal> {
-        let value = headers
-            .get(header::AUTHORIZATION)
-            .ok_or(Refusal::Auth(AuthError::Missing))?;
+    /// The caller whose credential is in `headers`, if it is valid; without one, the caller
+    /// its client certificate (`peer`, over mutual TLS) is mapped to.
+    pub async fn verify(&self, headers: &HeaderMap, peer: Option<&Peer>) -> Result<Caller, Refusal> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            let svid = peer
+                .and_then(|p| p.0.as_deref())
+                .ok_or(Refusal::Auth(AuthError::Missing))?;
+            return match self.workloads.map(svid) {
+                crate::workloads::Mapped::Caller(caller) => Ok(caller),
+                _ => Err(Refusal::Auth(AuthError::UnmappedWorkload(
+                    svid.id.as_str().to_owned(),
+                ))),
+            };
+        };
         let presented =
             UnverifiedCredential::from_authorization(value.as_bytes()).map_err(Refusal::Auth)?;
         let stored = self
@@ -119,9 +136,10 @@ impl Callers {
     pub async fn authorize(
         &self,
         headers: &HeaderMap,
+        peer: Option<&Peer>,
         permission: Permission,
     ) -> Result<Caller, Problem> {
-        let caller = self.verify(headers).await.map_err(refusal_problem)?;
+        let caller = self.verify(headers, peer).await.map_err(refusal_problem)?;
         caller.authorize(permission).map_err(|e| {
             tracing::warn!(credential = %caller.name(), role = %caller.role(), error = %e, "request refused: wrong role");
             metrics::counter!("ztinfra_auth_refusals_total", "reason" => "wrong_role").increment(1);
@@ -134,11 +152,12 @@ impl Callers {
     async fn unless_open(
         &self,
         headers: &HeaderMap,
+        peer: Option<&Peer>,
         permission: Permission,
     ) -> Result<Option<Caller>, Problem> {
         match self.mode {
             CallerMode::Open => Ok(None),
-            CallerMode::Authenticated => self.authorize(headers, permission).await.map(Some),
+            CallerMode::Authenticated => self.authorize(headers, peer, permission).await.map(Some),
         }
     }
 }
@@ -151,6 +170,7 @@ pub(crate) fn refusal_problem(refusal: Refusal) -> Problem {
                 AuthError::Malformed(_) => "malformed",
                 AuthError::Unknown => "unknown",
                 AuthError::Revoked(_) => "revoked",
+                AuthError::UnmappedWorkload(_) => "unmapped_workload",
                 AuthError::WrongRole { .. } => "wrong_role",
             };
             if !matches!(e, AuthError::Missing) {
@@ -192,7 +212,7 @@ pub fn auth_problem(e: &AuthError) -> Problem {
             "authentication required",
             Challenge::InvalidRequest,
         ),
-        AuthError::Unknown | AuthError::Revoked(_) => (
+        AuthError::Unknown | AuthError::Revoked(_) | AuthError::UnmappedWorkload(_) => (
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "authentication required",
@@ -313,10 +333,13 @@ fn bearer_jwt(headers: &HeaderMap) -> Option<&str> {
     .then_some(token)
 }
 
-/// The session of an access token, or the problem that refuses it (401, `invalid_token`).
+/// The session of an access token presented by `holder` (the client certificate of the
+/// connection it came on, when its bearer is the caller itself), or the problem that refuses
+/// it (401, `invalid_token`).
 pub async fn live_session(
     app: &AppState,
     token: &str,
+    holder: Option<&Peer>,
 ) -> Result<crate::sessions::LiveSession, Problem> {
     let mut verified = app.sessions.verify(token, crate::now_ms());
     // Started a moment ago on another replica, and not yet announced here: read it.
@@ -325,7 +348,12 @@ pub async fn live_session(
     {
         verified = app.sessions.verify(token, crate::now_ms());
     }
-    verified.map_err(|e| {
+    verified
+        .and_then(|live| {
+            live.check_holder(holder.and_then(|p| p.0.as_deref()))?;
+            Ok(live)
+        })
+        .map_err(|e| {
         if matches!(e, crate::sessions::SessionError::Stale) {
             return Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -366,6 +394,7 @@ impl FromRequestParts<Arc<AppState>> for Decider {
                 })
             })
             .transpose()?;
+        let peer = parts.extensions.get::<Peer>();
         if let Some(token) = bearer_jwt(&parts.headers) {
             // The agent session itself asks.
             if agent_token.is_some() {
@@ -376,7 +405,7 @@ impl FromRequestParts<Arc<AppState>> for Decider {
             }
             return Ok(Self {
                 pep: None,
-                session: Some(live_session(app, token).await?),
+                session: Some(live_session(app, token, peer).await?),
             });
         }
         // Open callers need no credential, and one sent is not read: only an agent session
@@ -385,12 +414,14 @@ impl FromRequestParts<Arc<AppState>> for Decider {
             CallerMode::Open => None,
             CallerMode::Authenticated => Some(
                 app.callers
-                    .authorize(&parts.headers, Permission::Decide)
+                    .authorize(&parts.headers, peer, Permission::Decide)
                     .await?,
             ),
         };
+        // An enforcement point passes the token on: it does not hold a bound token's
+        // certificate, so a bound token is refused here.
         let session = match agent_token {
-            Some(token) => Some(live_session(app, token).await?),
+            Some(token) => Some(live_session(app, token, None).await?),
             None => None,
         };
         Ok(Self { pep, session })
@@ -411,11 +442,12 @@ impl FromRequestParts<Arc<AppState>> for SessionStarter {
         parts: &mut Parts,
         app: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<Peer>();
         if let Some(token) = bearer_jwt(&parts.headers) {
-            return live_session(app, token).await.map(Self::Parent);
+            return live_session(app, token, peer).await.map(Self::Parent);
         }
         app.callers
-            .authorize(&parts.headers, Permission::StartSessions)
+            .authorize(&parts.headers, peer, Permission::StartSessions)
             .await
             .map(Self::Broker)
     }
@@ -432,7 +464,7 @@ macro_rules! extractor {
                 app: &Arc<AppState>,
             ) -> Result<Self, Self::Rejection> {
                 app.callers
-                    .$check(&parts.headers, $permission)
+                    .$check(&parts.headers, parts.extensions.get::<Peer>(), $permission)
                     .await
                     .map($name)
             }
@@ -442,9 +474,14 @@ macro_rules! extractor {
 extractor!(Admin, Permission::Administer, authorize);
 extractor!(Reader, Permission::ReadEvidence, unless_open);
 
-/// A caller as an evidence record names it.
+/// A caller as an evidence record names it (with its SPIFFE ID when it presented an SVID).
 pub fn record_caller(caller: &Caller) -> serde_json::Value {
-    serde_json::json!({"kind": caller.kind().as_str(), "name": caller.name().as_str()})
+    let mut who =
+        serde_json::json!({"kind": caller.kind().as_str(), "name": caller.name().as_str()});
+    if let (Some(id), Some(members)) = (caller.workload(), who.as_object_mut()) {
+        members.insert("spiffe_id".into(), id.into());
+    }
+    who
 }
 
 /// A new credential token, from the operating system's random source.

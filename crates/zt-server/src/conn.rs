@@ -18,6 +18,10 @@
 //! - at most `max_connections` connections are served at once; beyond that, a connection is
 //!   accepted, answered 503 and closed, so that the accept loop never stalls and the backlog
 //!   never fills with connections nobody reads.
+//!
+//! With TLS ([`Tls`]), each connection's handshake runs in its own task and must end within
+//! `header_timeout`; every request of the connection then carries the client's verified
+//! X.509-SVID, if it presented one, as a [`Peer`] extension.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -107,13 +111,32 @@ fn descriptors() -> Option<usize> {
     None
 }
 
+/// The client of a TLS connection, as every request on it carries it: its X.509-SVID when it
+/// presented one that verified, `None` otherwise. Requests on plain connections have no `Peer`.
+#[derive(Debug, Clone, Default)]
+pub struct Peer(pub Option<Arc<zt_identity::svid::X509Svid>>);
+
+/// A TLS listener's acceptor, and what names its clients.
+#[derive(Clone)]
+pub struct Tls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub workloads: Arc<crate::workloads::Workloads>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").finish_non_exhaustive()
+    }
+}
+
 /// Serves `router` on `listener` under `limits` (with `max_connections` fitted to the open file
-/// limit) until `shutdown` resolves, then lets the connections finish their requests (at most
-/// 10 s).
+/// limit), over TLS when `tls` is given, until `shutdown` resolves, then lets the connections
+/// finish their requests (at most 10 s).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: ConnLimits,
+    tls: Option<Tls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let limits = limits.fit_descriptors();
@@ -151,13 +174,38 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let budget = Arc::clone(&budget);
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let router = router.clone();
-            let budget = Arc::clone(&budget);
-            async move { Ok::<_, Infallible>(handle(router, request, limits, budget).await) }
-        });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let Some(tls) = &tls else {
+            let service = service(router, limits, budget, None);
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "connection closed with an error");
+                }
+                drop(permit);
+            });
+            continue;
+        };
+        let tls = tls.clone();
+        let http = http.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let handshake =
+                tokio::time::timeout(limits.header_timeout, tls.acceptor.accept(stream)).await;
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    metrics::counter!("ztinfra_tls_handshakes_failed_total").increment(1);
+                    return;
+                }
+                Err(_) => {
+                    metrics::counter!("ztinfra_tls_handshakes_failed_total").increment(1);
+                    return;
+                }
+            };
+            let peer = Peer(tls.workloads.peer(stream.get_ref().1.peer_certificates()));
+            let service = service(router, limits, budget, Some(peer));
+            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection closed with an error");
             }
@@ -171,6 +219,28 @@ pub async fn serve(
     {
         tracing::warn!("connections still open 10 s after shutdown began; closing them");
     }
+}
+
+/// The service of one connection: each request goes to `router`, carrying `peer` (for TLS).
+fn service(
+    router: Router,
+    limits: ConnLimits,
+    budget: Arc<Semaphore>,
+    peer: Option<Peer>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<Response, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        let router = router.clone();
+        let budget = Arc::clone(&budget);
+        if let Some(peer) = &peer {
+            request.extensions_mut().insert(peer.clone());
+        }
+        async move { Ok::<_, Infallible>(handle(router, request, limits, budget).await) }
+    })
 }
 
 /// Answers a connection beyond `max_connections`: 503, then closed.

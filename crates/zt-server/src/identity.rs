@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Form, Json, Router};
+use axum::{Extension, Form, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -16,6 +16,7 @@ use zt_identity::Permission;
 use crate::api::AppState;
 use crate::auth::{Admin, Reader, SessionStarter};
 use crate::body::JsonBody;
+use crate::conn::Peer;
 use crate::problem::Problem;
 use crate::sessions::{AgentInfo, SessionError, SessionStart, StartedSession, Starter};
 
@@ -23,6 +24,8 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/agents", get(agents))
         .route("/v1/sessions", post(start_session))
+        .route("/oauth2/token", post(token))
+        .route("/v1/bundle", get(bundle))
         .route("/oauth2/revoke", post(revoke_token))
         .route("/oauth2/introspect", post(introspect))
         .route("/.well-known/jwks.json", get(jwks))
@@ -85,7 +88,7 @@ fn session_problem(e: SessionError) -> Problem {
             "forbidden",
             e.to_string(),
         ),
-        SessionError::Token(_) | SessionError::Unknown(_) => Problem::new(
+        SessionError::Token(_) | SessionError::Unknown(_) | SessionError::WrongHolder(_) => Problem::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "authentication required",
@@ -199,9 +202,6 @@ pub(crate) async fn start_session(
     starter: SessionStarter,
     JsonBody(start): JsonBody<SessionStart>,
 ) -> Result<(StatusCode, Json<StartedSession>), Problem> {
-    use rand_core::RngCore as _;
-    let mut random = [0u8; 16];
-    rand_core::OsRng.fill_bytes(&mut random);
     let (starter, by, caller) = match &starter {
         SessionStarter::Broker(caller) => (
             Starter::Broker(caller.name().as_str()),
@@ -214,27 +214,64 @@ pub(crate) async fn start_session(
             json!({"kind": "session", "name": parent.claims.sub, "session": parent.claims.session.session_id}),
         ),
     };
+    let started = start_recorded(&app, start, starter, caller, &by).await?;
+    Ok((StatusCode::CREATED, Json(started)))
+}
+
+/// Starts a session, issues its X.509-SVID when one is asked for, and puts the start on record
+/// (or takes the session back when it cannot be).
+async fn start_recorded(
+    app: &AppState,
+    mut start: SessionStart,
+    starter: Starter<'_>,
+    caller: Value,
+    by: &str,
+) -> Result<StartedSession, Problem> {
+    let svid_key = match start.svid.take() {
+        Some(request) => Some(svid_key(app, &request)?),
+        None => None,
+    };
+    let mut random = [0u8; 16];
+    {
+        use rand_core::RngCore as _;
+        rand_core::OsRng.fill_bytes(&mut random);
+    }
     let mut started = app
         .sessions
         .start(start, starter, crate::now_ms(), random)
         .await
         .map_err(session_problem)?;
     let mut act = serde_json::to_value(&started.claim).unwrap_or_default();
+    if let Some((public_key, private_key)) = svid_key {
+        match issue_svid(app, &started, &public_key, private_key) {
+            Ok(svid) => started.svid = Some(svid),
+            Err(problem) => {
+                let _ = app
+                    .sessions
+                    .revoke(&started.session_id, crate::now_ms())
+                    .await;
+                return Err(problem);
+            }
+        }
+    }
     if let Some(members) = act.as_object_mut() {
         members.insert("spiffe_id".into(), started.spiffe_id.clone().into());
         members.insert(
             "expires_at".into(),
             crate::reference::rfc3339_utc(started.expires_at.saturating_mul(1000)).into(),
         );
+        if let Some(cnf) = &started.cnf {
+            members.insert("cnf".into(), json!({"x5t#S256": cnf.x5t_s256}));
+        }
+        if let Some(svid) = &started.svid {
+            members.insert(
+                "x509_svid".into(),
+                json!({"x5t#S256": svid.thumbprint, "expires_at": crate::reference::rfc3339_utc(svid.expires_at.saturating_mul(1000))}),
+            );
+        }
     }
-    match crate::api::record_act(
-        &app,
-        "session.start",
-        Some(caller),
-        act,
-        "session started".into(),
-    )
-    .await
+    match crate::api::record_act(app, "session.start", Some(caller), act, "session started".into())
+        .await
     {
         Ok(receipt) => started.evidence = receipt,
         Err(e) => {
@@ -249,8 +286,83 @@ pub(crate) async fn start_session(
             ));
         }
     }
-    tracing::info!(by = %by, session = %started.spiffe_id, "session started");
-    Ok((StatusCode::CREATED, Json(started)))
+    tracing::info!(by = %by, session = %started.spiffe_id, bound = started.cnf.is_some(), svid = started.svid.is_some(), "session started");
+    Ok(started)
+}
+
+/// The public key an X.509-SVID is to be issued for (and its private key, when made here),
+/// checked before the session starts.
+fn svid_key(
+    app: &AppState,
+    request: &crate::sessions::SvidRequest,
+) -> Result<(rcgen::SubjectPublicKeyInfo, Option<String>), Problem> {
+    if app.workloads.ca().is_none() {
+        return Err(Problem::invalid(
+            "this service has no CA to issue X.509-SVIDs with; its operator makes one with `ztinfra ca init`",
+            Vec::new(),
+        ));
+    }
+    match (&request.csr, request.generate) {
+        (Some(csr), false) => {
+            let key = zt_identity::svid::csr_public_key(csr)
+                .map_err(|e| Problem::invalid(e.to_string(), Vec::new()))?;
+            let public = rcgen::SubjectPublicKeyInfo::from_der(
+                rcgen::PublicKeyData::subject_public_key_info(&key).as_slice(),
+            )
+            .map_err(|e| Problem::invalid(format!("the CSR's key: {e}"), Vec::new()))?;
+            Ok((public, None))
+        }
+        (None, true) => {
+            let key = rcgen::KeyPair::generate()
+                .map_err(|e| Problem::internal(format!("no key could be made: {e}")))?;
+            let public = rcgen::SubjectPublicKeyInfo::from_der(
+                rcgen::PublicKeyData::subject_public_key_info(&key).as_slice(),
+            )
+            .map_err(|e| Problem::internal(format!("no key could be made: {e}")))?;
+            Ok((public, Some(key.serialize_pem())))
+        }
+        _ => Err(Problem::invalid(
+            "`svid` takes either `csr` (a PEM certificate signing request) or `generate: true`",
+            Vec::new(),
+        )),
+    }
+}
+
+fn issue_svid(
+    app: &AppState,
+    started: &StartedSession,
+    public_key: &rcgen::SubjectPublicKeyInfo,
+    private_key: Option<String>,
+) -> Result<crate::sessions::IssuedSvid, Problem> {
+    let ca = app
+        .workloads
+        .ca()
+        .ok_or_else(|| Problem::internal("the CA is gone"))?;
+    let id = zt_identity::svid::SpiffeId::parse(&started.spiffe_id)
+        .map_err(|e| Problem::internal(e.to_string()))?;
+    let now = crate::now_ms() / 1000;
+    let cert = ca
+        .issue(
+            &id,
+            public_key,
+            now,
+            started.expires_at,
+            crate::workloads::random16(),
+        )
+        .map_err(|e| Problem::internal(e.to_string()))?;
+    let expires_at = started
+        .expires_at
+        .min(now + zt_identity::svid::MAX_SVID_SECS);
+    let mut chain = zt_identity::svid::pem_certificate(&cert);
+    chain.push_str(&ca.cert_pem());
+    Ok(crate::sessions::IssuedSvid {
+        spiffe_id: started.spiffe_id.clone(),
+        certificate_chain: chain,
+        bundle: ca.cert_pem(),
+        thumbprint: zt_identity::svid::thumbprint(&cert),
+        private_key,
+        expires_at,
+    })
 }
 
 /// Revoke a session and every session descending from it (admin).
@@ -324,12 +436,13 @@ pub(crate) async fn revoke_token(
 /// OAuth 2.0 token introspection (RFC 7662), for enforcement points and admins.
 pub(crate) async fn introspect(
     State(app): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     Form(form): Form<TokenForm>,
 ) -> Result<Json<Value>, Problem> {
     let caller = app
         .callers
-        .verify(&headers)
+        .verify(&headers, peer.as_ref().map(|p| &p.0))
         .await
         .map_err(crate::auth::refusal_problem)?;
     if !(caller.role().grants(Permission::Decide) || caller.role().grants(Permission::Administer)) {
@@ -397,12 +510,279 @@ pub(crate) async fn metadata(State(app): State<Arc<AppState>>) -> Json<Value> {
         "revocation_endpoint_auth_methods_supported": ["none"],
         "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
         "introspection_endpoint_auth_methods_supported": ["bearer"],
+        "token_endpoint": format!("{issuer}/oauth2/token"),
+        "token_endpoint_auth_methods_supported": ["tls_client_auth", "none"],
+        "tls_client_certificate_bound_access_tokens": true,
         "response_types_supported": [],
-        "grant_types_supported": [],
+        "grant_types_supported": [TOKEN_EXCHANGE, "client_credentials"],
+        "ztinfra_bundle_endpoint": format!("{issuer}/v1/bundle"),
         "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
         "ztinfra_session_endpoint": format!("{issuer}/v1/sessions"),
         "ztinfra_agents_endpoint": format!("{issuer}/v1/agents"),
         "ztinfra_access_token_audience": app.sessions.audience(),
         "ztinfra_status_list_uri": format!("{issuer}{}", crate::sessions::STATUS_LIST_PATH),
     }))
+}
+
+/// RFC 8693's grant type.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// The subject token type of a JWT-SVID (RFC 8693 section 3: a JWT).
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// The issued token type.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// `POST /oauth2/token`: a workload's SVID for a session token. Unknown parameters are
+/// ignored, as RFC 6749 asks.
+#[derive(Debug, Deserialize)]
+pub(crate) struct TokenRequest {
+    grant_type: String,
+    #[serde(default)]
+    subject_token: Option<String>,
+    #[serde(default)]
+    subject_token_type: Option<String>,
+    #[serde(default)]
+    requested_token_type: Option<String>,
+    #[serde(default)]
+    audience: Option<String>,
+    #[serde(default)]
+    actor_token: Option<String>,
+    #[serde(default)]
+    workflow: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    tool_manifest: Option<String>,
+    #[serde(default)]
+    sandbox: Option<String>,
+    #[serde(default)]
+    on_behalf_of: Option<String>,
+    #[serde(default)]
+    ticket: Option<String>,
+    #[serde(default)]
+    ttl: Option<i64>,
+    /// A PEM certificate signing request: issue the session an X.509-SVID for its key.
+    #[serde(default)]
+    svid_csr: Option<String>,
+    /// `generate`: issue the session an X.509-SVID with a key made here.
+    #[serde(default)]
+    svid: Option<String>,
+}
+
+/// The RFC 8693 answer, with the session it started.
+#[derive(Debug, Serialize)]
+pub(crate) struct TokenResponse {
+    access_token: String,
+    issued_token_type: &'static str,
+    token_type: &'static str,
+    expires_in: i64,
+    session_id: String,
+    spiffe_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf: Option<zt_identity::session::Confirmation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    svid: Option<crate::sessions::IssuedSvid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    evidence: Option<crate::evidence::Receipt>,
+}
+
+/// An OAuth error (RFC 6749 section 5.2) as problem details: `error` and `error_description`
+/// beside the problem's own members.
+fn oauth_error(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Response {
+    oauth_problem(Problem::new(status, "oauth", "token request refused", detail), error)
+}
+
+fn oauth_problem(problem: Problem, error: &'static str) -> Response {
+    let mut body = serde_json::to_value(&problem).unwrap_or_default();
+    if let Some(members) = body.as_object_mut() {
+        members.insert("error".into(), error.into());
+        members.insert("error_description".into(), problem.detail.clone().into());
+    }
+    let mut response = (problem.status(), Json(body)).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(crate::problem::CONTENT_TYPE),
+    );
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+/// The token endpoint: a workload proves its SPIFFE ID, with a JWT-SVID (RFC 8693 token
+/// exchange) or with its X.509-SVID over mutual TLS (`client_credentials`), and gets a session
+/// of the agent its ID is mapped to. Over mutual TLS the token is bound to the client
+/// certificate (RFC 8705).
+pub(crate) async fn token(
+    State(app): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    Form(form): Form<TokenRequest>,
+) -> Response {
+    let peer = peer.and_then(|Extension(p)| p.0);
+    let bad = |detail: String| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", detail);
+    if form.actor_token.is_some() {
+        return bad("delegation (`actor_token`) is not supported by this endpoint yet".into());
+    }
+    if form
+        .requested_token_type
+        .as_deref()
+        .is_some_and(|t| t != ACCESS_TOKEN_TYPE)
+    {
+        return bad(format!(
+            "only access tokens are issued: `requested_token_type` is `{ACCESS_TOKEN_TYPE}` or absent"
+        ));
+    }
+    if let Some(audience) = &form.audience
+        && audience != app.sessions.audience()
+    {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
+            format!(
+                "tokens from here are for `{}` only, not `{audience}`",
+                app.sessions.audience()
+            ),
+        );
+    }
+    let (id, via) = match form.grant_type.as_str() {
+        TOKEN_EXCHANGE => {
+            let (Some(subject), Some(kind)) = (&form.subject_token, &form.subject_token_type)
+            else {
+                return bad("token exchange needs `subject_token` and `subject_token_type`".into());
+            };
+            if kind != JWT_TOKEN_TYPE {
+                return bad(format!(
+                    "`subject_token_type` must be `{JWT_TOKEN_TYPE}` (a JWT-SVID)"
+                ));
+            }
+            let verified = zt_identity::svid::UnverifiedJwtSvid(subject).verify(
+                &app.workloads.bundles(),
+                app.workloads.audience(),
+                crate::now_ms() / 1000,
+            );
+            match verified {
+                Ok(svid) => {
+                    if let Some(peer) = &peer
+                        && peer.id != svid.id
+                    {
+                        return oauth_error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_grant",
+                            format!(
+                                "the client certificate is `{}` but the JWT-SVID is `{}`: one workload asks for its own session",
+                                peer.id, svid.id
+                            ),
+                        );
+                    }
+                    (svid.id, "jwt-svid")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a JWT-SVID was refused");
+                    metrics::counter!("ztinfra_auth_refusals_total", "reason" => "jwt_svid")
+                        .increment(1);
+                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", e.to_string());
+                }
+            }
+        }
+        "client_credentials" => match &peer {
+            Some(svid) => (svid.id.clone(), "x509-svid"),
+            None => {
+                return oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "`client_credentials` authenticates the client by its X.509-SVID over mutual TLS; this connection presented none",
+                );
+            }
+        },
+        other => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                format!(
+                    "`{other}` is not a grant type here: `{TOKEN_EXCHANGE}` (a JWT-SVID) or `client_credentials` (an X.509-SVID over mutual TLS)"
+                ),
+            );
+        }
+    };
+    let Some(mapping) = app.workloads.agent_for(&id) else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            format!("the SPIFFE ID `{id}` is not mapped to an agent here (`[[workloads.agents]]`)"),
+        );
+    };
+    let svid = match (&form.svid_csr, form.svid.as_deref()) {
+        (None, None) => None,
+        (csr, Some("generate")) if csr.is_none() => Some(crate::sessions::SvidRequest {
+            csr: None,
+            generate: true,
+        }),
+        (Some(csr), None) => Some(crate::sessions::SvidRequest {
+            csr: Some(csr.clone()),
+            generate: false,
+        }),
+        _ => {
+            return bad(
+                "ask for an X.509-SVID with `svid_csr` (a PEM CSR) or `svid=generate`, not both"
+                    .into(),
+            );
+        }
+    };
+    let start = SessionStart {
+        agent: mapping.agent.clone(),
+        lineage: zt_identity::session::Lineage {
+            workflow: form.workflow,
+            model: form.model,
+            tool_manifest: form.tool_manifest,
+            sandbox: form.sandbox,
+            broker: None,
+        },
+        on_behalf_of: form.on_behalf_of,
+        ticket: form.ticket,
+        parent_session: None,
+        ttl: form.ttl,
+        svid,
+        bind: peer.as_ref().map(|p| p.thumbprint.clone()),
+    };
+    let caller = json!({"kind": "workload", "name": id.as_str(), "via": via});
+    let starter = Starter::Workload {
+        id: id.as_str(),
+        may_claim: &mapping.may_claim,
+    };
+    match start_recorded(&app, start, starter, caller, id.as_str()).await {
+        Ok(started) => {
+            let mut response = Json(TokenResponse {
+                access_token: started.access_token,
+                issued_token_type: ACCESS_TOKEN_TYPE,
+                token_type: "Bearer",
+                expires_in: started.expires_in,
+                session_id: started.session_id,
+                spiffe_id: started.spiffe_id,
+                cnf: started.cnf,
+                svid: started.svid,
+                evidence: started.evidence,
+            })
+            .into_response();
+            response.headers_mut().insert(
+                axum::http::header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_static("no-store"),
+            );
+            response
+        }
+        Err(problem) if problem.status == 400 => oauth_problem(problem, "invalid_request"),
+        // The agent it is mapped to is not registered, or is disabled.
+        Err(problem) if problem.status == 403 || problem.status == 404 => oauth_problem(
+            Problem {
+                status: 400,
+                ..problem
+            },
+            "invalid_grant",
+        ),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// This service's SPIFFE bundle: its CA certificates and its token keys.
+pub(crate) async fn bundle(State(app): State<Arc<AppState>>) -> Json<Value> {
+    Json(app.workloads.own_bundle(&app.sessions.jwks()))
 }

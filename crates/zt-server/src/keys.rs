@@ -30,6 +30,24 @@ pub enum KeyError {
     Missing(PathBuf),
 }
 
+/// Refuses a private key file that others than its owner can read.
+pub fn check_private(path: &Path) -> Result<(), KeyError> {
+    let mode = std::fs::metadata(path)
+        .map_err(|source| KeyError::File {
+            path: path.to_owned(),
+            source,
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Exposed {
+            path: path.to_owned(),
+            mode: mode & 0o777,
+        });
+    }
+    Ok(())
+}
+
 /// The public side of a signing key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyInfo {
@@ -114,16 +132,7 @@ pub fn load_or_generate_file(dir: &Path, file: &str) -> Result<Signer, KeyError>
             key
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let mode = std::fs::metadata(&path)
-                .map_err(file_error)?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(KeyError::Exposed {
-                    path: path.clone(),
-                    mode: mode & 0o777,
-                });
-            }
+            check_private(&path)?;
             let text = std::fs::read_to_string(&path).map_err(file_error)?;
             let seed: [u8; 32] = hex::decode(text.trim())
                 .ok()

@@ -17,6 +17,7 @@ pub mod reach;
 pub mod reference;
 pub mod sessions;
 pub mod telemetry;
+pub mod workloads;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -115,6 +116,8 @@ pub struct Config {
     /// Take the policy set from the versions pushed to the store (`ztinfra policy push`),
     /// following each new one, instead of `policy_dir` (`--policies-from-store`).
     pub policies_from_store: bool,
+    /// Trust bundles, SPIFFE ID mappings and the TLS listener.
+    pub workloads: workloads::WorkloadSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +147,8 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Workloads(#[from] workloads::WorkloadError),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -159,6 +164,8 @@ pub struct App {
     reach: Arc<reach::Reach>,
     /// The admin address's own `Host` check, when the admin endpoints are served apart.
     admin_reach: Option<Arc<reach::Reach>>,
+    /// Every listener is TLS when the service has a certificate.
+    tls: Option<conn::Tls>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -205,6 +212,18 @@ impl App {
         key_dir: &std::path::Path,
         created: &mut Vec<PathBuf>,
     ) -> Result<Self, ServerError> {
+        let workloads = Arc::new(workloads::Workloads::load(
+            config.workloads.clone(),
+            &config.sessions.trust_domain,
+            key_dir,
+        )?);
+        let tls = workloads
+            .tls_acceptor()?
+            .map(|acceptor| conn::Tls {
+                acceptor,
+                workloads: Arc::clone(&workloads),
+            });
+        workloads.watch();
         let signer = keys::load_or_generate(key_dir)?;
         tracing::info!(key_id = %signer.info().key_id, "signing key ready");
         let store = match &config.store {
@@ -219,7 +238,10 @@ impl App {
         let issuer = config
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", config.listen));
+            .unwrap_or_else(|| {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{}", config.listen)
+            });
         let sessions = sessions::Sessions::load(
             config.sessions.clone(),
             issuer,
@@ -309,8 +331,9 @@ impl App {
                 metrics,
                 ready: AtomicBool::new(true),
                 public_url: config.public_url.clone(),
-                callers: auth::Callers::new(config.callers, store.clone()),
+                callers: auth::Callers::new(config.callers, store.clone(), Arc::clone(&workloads)),
                 sessions,
+                workloads,
             }),
             conn_limits: config.conn_limits,
             reach: Arc::new(reach::Reach::new(
@@ -327,6 +350,7 @@ impl App {
                     &config.allowed_origins,
                 ))
             }),
+            tls,
             _watcher: watcher,
         })
     }
@@ -357,6 +381,11 @@ impl App {
             ))
     }
 
+    /// Whether the listeners are TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     pub fn policies(&self) -> &Arc<Policies> {
         &self.state.policies
     }
@@ -373,8 +402,13 @@ impl App {
         endpoint: &'static str,
         session_token: Option<&str>,
     ) -> Result<api::DecisionResponse, Vec<zt_core::FieldError>> {
+        // Embedded, there is no TLS connection: a bound token cannot be used here.
         let session = session_token
-            .map(|token| self.state.sessions.verify(token, now_ms()))
+            .map(|token| {
+                let live = self.state.sessions.verify(token, now_ms())?;
+                live.check_holder(None)?;
+                Ok::<_, sessions::SessionError>(live)
+            })
             .transpose()
             .map_err(|e| {
                 vec![zt_core::FieldError::new(
@@ -434,6 +468,7 @@ impl App {
                     admin_listener,
                     admin_router,
                     self.conn_limits,
+                    self.tls.clone(),
                     async move {
                         let _ = stopped.wait_for(|s| *s).await;
                     },
@@ -450,7 +485,7 @@ impl App {
                 "listening on a non-loopback address with open callers: anyone who can reach this address may ask for decisions as any actor and read the evidence"
             );
         }
-        conn::serve(listener, router, self.conn_limits, async move {
+        conn::serve(listener, router, self.conn_limits, self.tls.clone(), async move {
             shutdown.await;
             state.ready.store(false, Ordering::Relaxed);
             let _ = stopping.send(true);

@@ -95,6 +95,42 @@ pub struct SessionStart {
     /// Seconds to live (default 15 minutes; never beyond the maximum or the parent's end).
     #[serde(default)]
     pub ttl: Option<i64>,
+    /// Ask for an X.509-SVID for the session, issued by this service's CA.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub svid: Option<SvidRequest>,
+    /// The thumbprint (`x5t#S256`) of the client certificate the token is bound to: set by the
+    /// service for a start over mutual TLS, never sent.
+    #[serde(skip)]
+    pub bind: Option<String>,
+}
+
+/// What an X.509-SVID is issued for: a certificate signing request (PEM; the private key
+/// stays with the agent), or `{"generate": true}` for a key made here and returned once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SvidRequest {
+    #[serde(default)]
+    pub csr: Option<String>,
+    #[serde(default)]
+    pub generate: bool,
+}
+
+/// An X.509-SVID issued for a session.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct IssuedSvid {
+    pub spiffe_id: String,
+    /// The SVID and the CA certificate that issued it, PEM.
+    pub certificate_chain: String,
+    /// The bundle to verify it with (this service's CA certificates, PEM).
+    pub bundle: String,
+    /// The SVID's SHA-256 thumbprint (RFC 8705), as the evidence record names it.
+    #[serde(rename = "x5t#S256")]
+    pub thumbprint: String,
+    /// Only when the key was generated here: PKCS#8 PEM, shown once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    pub expires_at: i64,
 }
 
 /// A started session and its access token (shown once).
@@ -108,6 +144,14 @@ pub struct StartedSession {
     /// The record of the session's start in the evidence log.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence: Option<crate::evidence::Receipt>,
+    /// The session's X.509-SVID, when one was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub svid: Option<IssuedSvid>,
+    /// Set when the token is bound to the client certificate of the connection that asked
+    /// (RFC 8705).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub cnf: Option<zt_identity::session::Confirmation>,
     /// The session as its record holds it (not sent: the token carries it).
     #[serde(skip)]
     pub claim: SessionClaim,
@@ -161,6 +205,30 @@ pub struct LiveSession {
     pub claims: Arc<AccessClaims>,
 }
 
+impl LiveSession {
+    /// Refuses a token bound to a client certificate (RFC 8705) unless `holder`, the
+    /// certificate of the connection that presented it, is that one.
+    pub fn check_holder(
+        &self,
+        holder: Option<&zt_identity::svid::X509Svid>,
+    ) -> Result<(), SessionError> {
+        let Some(cnf) = &self.claims.cnf else {
+            return Ok(());
+        };
+        match holder {
+            Some(svid) if svid.thumbprint == cnf.x5t_s256 => Ok(()),
+            Some(svid) => Err(SessionError::WrongHolder(format!(
+                "this connection presents another certificate (`{}`)",
+                svid.id
+            ))),
+            None => Err(SessionError::WrongHolder(
+                "it came without that certificate (no mutual TLS, or passed on by an enforcement point)"
+                    .into(),
+            )),
+        }
+    }
+}
+
 /// Why a session cannot act or start another.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -170,6 +238,10 @@ pub enum SessionError {
     Revoked(String),
     #[error("the session `{0}` is not known to this service")]
     Unknown(String),
+    #[error(
+        "the token is bound to a client certificate (RFC 8705) and is accepted only over mutual TLS with that certificate: {0}"
+    )]
+    WrongHolder(String),
     #[error("the agent `{0}` is disabled")]
     AgentDisabled(String),
     #[error("{0}")]
@@ -576,14 +648,36 @@ impl Sessions {
         if let Some(manifest) = &start.lineage.tool_manifest {
             check_manifest(manifest)?;
         }
-        let (parent, broker, parent_expires) = match starter {
+        let (parent, broker, workload, parent_expires) = match starter {
             Starter::Broker(name) => {
                 if start.parent_session.is_some() {
                     return Err(invalid(
                         "a child session is started with its parent session's own token, not a broker's credential",
                     ));
                 }
-                (None, name.to_owned(), None)
+                (None, Some(name.to_owned()), None, None)
+            }
+            Starter::Workload { id, may_claim } => {
+                if start.parent_session.is_some() {
+                    return Err(invalid(
+                        "a child session is started with its parent session's own token, not a workload's SVID",
+                    ));
+                }
+                for (field, set) in [
+                    ("workflow", start.lineage.workflow.is_some()),
+                    ("model", start.lineage.model.is_some()),
+                    ("tool_manifest", start.lineage.tool_manifest.is_some()),
+                    ("sandbox", start.lineage.sandbox.is_some()),
+                    ("on_behalf_of", start.on_behalf_of.is_some()),
+                    ("ticket", start.ticket.is_some()),
+                ] {
+                    if set && !may_claim.iter().any(|m| m == field) {
+                        return Err(invalid(format!(
+                            "the workload `{id}` may not claim `{field}` (its mapping's `may_claim` does not name it)"
+                        )));
+                    }
+                }
+                (None, None, Some(id.to_owned()), None)
             }
             Starter::Parent(parent) => {
                 let claim = &parent.claims.session;
@@ -612,7 +706,8 @@ impl Sessions {
                 }
                 (
                     Some(claim.clone()),
-                    claim.lineage.broker.clone().unwrap_or_default(),
+                    claim.lineage.broker.clone(),
+                    claim.workload.clone(),
                     Some(parent.claims.exp),
                 )
             }
@@ -620,6 +715,8 @@ impl Sessions {
         let on_behalf_of = match (&start.on_behalf_of, &parent) {
             (Some(who), _) => Some(who.clone()),
             (None, Some(parent)) => parent.on_behalf_of.clone(),
+            // A workload acts for itself unless it may claim a person.
+            (None, None) if workload.is_some() => None,
             (None, None) => {
                 return Err(invalid(
                     "`on_behalf_of` must name the person the session acts for",
@@ -688,14 +785,19 @@ impl Sessions {
             parent: parent.as_ref().map(|p| p.session_id.clone()),
             depth: parent.as_ref().map_or(0, |p| p.depth + 1),
             lineage: Lineage {
-                broker: Some(broker.clone()),
+                broker: broker.clone(),
                 ..start.lineage
             },
             on_behalf_of,
             ticket: start
                 .ticket
                 .or_else(|| parent.as_ref().and_then(|p| p.ticket.clone())),
+            workload: workload.clone(),
         };
+        let cnf = start
+            .bind
+            .map(|x5t_s256| zt_identity::session::Confirmation { x5t_s256 });
+        let started_by = broker.or(workload).unwrap_or_default();
         let spiffe = spiffe_id(&self.settings.trust_domain, &start.agent, &id);
         // The status list place comes from the store, so that replicas never give one twice
         // (the store refuses a place taken meanwhile: try the next).
@@ -718,6 +820,7 @@ impl Sessions {
                         uri: format!("{}{STATUS_LIST_PATH}", self.issuer),
                     },
                 }),
+                cnf: cnf.clone(),
             };
             let token = self.signer.sign(&claims)?;
             let stored = self
@@ -727,7 +830,7 @@ impl Sessions {
                     agent: start.agent.clone(),
                     parent: claim.parent.clone(),
                     claim: serde_json::to_string(&claim).unwrap_or_default(),
-                    started_by: broker.clone(),
+                    started_by: started_by.clone(),
                     created_at_ms: now_ms,
                     expires_at_ms: expires.saturating_mul(1000),
                     revoked_at_ms: None,
@@ -764,6 +867,8 @@ impl Sessions {
             token_type: "Bearer",
             expires_in: expires - now,
             evidence: None,
+            svid: None,
+            cnf,
             claim,
             expires_at: expires,
         })
@@ -869,6 +974,8 @@ pub enum Starter<'a> {
     Broker(&'a str),
     /// The parent session, by its verified token.
     Parent(&'a LiveSession),
+    /// A workload, by the SPIFFE ID of its verified SVID and what its mapping lets it claim.
+    Workload { id: &'a str, may_claim: &'a [String] },
 }
 
 fn check_manifest(digest: &str) -> Result<(), SessionError> {
@@ -932,6 +1039,8 @@ pub fn policy_view(session: Option<&LiveSession>, pep: Option<&str>) -> Option<s
             view.insert("id".into(), claim.session_id.clone().into());
             view.insert("agent".into(), claim.agent.clone().into());
             view.insert("depth".into(), i64::from(claim.depth).into());
+            // A bound token got here only from the connection holding its certificate.
+            view.insert("bound".into(), live.claims.cnf.is_some().into());
             for (name, value) in [
                 ("parent", &claim.parent),
                 ("on_behalf_of", &claim.on_behalf_of),
@@ -941,6 +1050,7 @@ pub fn policy_view(session: Option<&LiveSession>, pep: Option<&str>) -> Option<s
                 ("tool_manifest", &claim.lineage.tool_manifest),
                 ("sandbox", &claim.lineage.sandbox),
                 ("broker", &claim.lineage.broker),
+                ("workload", &claim.workload),
             ] {
                 if let Some(value) = value {
                     view.insert(name.into(), value.clone().into());

@@ -31,7 +31,7 @@ const DEMO_FILES: &[(&str, &str)] = &[
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"            # relative paths: from the config file's directory\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  no_watch = false                # or: watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n  header_timeout_secs = 10\n  body_timeout_secs = 10\n  max_connections = 1024\n  max_pending_body_bytes = 67108864\n  allowed_hosts = [\"pdp.internal\"]\n  allowed_origins = [\"https://console.example.com\"]\n  callers = \"authenticated\"        # or \"open\" (the default with demo = true)\n  allow_open_callers_on_network = false\n  admin_listen = \"127.0.0.1:8182\"   # policy reload, entity edits, agents, revocation: only here\n  join = \"replica-b\"              # a replica joining a shared store: its name\n  policies_from_store = false     # true: the set pushed with `ztinfra policy push`\n  trust_domain = \"ztinfra.local\"\n  session_ttl_secs = 900\n  max_session_ttl_secs = 3600\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
+    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"            # relative paths: from the config file's directory\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  no_watch = false                # or: watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n  header_timeout_secs = 10\n  body_timeout_secs = 10\n  max_connections = 1024\n  max_pending_body_bytes = 67108864\n  allowed_hosts = [\"pdp.internal\"]\n  allowed_origins = [\"https://console.example.com\"]\n  callers = \"authenticated\"        # or \"open\" (the default with demo = true)\n  allow_open_callers_on_network = false\n  admin_listen = \"127.0.0.1:8182\"   # policy reload, entity edits, agents, revocation: only here\n  join = \"replica-b\"              # a replica joining a shared store: its name\n  policies_from_store = false     # true: the set pushed with `ztinfra policy push`\n  trust_domain = \"ztinfra.local\"\n  session_ttl_secs = 900\n  max_session_ttl_secs = 3600\n  tls_cert = \"server.crt\"          # TLS 1.3 on every listener; clients may present X.509-SVIDs\n  tls_key = \"server.key\"\n  tls_client_auth = \"optional\"     # or \"required\"\n\n  [workloads]                     # SPIFFE workload identity (README, \"Workload identity\")\n  audience = \"ztinfra\"            # what a JWT-SVID's aud must contain\n  [[workloads.trust_domains]]\n  name = \"example.org\"\n  bundle = \"example.org.bundle.json\"   # SPIFFE bundle (JSON) or PEM CA certificates; re-read on change\n  [[workloads.agents]]\n  spiffe_id = \"spiffe://example.org/agents/*\"   # exact, or a prefix ending /*\n  agent = \"triage-bot\"\n  may_claim = [\"model\", \"workflow\"]\n  [[workloads.callers]]\n  spiffe_id = \"spiffe://example.org/gateway\"\n  name = \"gateway\"\n  role = \"pep\"                   # pep, admin, auditor or broker\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
 )]
 pub struct ServeArgs {
     /// Address to listen on, IP:PORT; a bare PORT or localhost:PORT means 127.0.0.1:PORT
@@ -140,6 +140,17 @@ pub struct ServeArgs {
     /// The longest an agent session may live, in seconds [default: 3600].
     #[arg(long, env = "ZTINFRA_MAX_SESSION_TTL_SECS")]
     max_session_ttl_secs: Option<u64>,
+    /// Serve TLS 1.3 on every listener with this certificate chain (PEM); clients may then
+    /// present X.509-SVIDs (`ztinfra ca server-cert` makes one from the service's CA).
+    #[arg(long, env = "ZTINFRA_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM, mode 0600).
+    #[arg(long, env = "ZTINFRA_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Whether TLS clients must present a certificate: `optional` (clients without one may
+    /// still use bearer credentials) or `required` [default: optional].
+    #[arg(long, env = "ZTINFRA_TLS_CLIENT_AUTH", value_enum)]
+    tls_client_auth: Option<ClientAuth>,
     /// A TOML config file; relative paths in it are read from its own directory.
     #[arg(long, env = "ZTINFRA_CONFIG")]
     config: Option<PathBuf>,
@@ -147,6 +158,27 @@ pub struct ServeArgs {
     /// costs. Never in production: nothing is on record. (A flag only, not a config key.)
     #[arg(long)]
     unsafe_no_evidence: bool,
+}
+
+/// `--tls-client-auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ClientAuth {
+    Optional,
+    Required,
+}
+
+/// `[workloads]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkloadsConfig {
+    audience: Option<String>,
+    #[serde(default)]
+    trust_domains: Vec<zt_server::workloads::TrustDomainSource>,
+    #[serde(default)]
+    agents: Vec<zt_server::workloads::AgentMapping>,
+    #[serde(default)]
+    callers: Vec<zt_server::workloads::CallerMapping>,
 }
 
 /// `--callers`.
@@ -189,6 +221,10 @@ struct FileConfig {
     max_session_ttl_secs: Option<u64>,
     admin_listen: Option<String>,
     join: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_auth: Option<ClientAuth>,
+    workloads: Option<WorkloadsConfig>,
 }
 
 /// Resolved settings.
@@ -211,9 +247,20 @@ impl Settings {
         };
         // Paths in the file are the file's: relative ones are read from its directory.
         if let Some(base) = args.config.as_deref().and_then(Path::parent) {
-            for path in [&mut file.data_dir, &mut file.policies]
-                .into_iter()
-                .flatten()
+            let bundles = file
+                .workloads
+                .iter_mut()
+                .flat_map(|w| w.trust_domains.iter_mut())
+                .map(|d| &mut d.bundle);
+            for path in [
+                &mut file.data_dir,
+                &mut file.policies,
+                &mut file.tls_cert,
+                &mut file.tls_key,
+            ]
+            .into_iter()
+            .flatten()
+            .chain(bundles)
             {
                 if path.is_relative() {
                     *path = base.join(&*path);
@@ -386,6 +433,30 @@ impl Settings {
                 sessions.max_ttl
             );
         }
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(zt_server::workloads::TlsSettings {
+                cert,
+                key,
+                client_auth_required: args.tls_client_auth.or(file.tls_client_auth)
+                    == Some(ClientAuth::Required),
+            }),
+            (None, None) => None,
+            _ => bail!("`tls_cert` and `tls_key` go together: set both, or neither"),
+        };
+        if tls.is_none() && (args.tls_client_auth.or(file.tls_client_auth)).is_some() {
+            bail!("`tls_client_auth` needs `tls_cert` and `tls_key`");
+        }
+        let workload_file = file.workloads.unwrap_or_default();
+        let workloads = zt_server::workloads::WorkloadSettings {
+            audience: workload_file.audience,
+            trust_domains: workload_file.trust_domains,
+            agents: workload_file.agents,
+            callers: workload_file.callers,
+            tls,
+        };
         // The data directory first, private, before anything is written into it.
         zt_server::private_dir(&data_dir)?;
         if policies_from_store {
@@ -433,6 +504,7 @@ impl Settings {
                 admin_listen,
                 join,
                 policies_from_store,
+                workloads,
             },
             log_format: args
                 .log_format

@@ -1,6 +1,7 @@
 //! `ztinfra`: the ZT-Infra command line.
 
 mod agents;
+mod ca;
 mod config;
 mod credentials;
 mod decide;
@@ -54,6 +55,9 @@ enum Command {
     /// Join replicas to a shared store, each with an evidence log of its own, and list them.
     #[command(subcommand)]
     Replicas(evidence::ReplicasCommand),
+    /// The service's own issuing CA for X.509-SVIDs, and its TLS server certificate.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// Stand between an MCP client and MCP servers: every tools/call is decided first.
     #[command(name = "mcp-gateway")]
     McpGateway(Box<mcp::GatewayArgs>),
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
         Command::Replicas(command) => evidence::run_replicas(command),
         Command::Credentials(command) => credentials::run(command),
         Command::Agents(command) => agents::run(command),
+        Command::Ca(command) => ca::run(command),
         Command::McpGateway(args) => {
             // Standard output is the MCP channel in stdio mode: logs go to standard error.
             init_logging(LogFormat::Text, "info,rmcp=warn");
@@ -148,9 +153,10 @@ fn run_serve(settings: config::Settings) -> anyhow::Result<()> {
         tracing::info!(%addr, "listening");
         // One line on standard output, for scripts and tests that start the server on port 0
         // (and a second for the admin address, when there is one).
-        println!("ztinfra listening on http://{addr}");
+        let scheme = if app.tls() { "https" } else { "http" };
+        println!("ztinfra listening on {scheme}://{addr}");
         if let Some((admin_addr, _)) = &admin_listener {
-            println!("ztinfra admin listening on http://{admin_addr}");
+            println!("ztinfra admin listening on {scheme}://{admin_addr}");
         }
         app.serve(
             listener,

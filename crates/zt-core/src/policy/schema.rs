@@ -47,6 +47,8 @@ type Session = {
   tool_manifest?: String,
   sandbox?: String,
   broker?: String,
+  workload?: String,
+  bound?: Bool,
 };
 ";
 

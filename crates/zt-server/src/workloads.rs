@@ -1,0 +1,623 @@
+//! Workload identity at the service's edge: the trust bundles it reads (and reads again when
+//! their files change), the mutual TLS listener's check of client certificates, the mapping
+//! from SPIFFE IDs to agents and callers, and the service's own issuing CA.
+//!
+//! The SPIFFE rules themselves are `zt_identity::svid`'s; this module holds the files, the clock
+//! and rustls.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject as _};
+use serde::Deserialize;
+use zt_identity::svid::{Ca, SpiffeId, SvidError, TrustBundle, TrustBundles, X509Svid};
+use zt_identity::{Caller, CredentialName, Role};
+
+/// The CA's files in the key directory (`ztinfra ca init`).
+pub const CA_KEY_FILE: &str = "ca.key";
+pub const CA_CERT_FILE: &str = "ca.crt";
+/// The CA certificate before the last rotation: still trusted (and served in the bundle), so
+/// that the SVIDs it issued stay valid until they expire.
+pub const CA_PREVIOUS_FILE: &str = "ca.previous.crt";
+
+/// How often bundle files are checked for changes.
+pub const BUNDLE_POLL: Duration = Duration::from_secs(2);
+
+/// Days a CA made by `ztinfra ca init` lives by default.
+pub const CA_DAYS: i64 = 365;
+
+/// A trust domain and the file of its bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustDomainSource {
+    pub name: String,
+    /// A SPIFFE bundle (JSON) or PEM CA certificates.
+    pub bundle: PathBuf,
+}
+
+/// Which SPIFFE IDs are which agent, and which session fields they may set themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentMapping {
+    /// An exact SPIFFE ID, or a prefix ending `/*` (every ID below it).
+    pub spiffe_id: String,
+    pub agent: String,
+    /// Of `workflow`, `model`, `tool_manifest`, `sandbox`, `on_behalf_of`, `ticket`.
+    #[serde(default)]
+    pub may_claim: Vec<String>,
+}
+
+/// Which SPIFFE IDs are which enforcement point or operator.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerMapping {
+    /// An exact SPIFFE ID, or a prefix ending `/*`.
+    pub spiffe_id: String,
+    pub name: String,
+    /// `pep`, `admin`, `auditor` or `broker`.
+    pub role: String,
+}
+
+/// The fields of a session a workload may claim (`may_claim`).
+pub const CLAIMABLE: [&str; 6] = [
+    "workflow",
+    "model",
+    "tool_manifest",
+    "sandbox",
+    "on_behalf_of",
+    "ticket",
+];
+
+/// The mutual TLS listener's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Refuse connections without a client certificate (otherwise they may still present a
+    /// bearer token).
+    pub client_auth_required: bool,
+}
+
+/// `[workloads]` in the config file, and the TLS flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkloadSettings {
+    /// What a JWT-SVID's `aud` must contain [default: `ztinfra`].
+    pub audience: Option<String>,
+    pub trust_domains: Vec<TrustDomainSource>,
+    pub agents: Vec<AgentMapping>,
+    pub callers: Vec<CallerMapping>,
+    pub tls: Option<TlsSettings>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    #[error("cannot read `{path}`")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{path}`: {source}")]
+    Bundle { path: PathBuf, source: SvidError },
+    #[error("the CA in `{dir}`: {source}")]
+    Ca { dir: PathBuf, source: SvidError },
+    #[error(
+        "the CA in `{dir}` is for the trust domain `{ca}`, but sessions are in `{sessions}`; make a CA for `{sessions}` (`ztinfra ca rotate`) or set `trust_domain = \"{ca}\"`"
+    )]
+    CaDomain {
+        dir: PathBuf,
+        ca: String,
+        sessions: String,
+    },
+    #[error("a CA exists already in `{0}`; `ztinfra ca rotate` replaces it")]
+    CaExists(PathBuf),
+    #[error("there is no CA in `{0}`; make one with `ztinfra ca init`")]
+    NoCa(PathBuf),
+    #[error("workload mapping: {0}")]
+    Mapping(String),
+    #[error("the TLS listener: {0}")]
+    Tls(String),
+}
+
+/// What a verified X.509-SVID is, to this service.
+#[derive(Debug)]
+pub enum Mapped<'a> {
+    Agent(&'a AgentMapping),
+    Caller(Caller),
+    /// Trusted, but named in no mapping.
+    Unmapped,
+}
+
+/// Trust bundles, mappings and the CA, as the running service holds them.
+pub struct Workloads {
+    settings: WorkloadSettings,
+    own_domain: String,
+    key_dir: PathBuf,
+    ca: Option<Ca>,
+    /// The CA's certificates this service trusts for its own domain (current and previous).
+    own_authorities: Vec<CertificateDer<'static>>,
+    bundles: ArcSwap<TrustBundles>,
+    /// Each bundle file's modification time and length when it was last read.
+    stamps: Mutex<Vec<Option<(SystemTime, u64)>>>,
+}
+
+impl std::fmt::Debug for Workloads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workloads")
+            .field("own_domain", &self.own_domain)
+            .field("ca", &self.ca)
+            .field("bundles", &self.bundles.load())
+            .finish_non_exhaustive()
+    }
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+impl Workloads {
+    /// Reads the bundles and the CA (if `key_dir` has one) and checks the mappings.
+    pub fn load(
+        settings: WorkloadSettings,
+        own_domain: &str,
+        key_dir: &Path,
+    ) -> Result<Self, WorkloadError> {
+        for mapping in &settings.agents {
+            check_pattern(&mapping.spiffe_id)?;
+            zt_identity::session::check_name("agent name", &mapping.agent)
+                .map_err(WorkloadError::Mapping)?;
+            for field in &mapping.may_claim {
+                if !CLAIMABLE.contains(&field.as_str()) {
+                    return Err(WorkloadError::Mapping(format!(
+                        "`may_claim` of `{}` names `{field}`; a workload may claim only {}",
+                        mapping.spiffe_id,
+                        CLAIMABLE.join(", ")
+                    )));
+                }
+            }
+        }
+        for mapping in &settings.callers {
+            check_pattern(&mapping.spiffe_id)?;
+            CredentialName::parse(&mapping.name).map_err(WorkloadError::Mapping)?;
+            parse_role(&mapping.role)?;
+        }
+        let ca = load_ca(key_dir)?;
+        let mut own_authorities = Vec::new();
+        if let Some(ca) = &ca {
+            if ca.domain() != own_domain {
+                return Err(WorkloadError::CaDomain {
+                    dir: key_dir.to_owned(),
+                    ca: ca.domain().to_owned(),
+                    sessions: own_domain.to_owned(),
+                });
+            }
+            own_authorities.push(ca.certificate().clone());
+            let previous = key_dir.join(CA_PREVIOUS_FILE);
+            if previous.exists() {
+                let text = read(&previous)?;
+                own_authorities.push(CertificateDer::from_pem_slice(text.as_bytes()).map_err(
+                    |e| WorkloadError::Bundle {
+                        path: previous.clone(),
+                        source: SvidError::BadCertificate(e.to_string()),
+                    },
+                )?);
+            }
+        }
+        let workloads = Self {
+            stamps: Mutex::new(vec![None; settings.trust_domains.len()]),
+            settings,
+            own_domain: own_domain.to_owned(),
+            key_dir: key_dir.to_owned(),
+            ca,
+            own_authorities,
+            bundles: ArcSwap::from_pointee(TrustBundles::default()),
+        };
+        workloads.bundles.store(Arc::new(workloads.read_bundles()?));
+        Ok(workloads)
+    }
+
+    /// Every configured bundle file, read now, and this service's own CA.
+    fn read_bundles(&self) -> Result<TrustBundles, WorkloadError> {
+        let mut bundles = Vec::new();
+        let mut stamps = Vec::new();
+        for source in &self.settings.trust_domains {
+            stamps.push(stamp(&source.bundle));
+            let text = read(&source.bundle)?;
+            let mut bundle =
+                TrustBundle::parse(&source.name, &text).map_err(|e| WorkloadError::Bundle {
+                    path: source.bundle.clone(),
+                    source: e,
+                })?;
+            if source.name == self.own_domain {
+                for cert in &self.own_authorities {
+                    bundle
+                        .add_authority(cert.clone())
+                        .map_err(|e| WorkloadError::Ca {
+                            dir: self.key_dir.clone(),
+                            source: e,
+                        })?;
+                }
+            }
+            bundles.push(bundle);
+        }
+        if !self.own_authorities.is_empty()
+            && !self
+                .settings
+                .trust_domains
+                .iter()
+                .any(|d| d.name == self.own_domain)
+        {
+            bundles.push(
+                TrustBundle::from_authorities(&self.own_domain, self.own_authorities.clone())
+                    .map_err(|e| WorkloadError::Ca {
+                        dir: self.key_dir.clone(),
+                        source: e,
+                    })?,
+            );
+        }
+        if let Ok(mut kept) = self.stamps.lock() {
+            *kept = stamps;
+        }
+        Ok(TrustBundles::new(bundles))
+    }
+
+    /// Reads the bundles again if a file changed since they were read; a bundle that no longer
+    /// reads leaves the previous ones in place (and is logged).
+    pub fn reload_if_changed(&self) -> bool {
+        let changed = {
+            let Ok(kept) = self.stamps.lock() else {
+                return false;
+            };
+            self.settings
+                .trust_domains
+                .iter()
+                .zip(kept.iter())
+                .any(|(source, kept)| stamp(&source.bundle) != *kept)
+        };
+        if !changed {
+            return false;
+        }
+        match self.read_bundles() {
+            Ok(bundles) => {
+                tracing::info!(domains = ?bundles.iter().map(|b| b.domain().to_owned()).collect::<Vec<_>>(), "trust bundles read again");
+                metrics::counter!("ztinfra_trust_bundle_reloads_total", "result" => "ok")
+                    .increment(1);
+                self.bundles.store(Arc::new(bundles));
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %crate::error_chain(&e), "a trust bundle changed and no longer reads; the previous bundles stay in use");
+                metrics::counter!("ztinfra_trust_bundle_reloads_total", "result" => "error")
+                    .increment(1);
+                false
+            }
+        }
+    }
+
+    /// Checks the bundle files every [`BUNDLE_POLL`] for as long as the service runs.
+    pub fn watch(self: &Arc<Self>) {
+        if self.settings.trust_domains.is_empty() {
+            return;
+        }
+        let workloads = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(BUNDLE_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(workloads) = workloads.upgrade() else {
+                    return;
+                };
+                workloads.reload_if_changed();
+            }
+        });
+    }
+
+    pub fn bundles(&self) -> Arc<TrustBundles> {
+        self.bundles.load_full()
+    }
+
+    pub fn ca(&self) -> Option<&Ca> {
+        self.ca.as_ref()
+    }
+
+    /// What a JWT-SVID's `aud` must contain.
+    pub fn audience(&self) -> &str {
+        self.settings.audience.as_deref().unwrap_or("ztinfra")
+    }
+
+    /// Whether workloads can be known at all (some trust domain is configured or this service
+    /// has a CA).
+    pub fn any_trusted(&self) -> bool {
+        !self.bundles.load().is_empty()
+    }
+
+    /// The agent `id` is mapped to (the first mapping that matches).
+    pub fn agent_for(&self, id: &SpiffeId) -> Option<&AgentMapping> {
+        self.settings
+            .agents
+            .iter()
+            .find(|m| id.matches(&m.spiffe_id))
+    }
+
+    /// What a verified X.509-SVID is: an agent, a caller (enforcement point or operator), or
+    /// nothing this service was told of.
+    pub fn map(&self, svid: &X509Svid) -> Mapped<'_> {
+        if let Some(caller) = self
+            .settings
+            .callers
+            .iter()
+            .find(|m| svid.id.matches(&m.spiffe_id))
+            && let (Ok(name), Ok(role)) =
+                (CredentialName::parse(&caller.name), parse_role(&caller.role))
+        {
+            return Mapped::Caller(Caller::from_workload(svid, name, role));
+        }
+        match self.agent_for(&svid.id) {
+            Some(agent) => Mapped::Agent(agent),
+            None => Mapped::Unmapped,
+        }
+    }
+
+    /// The X.509-SVID of a TLS peer whose certificate the handshake accepted.
+    pub fn peer(&self, certs: Option<&[CertificateDer<'static>]>) -> Option<Arc<X509Svid>> {
+        let (leaf, intermediates) = certs?.split_first()?;
+        zt_identity::svid::verify_x509_svid(
+            &self.bundles.load(),
+            leaf,
+            intermediates,
+            crate::now_ms() / 1000,
+        )
+        .ok()
+        .map(Arc::new)
+    }
+
+    /// This service's bundle in the SPIFFE format: its CA certificates (`x509-svid`) and the
+    /// keys of its session tokens (`jwt-svid`).
+    pub fn own_bundle(&self, token_keys: &serde_json::Value) -> serde_json::Value {
+        use base64::Engine as _;
+        let mut keys = Vec::new();
+        if let Some(ca) = &self.ca {
+            keys.push(ca.public_jwk());
+        }
+        for previous in self.own_authorities.iter().skip(1) {
+            keys.push(serde_json::json!({
+                "use": "x509-svid",
+                "x5c": [base64::engine::general_purpose::STANDARD.encode(previous)],
+            }));
+        }
+        if let Some(token_keys) = token_keys.get("keys").and_then(|k| k.as_array()) {
+            for key in token_keys {
+                let mut key = key.clone();
+                if let Some(members) = key.as_object_mut() {
+                    members.insert("use".into(), "jwt-svid".into());
+                }
+                keys.push(key);
+            }
+        }
+        serde_json::json!({
+            "keys": keys,
+            "spiffe_refresh_hint": 300,
+        })
+    }
+
+    /// The acceptor of the mutual TLS listener, when one is configured.
+    pub fn tls_acceptor(
+        self: &Arc<Self>,
+    ) -> Result<Option<tokio_rustls::TlsAcceptor>, WorkloadError> {
+        let Some(tls) = &self.settings.tls else {
+            return Ok(None);
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+            .and_then(|certs| certs.collect::<Result<_, _>>())
+            .map_err(|e| {
+                WorkloadError::Tls(format!(
+                    "cannot read certificates from `{}`: {e}",
+                    tls.cert.display()
+                ))
+            })?;
+        if certs.is_empty() {
+            return Err(WorkloadError::Tls(format!(
+                "`{}` holds no certificate",
+                tls.cert.display()
+            )));
+        }
+        crate::keys::check_private(&tls.key).map_err(|e| WorkloadError::Tls(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| {
+            WorkloadError::Tls(format!(
+                "cannot read a private key from `{}`: {e}",
+                tls.key.display()
+            ))
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(SvidVerifier {
+            workloads: Arc::clone(self),
+            required: tls.client_auth_required,
+            algorithms: provider.signature_verification_algorithms,
+        });
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| WorkloadError::Tls(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .map_err(|e| WorkloadError::Tls(format!("the certificate and key: {e}")))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+    }
+}
+
+fn read(path: &Path) -> Result<String, WorkloadError> {
+    std::fs::read_to_string(path).map_err(|source| WorkloadError::File {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn check_pattern(pattern: &str) -> Result<(), WorkloadError> {
+    SpiffeId::parse(pattern.strip_suffix("/*").unwrap_or(pattern))
+        .map(drop)
+        .map_err(|e| WorkloadError::Mapping(e.to_string()))
+}
+
+fn parse_role(role: &str) -> Result<Role, WorkloadError> {
+    Role::ALL
+        .into_iter()
+        .find(|r| r.as_str() == role && *r != Role::Approver)
+        .ok_or_else(|| {
+            WorkloadError::Mapping(format!(
+                "`{role}` is not a role a workload can have: pep, admin, auditor or broker"
+            ))
+        })
+}
+
+/// The CA in `key_dir`, if there is one.
+pub fn load_ca(key_dir: &Path) -> Result<Option<Ca>, WorkloadError> {
+    let key_path = key_dir.join(CA_KEY_FILE);
+    if !key_path.exists() {
+        return Ok(None);
+    }
+    crate::keys::check_private(&key_path).map_err(|e| WorkloadError::Ca {
+        dir: key_dir.to_owned(),
+        source: SvidError::Issue(e.to_string()),
+    })?;
+    let key = read(&key_path)?;
+    let cert = read(&key_dir.join(CA_CERT_FILE))?;
+    Ca::from_pem(&key, &cert)
+        .map(Some)
+        .map_err(|source| WorkloadError::Ca {
+            dir: key_dir.to_owned(),
+            source,
+        })
+}
+
+/// 16 bytes from the operating system's random source (certificate serial numbers).
+pub fn random16() -> [u8; 16] {
+    use rand_core::RngCore as _;
+    let mut bytes = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    bytes
+}
+
+fn new_ca(domain: &str, days: i64, dir: &Path) -> Result<Ca, WorkloadError> {
+    let error = |source| WorkloadError::Ca {
+        dir: dir.to_owned(),
+        source,
+    };
+    let key = rcgen::KeyPair::generate().map_err(|e| error(SvidError::Issue(e.to_string())))?;
+    Ca::create(domain, key, crate::now_ms() / 1000, days, random16()).map_err(error)
+}
+
+fn write_ca(key_dir: &Path, ca: &Ca) -> Result<(), WorkloadError> {
+    let io = |path: PathBuf| {
+        move |source| WorkloadError::File {
+            path: path.clone(),
+            source,
+        }
+    };
+    crate::private_dir(key_dir).map_err(|e| WorkloadError::Tls(e.to_string()))?;
+    // The certificate first: a key without its certificate would be refused at start.
+    let cert = key_dir.join(CA_CERT_FILE);
+    crate::write_private_file(&cert, ca.cert_pem().as_bytes()).map_err(io(cert))?;
+    let key = key_dir.join(CA_KEY_FILE);
+    crate::write_private_file(&key, ca.key_pem().as_bytes()).map_err(io(key))
+}
+
+/// `ztinfra ca init`: a new CA for `domain` in `key_dir`, unless one is there.
+pub fn init_ca(key_dir: &Path, domain: &str, days: i64) -> Result<Ca, WorkloadError> {
+    if key_dir.join(CA_KEY_FILE).exists() {
+        return Err(WorkloadError::CaExists(key_dir.to_owned()));
+    }
+    let ca = new_ca(domain, days, key_dir)?;
+    write_ca(key_dir, &ca)?;
+    Ok(ca)
+}
+
+/// `ztinfra ca rotate`: a new CA (for `domain`, or the current one's), the current certificate
+/// kept as the previous one (trusted until the next rotation).
+pub fn rotate_ca(key_dir: &Path, domain: Option<&str>, days: i64) -> Result<Ca, WorkloadError> {
+    let old = load_ca(key_dir)?.ok_or_else(|| WorkloadError::NoCa(key_dir.to_owned()))?;
+    let ca = new_ca(domain.unwrap_or(old.domain()), days, key_dir)?;
+    let previous = key_dir.join(CA_PREVIOUS_FILE);
+    crate::write_private_file(&previous, old.cert_pem().as_bytes()).map_err(|source| {
+        WorkloadError::File {
+            path: previous.clone(),
+            source,
+        }
+    })?;
+    write_ca(key_dir, &ca)?;
+    Ok(ca)
+}
+
+/// Checks X.509-SVIDs presented in the TLS handshake against the trust bundles of the moment.
+#[derive(Debug)]
+struct SvidVerifier {
+    workloads: Arc<Workloads>,
+    required: bool,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::server::danger::ClientCertVerifier for SvidVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.required
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        match zt_identity::svid::verify_x509_svid(
+            &self.workloads.bundles.load(),
+            end_entity,
+            intermediates,
+            now,
+        ) {
+            Ok(svid) => {
+                tracing::debug!(spiffe_id = %svid.id, "client X.509-SVID accepted");
+                Ok(rustls::server::danger::ClientCertVerified::assertion())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "client certificate refused at the TLS handshake");
+                metrics::counter!("ztinfra_auth_refusals_total", "reason" => "client_certificate")
+                    .increment(1);
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Other(rustls::OtherError(Arc::new(e))),
+                ))
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
