@@ -123,7 +123,9 @@ impl SpiffeId {
     }
 
     pub fn trust_domain(&self) -> &str {
-        self.text.get(SCHEME.len()..self.path_at).unwrap_or_default()
+        self.text
+            .get(SCHEME.len()..self.path_at)
+            .unwrap_or_default()
     }
 
     /// The path, `/`-prefixed, or empty for a trust domain's own ID.
@@ -216,8 +218,8 @@ impl TrustBundle {
             sequence: None,
         };
         if text.trim_start().starts_with('{') {
-            let parsed: SpiffeBundle = serde_json::from_str(text)
-                .map_err(|e| bad(format!("not a SPIFFE bundle: {e}")))?;
+            let parsed: SpiffeBundle =
+                serde_json::from_str(text).map_err(|e| bad(format!("not a SPIFFE bundle: {e}")))?;
             bundle.sequence = parsed.spiffe_sequence;
             for (n, key) in parsed.keys.iter().enumerate() {
                 match key.get("use").and_then(|u| u.as_str()) {
@@ -320,10 +322,7 @@ pub struct TrustBundles {
 impl TrustBundles {
     pub fn new(bundles: impl IntoIterator<Item = TrustBundle>) -> Self {
         Self {
-            domains: bundles
-                .into_iter()
-                .map(|b| (b.domain.clone(), b))
-                .collect(),
+            domains: bundles.into_iter().map(|b| (b.domain.clone(), b)).collect(),
         }
     }
 
@@ -639,7 +638,8 @@ impl Ca {
             .map_err(|e| SvidError::BadCertificate(e.to_string()))?;
         let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
             .map_err(|e| SvidError::BadCertificate(e.to_string()))?;
-        if parsed.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
+        if parsed.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+        {
             return Err(SvidError::Issue(
                 "the CA certificate is not the CA key's".into(),
             ));

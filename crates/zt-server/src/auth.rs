@@ -93,7 +93,11 @@ impl Callers {
 
     /// The caller whose credential is in `headers`, if it is valid; without one, the caller
     /// its client certificate (`peer`, over mutual TLS) is mapped to.
-    pub async fn verify(&self, headers: &HeaderMap, peer: Option<&Peer>) -> Result<Caller, Refusal> {
+    pub async fn verify(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<&Peer>,
+    ) -> Result<Caller, Refusal> {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             let svid = peer
                 .and_then(|p| p.0.as_deref())
@@ -354,26 +358,26 @@ pub async fn live_session(
             Ok(live)
         })
         .map_err(|e| {
-        if matches!(e, crate::sessions::SessionError::Stale) {
-            return Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "service unavailable",
-                e.to_string(),
-            );
-        }
-        tracing::warn!(error = %e, "request refused: agent session token not valid");
-        metrics::counter!("ztinfra_auth_refusals_total", "reason" => "session").increment(1);
-        Problem {
-            challenge: Some(Challenge::InvalidToken),
-            ..Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "authentication required",
-                e.to_string(),
-            )
-        }
-    })
+            if matches!(e, crate::sessions::SessionError::Stale) {
+                return Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "service unavailable",
+                    e.to_string(),
+                );
+            }
+            tracing::warn!(error = %e, "request refused: agent session token not valid");
+            metrics::counter!("ztinfra_auth_refusals_total", "reason" => "session").increment(1);
+            Problem {
+                challenge: Some(Challenge::InvalidToken),
+                ..Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "authentication required",
+                    e.to_string(),
+                )
+            }
+        })
 }
 
 impl FromRequestParts<Arc<AppState>> for Decider {

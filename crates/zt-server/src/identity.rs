@@ -88,12 +88,14 @@ fn session_problem(e: SessionError) -> Problem {
             "forbidden",
             e.to_string(),
         ),
-        SessionError::Token(_) | SessionError::Unknown(_) | SessionError::WrongHolder(_) => Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "authentication required",
-            e.to_string(),
-        ),
+        SessionError::Token(_) | SessionError::Unknown(_) | SessionError::WrongHolder(_) => {
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "authentication required",
+                e.to_string(),
+            )
+        }
         SessionError::Stale => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -270,8 +272,14 @@ async fn start_recorded(
             );
         }
     }
-    match crate::api::record_act(app, "session.start", Some(caller), act, "session started".into())
-        .await
+    match crate::api::record_act(
+        app,
+        "session.start",
+        Some(caller),
+        act,
+        "session started".into(),
+    )
+    .await
     {
         Ok(receipt) => started.evidence = receipt,
         Err(e) => {
@@ -588,7 +596,10 @@ pub(crate) struct TokenResponse {
 /// An OAuth error (RFC 6749 section 5.2) as problem details: `error` and `error_description`
 /// beside the problem's own members.
 fn oauth_error(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Response {
-    oauth_problem(Problem::new(status, "oauth", "token request refused", detail), error)
+    oauth_problem(
+        Problem::new(status, "oauth", "token request refused", detail),
+        error,
+    )
 }
 
 fn oauth_problem(problem: Problem, error: &'static str) -> Response {

@@ -217,12 +217,10 @@ impl App {
             &config.sessions.trust_domain,
             key_dir,
         )?);
-        let tls = workloads
-            .tls_acceptor()?
-            .map(|acceptor| conn::Tls {
-                acceptor,
-                workloads: Arc::clone(&workloads),
-            });
+        let tls = workloads.tls_acceptor()?.map(|acceptor| conn::Tls {
+            acceptor,
+            workloads: Arc::clone(&workloads),
+        });
         workloads.watch();
         let signer = keys::load_or_generate(key_dir)?;
         tracing::info!(key_id = %signer.info().key_id, "signing key ready");
@@ -235,13 +233,10 @@ impl App {
             tracing::info!(file = %path.display(), "the store had no admin: an admin credential was made, its token is in this file (readable by its owner only)");
         }
         let session_key = keys::load_or_generate_file(key_dir, keys::SESSION_KEY_FILE)?;
-        let issuer = config
-            .public_url
-            .clone()
-            .unwrap_or_else(|| {
-                let scheme = if tls.is_some() { "https" } else { "http" };
-                format!("{scheme}://{}", config.listen)
-            });
+        let issuer = config.public_url.clone().unwrap_or_else(|| {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{}", config.listen)
+        });
         let sessions = sessions::Sessions::load(
             config.sessions.clone(),
             issuer,
@@ -485,12 +480,18 @@ impl App {
                 "listening on a non-loopback address with open callers: anyone who can reach this address may ask for decisions as any actor and read the evidence"
             );
         }
-        conn::serve(listener, router, self.conn_limits, self.tls.clone(), async move {
-            shutdown.await;
-            state.ready.store(false, Ordering::Relaxed);
-            let _ = stopping.send(true);
-            tracing::info!("shutting down: finishing in-flight requests");
-        })
+        conn::serve(
+            listener,
+            router,
+            self.conn_limits,
+            self.tls.clone(),
+            async move {
+                shutdown.await;
+                state.ready.store(false, Ordering::Relaxed);
+                let _ = stopping.send(true);
+                tracing::info!("shutting down: finishing in-flight requests");
+            },
+        )
         .await;
         if let Some(admin) = admin {
             let _ = admin.await;

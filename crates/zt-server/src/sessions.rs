@@ -975,7 +975,10 @@ pub enum Starter<'a> {
     /// The parent session, by its verified token.
     Parent(&'a LiveSession),
     /// A workload, by the SPIFFE ID of its verified SVID and what its mapping lets it claim.
-    Workload { id: &'a str, may_claim: &'a [String] },
+    Workload {
+        id: &'a str,
+        may_claim: &'a [String],
+    },
 }
 
 fn check_manifest(digest: &str) -> Result<(), SessionError> {

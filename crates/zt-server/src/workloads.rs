@@ -350,8 +350,10 @@ impl Workloads {
             .callers
             .iter()
             .find(|m| svid.id.matches(&m.spiffe_id))
-            && let (Ok(name), Ok(role)) =
-                (CredentialName::parse(&caller.name), parse_role(&caller.role))
+            && let (Ok(name), Ok(role)) = (
+                CredentialName::parse(&caller.name),
+                parse_role(&caller.role),
+            )
         {
             return Mapped::Caller(Caller::from_workload(svid, name, role));
         }
@@ -619,5 +621,124 @@ impl rustls::server::danger::ClientCertVerifier for SvidVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn settings(bundle: &Path) -> WorkloadSettings {
+        WorkloadSettings {
+            trust_domains: vec![TrustDomainSource {
+                name: "example.org".into(),
+                bundle: bundle.to_owned(),
+            }],
+            agents: vec![AgentMapping {
+                spiffe_id: "spiffe://example.org/agents/*".into(),
+                agent: "triage".into(),
+                may_claim: vec!["model".into()],
+            }],
+            ..WorkloadSettings::default()
+        }
+    }
+
+    /// A CA of `domain`, as PEM, and an X.509-SVID it issued for `id`.
+    fn domain(domain: &str, id: &str) -> (String, X509Svid) {
+        let ca = Ca::create(
+            domain,
+            rcgen::KeyPair::generate().unwrap(),
+            crate::now_ms() / 1000,
+            1,
+            [1; 16],
+        )
+        .unwrap();
+        let now = crate::now_ms() / 1000;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = ca
+            .issue(&SpiffeId::parse(id).unwrap(), &key, now, now + 600, [2; 16])
+            .unwrap();
+        let bundles = TrustBundles::new([TrustBundle::parse(domain, &ca.cert_pem()).unwrap()]);
+        let svid = zt_identity::svid::verify_x509_svid(&bundles, &cert, &[], now).unwrap();
+        (ca.cert_pem(), svid)
+    }
+
+    #[test]
+    fn mappings_are_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pem, _) = domain("example.org", "spiffe://example.org/agents/a");
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, pem).unwrap();
+        let keys = dir.path().join("keys");
+        assert!(Workloads::load(settings(&bundle), "ztinfra.local", &keys).is_ok());
+        let mut bad = settings(&bundle);
+        bad.agents[0].may_claim = vec!["broker".into()];
+        let e = Workloads::load(bad, "ztinfra.local", &keys).unwrap_err();
+        assert!(e.to_string().contains("may claim only"), "{e}");
+        let mut bad = settings(&bundle);
+        bad.callers.push(CallerMapping {
+            spiffe_id: "spiffe://example.org/gw".into(),
+            name: "gw".into(),
+            role: "approver".into(),
+        });
+        assert!(Workloads::load(bad, "ztinfra.local", &keys).is_err());
+        let mut bad = settings(&bundle);
+        bad.agents[0].spiffe_id = "spiffe://Example.org/*".into();
+        assert!(Workloads::load(bad, "ztinfra.local", &keys).is_err());
+        let missing = settings(&dir.path().join("absent.pem"));
+        assert!(matches!(
+            Workloads::load(missing, "ztinfra.local", &keys),
+            Err(WorkloadError::File { .. })
+        ));
+    }
+
+    #[test]
+    fn a_ca_of_another_domain_than_the_sessions_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "other.local", 1).unwrap();
+        assert!(matches!(
+            init_ca(dir.path(), "other.local", 1),
+            Err(WorkloadError::CaExists(_))
+        ));
+        let e =
+            Workloads::load(WorkloadSettings::default(), "ztinfra.local", dir.path()).unwrap_err();
+        assert!(matches!(e, WorkloadError::CaDomain { .. }), "{e}");
+        // Rotated to the sessions' domain, the previous certificate is still trusted.
+        rotate_ca(dir.path(), Some("ztinfra.local"), 1).unwrap();
+        let w = Workloads::load(WorkloadSettings::default(), "ztinfra.local", dir.path()).unwrap();
+        assert_eq!(w.ca().unwrap().domain(), "ztinfra.local");
+        assert_eq!(w.own_authorities.len(), 2);
+        let bundle = w.own_bundle(&serde_json::json!({"keys": []}));
+        assert_eq!(bundle["keys"].as_array().unwrap().len(), 2);
+        let mode = std::fs::metadata(dir.path().join(CA_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_changed_bundle_is_read_again_and_a_broken_one_is_not_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, first_svid) = domain("example.org", "spiffe://example.org/agents/a");
+        let (second, second_svid) = domain("example.org", "spiffe://example.org/agents/b");
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, &first).unwrap();
+        let w = Workloads::load(settings(&bundle), "ztinfra.local", dir.path()).unwrap();
+        assert!(matches!(w.map(&first_svid), Mapped::Agent(a) if a.agent == "triage"));
+        assert!(!w.reload_if_changed());
+        let x509 =
+            |w: &Workloads| w.bundles().get("example.org").unwrap().x509_authorities()[0].clone();
+        let before = x509(&w);
+        std::fs::write(&bundle, format!("{second}\n")).unwrap();
+        assert!(w.reload_if_changed());
+        assert_ne!(x509(&w), before);
+        std::fs::write(&bundle, "not a bundle at all").unwrap();
+        assert!(!w.reload_if_changed());
+        assert_ne!(x509(&w), before, "the last good bundle stays");
+        // The mapping is by SPIFFE ID, whichever CA issued the SVID.
+        assert!(matches!(w.map(&second_svid), Mapped::Agent(_)));
     }
 }

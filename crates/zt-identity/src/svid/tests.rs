@@ -1,5 +1,3 @@
-#![expect(clippy::unwrap_used, reason = "tests")]
-
 use super::*;
 
 const NOW: i64 = 1_800_000_000;
@@ -40,7 +38,13 @@ impl Domain {
     fn svid(&self, id: &str, not_after: i64) -> CertificateDer<'static> {
         let key = rcgen::KeyPair::generate().unwrap();
         self.ca
-            .issue(&SpiffeId::parse(id).unwrap(), &key, NOW - 60, not_after, [9; 16])
+            .issue(
+                &SpiffeId::parse(id).unwrap(),
+                &key,
+                NOW - 60,
+                not_after,
+                [9; 16],
+            )
             .unwrap()
     }
 
@@ -142,7 +146,10 @@ fn svids_that_break_a_rule_are_refused() {
         Err(SvidError::Chain { .. })
     ));
     let two = hand_made(
-        &["spiffe://example.org/agent/a", "spiffe://example.org/agent/b"],
+        &[
+            "spiffe://example.org/agent/a",
+            "spiffe://example.org/agent/b",
+        ],
         false,
         Some(&d),
     );
@@ -172,26 +179,40 @@ fn jwt_svids_are_checked_by_the_rules() {
     let d = domain("example.org");
     let bundles = d.bundles();
     let claims = |aud: serde_json::Value, exp: Option<i64>| {
-        let mut c = serde_json::json!({"sub": "spiffe://example.org/agent/triage", "aud": aud, "iat": NOW});
+        let mut c =
+            serde_json::json!({"sub": "spiffe://example.org/agent/triage", "aud": aud, "iat": NOW});
         if let Some(exp) = exp {
             c["exp"] = exp.into();
         }
         c
     };
-    let good = d.jwt(claims(serde_json::json!(["other", "ztinfra"]), Some(NOW + 60)), "k1");
-    let svid = UnverifiedJwtSvid(&good).verify(&bundles, "ztinfra", NOW).unwrap();
+    let good = d.jwt(
+        claims(serde_json::json!(["other", "ztinfra"]), Some(NOW + 60)),
+        "k1",
+    );
+    let svid = UnverifiedJwtSvid(&good)
+        .verify(&bundles, "ztinfra", NOW)
+        .unwrap();
     assert_eq!(svid.id.as_str(), "spiffe://example.org/agent/triage");
     assert_eq!(svid.expires, NOW + 60);
 
     let cases = [
-        (d.jwt(claims("ztinfra".into(), Some(NOW + 60)), "k2"), "unknown key"),
-        (d.jwt(claims("elsewhere".into(), Some(NOW + 60)), "k1"), "audience"),
+        (
+            d.jwt(claims("ztinfra".into(), Some(NOW + 60)), "k2"),
+            "unknown key",
+        ),
+        (
+            d.jwt(claims("elsewhere".into(), Some(NOW + 60)), "k1"),
+            "audience",
+        ),
         (d.jwt(claims("ztinfra".into(), None), "k1"), "no exp"),
         (d.jwt(claims("ztinfra".into(), Some(NOW)), "k1"), "expired"),
     ];
     for (token, why) in &cases {
         assert!(
-            UnverifiedJwtSvid(token).verify(&bundles, "ztinfra", NOW).is_err(),
+            UnverifiedJwtSvid(token)
+                .verify(&bundles, "ztinfra", NOW)
+                .is_err(),
             "{why}"
         );
     }
@@ -232,9 +253,18 @@ fn a_csr_gives_only_its_key_and_the_ca_survives_a_round_trip_through_pem() {
     let svid = verify_x509_svid(&d.bundles(), &cert, &[], NOW).unwrap();
     // Capped at one hour, whatever was asked; the CSR's CA flag and DNS name are not copied.
     assert_eq!(svid.expires, NOW + MAX_SVID_SECS);
-    assert!(csr_public_key("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n").is_err());
+    assert!(
+        csr_public_key(
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+        )
+        .is_err()
+    );
     let outside = SpiffeId::parse("spiffe://other.org/agent/a").unwrap();
-    assert!(again.issue(&outside, &public, NOW, NOW + 60, [1; 16]).is_err());
+    assert!(
+        again
+            .issue(&outside, &public, NOW, NOW + 60, [1; 16])
+            .is_err()
+    );
     // A key and a certificate that do not belong together.
     let stranger = domain("example.org");
     assert!(Ca::from_pem(&stranger.ca.key_pem(), &d.ca.cert_pem()).is_err());
