@@ -10,6 +10,10 @@
 //!   server does, and handed to the first free worker; latency is from the *scheduled* time to
 //!   the answer, so time spent queued behind a slow server counts (no coordinated omission).
 //!
+//! With `--tls-ca` the connections are TLS (with `--tls-cert`/`--tls-key`, mutual TLS presenting
+//! that certificate); with `--new-connections` every request opens a connection of its own (and
+//! its handshake), to measure connection set-up rather than requests on kept-alive ones.
+//!
 //! After `--warmup`, latencies go into an HDR histogram for `--duration`; the tool prints
 //! p50/p99/p99.9/max and decisions per second. Only loopback addresses are accepted: this tool
 //! is for benchmarks on the machine itself.
@@ -64,6 +68,18 @@ struct Args {
     /// request (an enforcement point asking for that session; use with `--token-file`).
     #[arg(long)]
     agent_token_file: Option<std::path::PathBuf>,
+    /// Connect with TLS, trusting the CA certificates (PEM) in this file.
+    #[arg(long)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Present this client certificate chain (PEM) over TLS: mutual TLS.
+    #[arg(long, requires = "tls_ca", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Open a new connection for every request (and close it after the answer).
+    #[arg(long)]
+    new_connections: bool,
     /// Print the result as one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -111,6 +127,61 @@ const AUTHZEN_BODIES: &[&str] = &[
     r#"{"subject":{"type":"Agent","id":"demo-agent"},"action":{"name":"aws.ec2.terminate_instances"},"resource":{"type":"Resource","id":"i-3"}}"#,
     r#"{"subject":{"type":"Agent","id":"demo-agent"},"action":{"name":"aws.iam.create_user"},"resource":{"type":"Resource","id":"u-1"}}"#,
 ];
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// The TLS client configuration, when `--tls-ca` is given.
+fn tls_connector(args: &Args) -> anyhow::Result<Option<tokio_rustls::TlsConnector>> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let Some(ca) = &args.tls_ca else {
+        return Ok(None);
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("`{}`", ca.display()))? {
+        roots.add(cert?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots);
+    let config = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .with_context(|| format!("`{}`", cert.display()))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("`{}`", key.display()))?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(config))))
+}
+
+/// A new HTTP/1.1 connection to `addr`, over TLS when `tls` is given.
+async fn connect(
+    addr: SocketAddr,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> anyhow::Result<Sender> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let Some(tls) = tls else {
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        return Ok(sender);
+    };
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let stream = tls.connect(name, stream).await?;
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
 
 /// How long before a request is due the scheduler stops sleeping and starts yielding.
 const SPIN: Duration = Duration::from_micros(300);
@@ -181,6 +252,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .transpose()?
         .map(|token| format!("Bearer {token}"));
     let agent_token = args.agent_token_file.as_deref().map(read).transpose()?;
+    let tls = tls_connector(&args)?;
+    let new_connections = args.new_connections;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let mut workers = Vec::new();
     for worker in 0..args.connections {
         let (measuring, stop, errors, queue, bodies) = (
@@ -190,19 +264,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Arc::clone(&queue),
             Arc::clone(&bodies),
         );
-        let uri = format!("http://{}{}", args.addr, path);
+        let uri = format!("{scheme}://{}{}", args.addr, path);
         let addr = args.addr;
+        let tls = tls.clone();
         let (authorization, agent_token) = (authorization.clone(), agent_token.clone());
         workers.push(tokio::spawn(async move {
             let mut histogram =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?;
-            let stream = tokio::net::TcpStream::connect(addr)
-                .await
-                .with_context(|| format!("cannot connect to {addr}"))?;
-            stream.set_nodelay(true)?;
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
-            tokio::spawn(connection);
+            let mut sender = connect(addr, tls.as_ref()).await?;
             let mut i = worker;
             loop {
                 let (index, due) = if open_loop {
@@ -234,6 +303,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 let request = request.body(Full::new(body))?;
                 let started = due.unwrap_or_else(Instant::now);
+                if new_connections {
+                    sender = connect(addr, tls.as_ref()).await?;
+                }
                 let response = sender.send_request(request).await?;
                 let status = response.status();
                 response.into_body().collect().await?;

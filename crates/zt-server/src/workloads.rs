@@ -140,7 +140,14 @@ pub struct Workloads {
     bundles: ArcSwap<TrustBundles>,
     /// Each bundle file's modification time and length when it was last read.
     stamps: Mutex<Vec<Option<(SystemTime, u64)>>>,
+    /// Client certificates the TLS handshake verified a moment ago, by thumbprint, until their
+    /// connection takes them ([`Workloads::peer`]): so that a handshake verifies its chain once.
+    handshakes: Mutex<std::collections::HashMap<String, Arc<X509Svid>>>,
 }
+
+/// Most verified handshake certificates waiting for their connection (a handshake that fails
+/// after its certificate verified leaves one behind; the map is emptied when full).
+const MAX_HANDSHAKES: usize = 4096;
 
 impl std::fmt::Debug for Workloads {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -213,6 +220,7 @@ impl Workloads {
             ca,
             own_authorities,
             bundles: ArcSwap::from_pointee(TrustBundles::default()),
+            handshakes: Mutex::new(std::collections::HashMap::new()),
         };
         workloads.bundles.store(Arc::new(workloads.read_bundles()?));
         Ok(workloads)
@@ -363,9 +371,16 @@ impl Workloads {
         }
     }
 
-    /// The X.509-SVID of a TLS peer whose certificate the handshake accepted.
+    /// The X.509-SVID of a TLS peer whose certificate the handshake accepted: the one its
+    /// verification gave, or verified again if that one was taken by another connection.
     pub fn peer(&self, certs: Option<&[CertificateDer<'static>]>) -> Option<Arc<X509Svid>> {
         let (leaf, intermediates) = certs?.split_first()?;
+        let thumbprint = zt_identity::svid::thumbprint(leaf);
+        if let Ok(mut waiting) = self.handshakes.lock()
+            && let Some(svid) = waiting.remove(&thumbprint)
+        {
+            return Some(svid);
+        }
         zt_identity::svid::verify_x509_svid(
             &self.bundles.load(),
             leaf,
@@ -588,6 +603,12 @@ impl rustls::server::danger::ClientCertVerifier for SvidVerifier {
         ) {
             Ok(svid) => {
                 tracing::debug!(spiffe_id = %svid.id, "client X.509-SVID accepted");
+                if let Ok(mut waiting) = self.workloads.handshakes.lock() {
+                    if waiting.len() >= MAX_HANDSHAKES {
+                        waiting.clear();
+                    }
+                    waiting.insert(svid.thumbprint.clone(), Arc::new(svid));
+                }
                 Ok(rustls::server::danger::ClientCertVerified::assertion())
             }
             Err(e) => {

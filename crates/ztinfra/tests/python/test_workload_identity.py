@@ -26,7 +26,9 @@ import jwt
 import pytest
 import spiffe
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "examples/workload"))
 from mint_test_domain import Domain  # noqa: E402  (the walkthrough's own script)
@@ -181,6 +183,21 @@ def test_a_jwt_svid_is_exchanged_for_a_session_and_its_spiffe_id_is_on_record(se
         assert session["bound"] is False and session["model"] == "gpt-5"
         # Not bound to a certificate: the policy that asks for a bound token denies.
         assert decide(c, issued["access_token"]).json()["decision"] == "deny"
+
+        # The token endpoint issues an X.509-SVID for the session too, from a CSR.
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ignored")]))
+               .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode())
+        answer = exchange(c, example.jwt_svid("spiffe://example.org/agents/triage"), svid_csr=csr)
+        assert answer.status_code == 200, answer.text
+        svid = answer.json()["svid"]
+        leaf = x509.load_pem_x509_certificate(svid["certificate_chain"].encode())
+        assert leaf.public_key().public_numbers() == key.public_key().public_numbers()
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert [n.value for n in names] == [answer.json()["spiffe_id"]]
+        start = service.record(answer.json()["evidence"]["seq"])
+        assert start["request"]["x509_svid"]["x5t#S256"] == svid["x5t#S256"]
 
 
 def test_jwt_svids_that_break_a_rule_are_refused(service, example):
