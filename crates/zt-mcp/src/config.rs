@@ -29,6 +29,13 @@ pub struct GatewayConfig {
     /// The same credential given directly (`ZTINFRA_PEP_TOKEN`), never read from the file.
     #[serde(skip)]
     pub decide_token: Option<String>,
+    /// With an `https://` `decide_url`: the CA certificate(s) that signed the service's TLS
+    /// certificate (PEM).
+    pub decide_tls_ca: Option<PathBuf>,
+    /// With `decide_tls_ca`: the gateway's own X.509-SVID and key (PEM), presented over mutual
+    /// TLS; a service that maps its SPIFFE ID to a `pep` caller needs no credential then.
+    pub decide_tls_cert: Option<PathBuf>,
+    pub decide_tls_key: Option<PathBuf>,
     /// In-process decisions: the policy directory, data directory and store, as for `serve`.
     pub policies: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
@@ -191,6 +198,25 @@ impl GatewayConfig {
                     client.actor
                 ));
             }
+        }
+        if self.decide_tls_cert.is_some() != self.decide_tls_key.is_some() {
+            return invalid("`decide_tls_cert` and `decide_tls_key` go together".into());
+        }
+        if self.decide_tls_ca.is_none() && self.decide_tls_cert.is_some() {
+            return invalid("`decide_tls_cert` needs `decide_tls_ca`".into());
+        }
+        if let Some(url) = &self.decide_url
+            && url.starts_with("https://")
+            && self.decide_tls_ca.is_none()
+        {
+            return invalid(format!(
+                "`decide_url` `{url}` is https: give the CA that signed its certificate with `decide_tls_ca`"
+            ));
+        }
+        if self.decide_url.is_none() && self.decide_tls_ca.is_some() {
+            return invalid(
+                "`decide_tls_ca` is for a remote service: it needs `decide_url`".into(),
+            );
         }
         if self.decide_url.is_none() && self.decide_token_file.is_some() {
             return invalid(

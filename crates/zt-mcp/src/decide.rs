@@ -36,9 +36,13 @@ pub enum Outcome {
 pub const REMOTE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Decider {
-    /// A remote decider for the service at `base` (`http://host:port`), presenting `token`
-    /// (the gateway's `pep` credential) with every request.
-    pub fn remote(base: &str, token: Option<&str>) -> Result<Self, String> {
+    /// A remote decider for the service at `base` (`http://host:port`, or `https://` with
+    /// `tls`), presenting `token` (the gateway's `pep` credential) with every request.
+    pub fn remote(
+        base: &str,
+        token: Option<&str>,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<Self, String> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = token {
             let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
@@ -46,9 +50,13 @@ impl Decider {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .default_headers(headers)
-            .timeout(REMOTE_TIMEOUT)
+            .timeout(REMOTE_TIMEOUT);
+        if let Some(tls) = tls {
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let client = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self::Remote {

@@ -114,11 +114,26 @@ pub async fn decider(config: &GatewayConfig) -> Result<decide::Decider, GatewayE
                     .to_owned(),
             ),
             (None, None) => {
-                tracing::warn!(url = %url, "no credential for the decision service (decide_token_file or ZTINFRA_PEP_TOKEN): it must run with `--callers open`, or every call is denied");
+                if config.decide_tls_cert.is_none() {
+                    tracing::warn!(url = %url, "no credential for the decision service (decide_token_file, ZTINFRA_PEP_TOKEN, or an X.509-SVID in decide_tls_cert): it must run with `--callers open`, or every call is denied");
+                }
                 None
             }
         };
-        return decide::Decider::remote(url, token.as_deref()).map_err(GatewayError::Decider);
+        let tls = match &config.decide_tls_ca {
+            Some(ca) => Some(
+                zt_server::workloads::client_tls(
+                    ca,
+                    config
+                        .decide_tls_cert
+                        .as_deref()
+                        .zip(config.decide_tls_key.as_deref()),
+                )
+                .map_err(|e| GatewayError::Decider(zt_server::error_chain(&e)))?,
+            ),
+            None => None,
+        };
+        return decide::Decider::remote(url, token.as_deref(), tls).map_err(GatewayError::Decider);
     }
     let defaults = zt_server::defaults::DATA_DIR;
     let data_dir = config

@@ -400,6 +400,56 @@ async def test_a_real_agent_session_acts_through_the_gateway_until_revoked(tmp_p
     assert seen["verified"] is True and seen["via"] == "mcp-gateway" and seen["on_behalf_of"] == "alice"
 
 
+def mint_svid(keys: Path, spiffe_id: str, out: Path) -> tuple[Path, Path]:
+    """An X.509-SVID for `spiffe_id`, made by openssl with the service's own CA key."""
+    key, csr, crt, ext = (out / f"svid.{x}" for x in ("key", "csr", "crt", "ext"))
+    ext.write_text("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                   f"extendedKeyUsage=clientAuth\nsubjectAltName=URI:{spiffe_id}\n")
+    for command in (
+        ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key],
+        ["req", "-new", "-key", key, "-subj", "/O=test", "-out", csr],
+        ["x509", "-req", "-in", csr, "-CA", keys / "ca.crt", "-CAkey", keys / "ca.key", "-CAcreateserial",
+         "-days", "1", "-extfile", ext, "-out", crt],
+    ):
+        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True)
+    return crt, key
+
+
+async def test_the_gateway_asks_over_mutual_tls_with_its_own_svid(tmp_path):
+    root = tmp_path / "files"
+    (root / "scratch").mkdir(parents=True)
+    port = free_port()
+    pdp = tmp_path / "pdp"
+    for command in (["ca", "init"], ["ca", "server-cert", "--name", "127.0.0.1"]):
+        subprocess.run([ZTINFRA, *command, "--data-dir", pdp], check=True, capture_output=True)
+    keys = pdp / "keys"
+    crt, key = mint_svid(keys, "spiffe://ztinfra.local/mcp-gateway", tmp_path)
+    (tmp_path / "pdp.toml").write_text(
+        f'tls_cert = "{keys}/server.crt"\ntls_key = "{keys}/server.key"\n[workloads]\n[[workloads.callers]]\n'
+        'spiffe_id = "spiffe://ztinfra.local/mcp-gateway"\nname = "mcp-gateway"\nrole = "pep"\n'
+    )
+    serve = [ZTINFRA, "serve", "--config", tmp_path / "pdp.toml", "--listen", f"127.0.0.1:{port}",
+             "--policies", POLICIES, "--data-dir", pdp]
+    base = f"https://127.0.0.1:{port}"
+    with running(serve, port):
+        # No credential: the gateway's X.509-SVID is its identity.
+        config = fs_config(tmp_path, root, actor="demo-agent", decide_url=base, decide_tls_ca=str(keys / "ca.crt"),
+                           decide_tls_cert=str(crt), decide_tls_key=str(key))
+        async with Client(StdioServerParameters(command=str(ZTINFRA), args=["mcp-gateway", "--config", str(config)])) as client:
+            ok = await client.call_tool("write_file", {"path": str(root / "scratch" / "a.txt"), "content": "over mTLS"})
+            assert not ok.is_error, text_of(ok)
+        # Without its certificate it is nobody: every call is denied.
+        (tmp_path / "anonymous").mkdir()
+        config = fs_config(tmp_path / "anonymous", root, actor="demo-agent", decide_url=base,
+                           decide_tls_ca=str(keys / "ca.crt"))
+        async with Client(StdioServerParameters(command=str(ZTINFRA), args=["mcp-gateway", "--config", str(config)])) as client:
+            denied = await client.call_tool("write_file", {"path": str(root / "scratch" / "b.txt"), "content": "no"})
+            assert denied.is_error and not (root / "scratch" / "b.txt").exists()
+    records = export_and_verify(pdp)
+    assert [(r["request"]["action"], r["decision"]) for r in records] == [("mcp.fs.write_file", "allow")]
+    assert records[0]["caller"] == {"kind": "pep", "name": "mcp-gateway", "spiffe_id": "spiffe://ztinfra.local/mcp-gateway"}
+
+
 @asynccontextmanager
 async def http_client(url: str, token: str | None):
     headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -567,6 +567,46 @@ pub fn rotate_ca(key_dir: &Path, domain: Option<&str>, days: i64) -> Result<Ca, 
     Ok(ca)
 }
 
+/// A TLS client configuration (ring) for reaching a ZT-Infra service: trusting the CA
+/// certificates in `ca` (PEM), presenting the certificate chain and key of `identity` (PEM: an
+/// X.509-SVID, for mutual TLS) when given.
+pub fn client_tls(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, WorkloadError> {
+    let tls = |what: &Path, e: &dyn std::fmt::Display| {
+        WorkloadError::Tls(format!("`{}`: {e}", what.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| tls(ca, &e))? {
+        roots
+            .add(cert.map_err(|e| tls(ca, &e))?)
+            .map_err(|e| tls(ca, &e))?;
+    }
+    if roots.is_empty() {
+        return Err(tls(ca, &"holds no CA certificate"));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| WorkloadError::Tls(e.to_string()))?
+    .with_root_certificates(roots);
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| tls(cert, &e))?;
+            crate::keys::check_private(key).map_err(|e| tls(key, &e))?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls(key, &e))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| tls(cert, &e))
+        }
+    }
+}
+
 /// Checks X.509-SVIDs presented in the TLS handshake against the trust bundles of the moment.
 #[derive(Debug)]
 struct SvidVerifier {

@@ -21,6 +21,8 @@ pub struct Service {
     /// The service's data directory, where the first start wrote `admin.token`.
     #[arg(long, env = "ZTINFRA_DATA_DIR", default_value = zt_server::defaults::DATA_DIR)]
     data_dir: PathBuf,
+    #[command(flatten)]
+    tls: crate::client::TlsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,9 +86,10 @@ impl Service {
             )
         })?;
         let url = format!("{}{path}", self.server.trim_end_matches('/'));
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()?;
+        let client = self
+            .tls
+            .client(&self.server, Duration::from_secs(10))
+            .map_err(|e| anyhow::anyhow!(e))?;
         let mut request = client.request(method, &url).bearer_auth(token.trim());
         if let Some(body) = body {
             request = request.json(&body);

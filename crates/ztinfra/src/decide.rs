@@ -38,6 +38,8 @@ pub struct DecideArgs {
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+    #[command(flatten)]
+    tls: crate::client::TlsArgs,
 }
 
 const ALLOW: u8 = 0;
@@ -86,10 +88,9 @@ fn ask(args: &DecideArgs) -> Result<u8, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let (status, text) = runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(args.timeout))
-            .build()
-            .map_err(|e| e.to_string())?;
+        let client = args
+            .tls
+            .client(&args.server, Duration::from_secs(args.timeout))?;
         let mut request = client.post(&url).json(&body);
         if let Some(token) = &token {
             request = request.bearer_auth(token);

@@ -2,6 +2,7 @@
 
 mod agents;
 mod ca;
+mod client;
 mod config;
 mod credentials;
 mod decide;

@@ -20,6 +20,9 @@ Config file (TOML), every key optional:
   decide_resource_reads = false
   decide_url = \"http://127.0.0.1:8181\"   # ask a ZT-Infra service; otherwise decide in process:
   decide_token_file = \"gateway.token\"    # its pep credential (or ZTINFRA_PEP_TOKEN)
+  decide_tls_ca = \"ca.crt\"              # an https:// decide_url: its CA; and for mutual TLS
+  decide_tls_cert = \"gateway.crt\"       # the gateway's X.509-SVID (then no credential is needed
+  decide_tls_key = \"gateway.key\"        # where the service maps it to a pep caller)
   policies = \"policies\"
   data_dir = \".ztinfra-mcp\"
   store = \"postgres://...\"
@@ -58,6 +61,15 @@ pub struct GatewayArgs {
     /// (or the token itself in ZTINFRA_PEP_TOKEN).
     #[arg(long)]
     decide_token_file: Option<PathBuf>,
+    /// With an https:// --decide-url: the CA certificate(s) of the service's TLS certificate.
+    #[arg(long)]
+    decide_tls_ca: Option<PathBuf>,
+    /// The gateway's X.509-SVID (PEM), presented to the service over mutual TLS.
+    #[arg(long, requires = "decide_tls_key")]
+    decide_tls_cert: Option<PathBuf>,
+    /// Its private key (PEM, mode 0600).
+    #[arg(long, requires = "decide_tls_cert")]
+    decide_tls_key: Option<PathBuf>,
     /// In-process decisions: the policy directory (default `<data-dir>/policies`).
     #[arg(long)]
     policies: Option<PathBuf>,
@@ -104,6 +116,9 @@ impl GatewayArgs {
         config.actor = self.actor.or(config.actor.take());
         config.decide_url = self.decide_url.or(config.decide_url.take());
         config.decide_token_file = self.decide_token_file.or(config.decide_token_file.take());
+        config.decide_tls_ca = self.decide_tls_ca.or(config.decide_tls_ca.take());
+        config.decide_tls_cert = self.decide_tls_cert.or(config.decide_tls_cert.take());
+        config.decide_tls_key = self.decide_tls_key.or(config.decide_tls_key.take());
         config.decide_token = std::env::var("ZTINFRA_PEP_TOKEN")
             .ok()
             .filter(|t| !t.is_empty());

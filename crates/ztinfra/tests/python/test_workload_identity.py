@@ -419,3 +419,26 @@ def test_required_client_certificates_refuse_connections_without_one(tmp_path, e
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_the_command_line_reaches_a_tls_service_and_presents_an_svid(service, example):
+    gateway = example.svid(service.dir, "gateway", ["spiffe://example.org/gateway"])
+    os.chmod(gateway[1], 0o600)
+    tls = ["--server", service.base, "--tls-ca", str(service.ca)]
+    # `ztinfra decide` as the enforcement point named by its X.509-SVID: no credential.
+    done = subprocess.run(
+        [ZTINFRA, "decide", *tls, "--tls-cert", gateway[0], "--tls-key", gateway[1],
+         "--actor", "someone", "--action", "doc.read", "--resource", "r", "--json"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert done.returncode == 1, done.stderr  # deny: an asserted actor is no workload
+    answer = json.loads(done.stdout)
+    assert service.record(answer["evidence"]["seq"])["caller"]["spiffe_id"] == "spiffe://example.org/gateway"
+    # `ztinfra agents` with the admin credential, over TLS.
+    listed = subprocess.run([ZTINFRA, "agents", "list", *tls, "--data-dir", service.data],
+                            capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0 and "triage-bot" in listed.stdout, listed.stderr
+    # An https server without the CA to check it by is refused before anything is sent.
+    done = subprocess.run([ZTINFRA, "decide", "--server", service.base, "--actor", "a", "--action", "b",
+                           "--resource", "c"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "--tls-ca" in done.stderr, done.stderr
