@@ -498,6 +498,12 @@ impl UnverifiedJwtSvid<'_> {
         // before anything else the claims say is believed.
         let unverified: JwtSvidClaims = unverified_claims(self.0)?;
         let id = SpiffeId::parse(&unverified.sub)?;
+        if id.path().is_empty() {
+            return Err(SvidError::BadId {
+                id: id.text,
+                why: "a workload's SPIFFE ID has a path",
+            });
+        }
         let bundle = bundles.domain(&id)?;
         let (key, key_alg) = bundle
             .jwt

@@ -86,6 +86,9 @@ fn init_logging(format: LogFormat, default_filter: &str) {
 }
 
 fn main() -> ExitCode {
+    // ring is the one crypto backend: the HTTP clients (ours, and the MCP SDK's for upstream
+    // servers) take it as the process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {

@@ -209,6 +209,9 @@ mod http {
             }
 
             fn with_headers(headers: reqwest::header::HeaderMap) -> Self {
+                // The client's TLS backend has no crypto provider of its own (ring, as the
+                // binary installs it).
+                let _ = rustls::crypto::ring::default_provider().install_default();
                 Self {
                     runtime: tokio::runtime::Builder::new_current_thread()
                         .enable_all()

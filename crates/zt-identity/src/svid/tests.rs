@@ -207,6 +207,13 @@ fn jwt_svids_are_checked_by_the_rules() {
         ),
         (d.jwt(claims("ztinfra".into(), None), "k1"), "no exp"),
         (d.jwt(claims("ztinfra".into(), Some(NOW)), "k1"), "expired"),
+        (
+            d.jwt(
+                serde_json::json!({"sub": "spiffe://example.org", "aud": "ztinfra", "exp": NOW + 60}),
+                "k1",
+            ),
+            "a trust domain is no workload",
+        ),
     ];
     for (token, why) in &cases {
         assert!(
