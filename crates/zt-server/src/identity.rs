@@ -627,8 +627,21 @@ fn oauth_problem(problem: Problem, error: &'static str) -> Response {
 pub(crate) async fn token(
     State(app): State<Arc<AppState>>,
     peer: Option<Extension<Peer>>,
-    Form(form): Form<TokenRequest>,
+    form: Result<Form<TokenRequest>, axum::extract::rejection::FormRejection>,
 ) -> Response {
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(e) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!(
+                    "a token request is a form (`application/x-www-form-urlencoded`) with `grant_type`: {}",
+                    e.body_text()
+                ),
+            );
+        }
+    };
     let peer = peer.and_then(|Extension(p)| p.0);
     let bad = |detail: String| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", detail);
     if form.actor_token.is_some() {

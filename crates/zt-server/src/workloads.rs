@@ -140,6 +140,8 @@ pub struct Workloads {
     bundles: ArcSwap<TrustBundles>,
     /// Each bundle file's modification time and length when it was last read.
     stamps: Mutex<Vec<Option<(SystemTime, u64)>>>,
+    /// The TLS listener's certificate and key, read again when their files change.
+    server_cert: Option<Arc<ServerCert>>,
     /// Client certificates the TLS handshake verified a moment ago, by thumbprint, until their
     /// connection takes them ([`Workloads::peer`]): so that a handshake verifies its chain once.
     handshakes: Mutex<std::collections::HashMap<String, Arc<X509Svid>>>,
@@ -212,6 +214,7 @@ impl Workloads {
                 )?);
             }
         }
+        let settings_tls = settings.tls.clone();
         let workloads = Self {
             stamps: Mutex::new(vec![None; settings.trust_domains.len()]),
             settings,
@@ -221,6 +224,10 @@ impl Workloads {
             own_authorities,
             bundles: ArcSwap::from_pointee(TrustBundles::default()),
             handshakes: Mutex::new(std::collections::HashMap::new()),
+            server_cert: match &settings_tls {
+                Some(tls) => Some(Arc::new(ServerCert::read(tls)?)),
+                None => None,
+            },
         };
         workloads.bundles.store(Arc::new(workloads.read_bundles()?));
         Ok(workloads)
@@ -304,9 +311,10 @@ impl Workloads {
         }
     }
 
-    /// Checks the bundle files every [`BUNDLE_POLL`] for as long as the service runs.
+    /// Checks the bundle files, and the TLS certificate and key, every [`BUNDLE_POLL`] for as
+    /// long as the service runs.
     pub fn watch(self: &Arc<Self>) {
-        if self.settings.trust_domains.is_empty() {
+        if self.settings.trust_domains.is_empty() && self.server_cert.is_none() {
             return;
         }
         let workloads = Arc::downgrade(self);
@@ -319,6 +327,9 @@ impl Workloads {
                     return;
                 };
                 workloads.reload_if_changed();
+                if let Some(cert) = &workloads.server_cert {
+                    cert.reload_if_changed();
+                }
             }
         });
     }
@@ -427,6 +438,49 @@ impl Workloads {
         let Some(tls) = &self.settings.tls else {
             return Ok(None);
         };
+        let Some(server_cert) = &self.server_cert else {
+            return Ok(None);
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(SvidVerifier {
+            workloads: Arc::clone(self),
+            required: tls.client_auth_required,
+            algorithms: provider.signature_verification_algorithms,
+        });
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| WorkloadError::Tls(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(
+                Arc::clone(server_cert) as Arc<dyn rustls::server::ResolvesServerCert>
+            );
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+    }
+}
+
+/// The TLS listener's certificate chain and key: read at start, and again whenever either file
+/// changes (SPIRE and spiffe-helper rotate a workload's SVID well within its hour), so that new
+/// handshakes use the new one. A pair that does not read, or does not match, leaves the
+/// previous one in use.
+#[derive(Debug)]
+pub struct ServerCert {
+    tls: TlsSettings,
+    current: ArcSwap<rustls::sign::CertifiedKey>,
+    stamps: Mutex<(Option<(SystemTime, u64)>, Option<(SystemTime, u64)>)>,
+}
+
+impl ServerCert {
+    fn read(tls: &TlsSettings) -> Result<Self, WorkloadError> {
+        let stamps = (stamp(&tls.cert), stamp(&tls.key));
+        Ok(Self {
+            current: ArcSwap::from_pointee(Self::certified_key(tls)?),
+            tls: tls.clone(),
+            stamps: Mutex::new(stamps),
+        })
+    }
+
+    fn certified_key(tls: &TlsSettings) -> Result<rustls::sign::CertifiedKey, WorkloadError> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
             .and_then(|certs| certs.collect::<Result<_, _>>())
             .map_err(|e| {
@@ -448,20 +502,50 @@ impl Workloads {
                 tls.key.display()
             ))
         })?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = Arc::new(SvidVerifier {
-            workloads: Arc::clone(self),
-            required: tls.client_auth_required,
-            algorithms: provider.signature_verification_algorithms,
-        });
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| WorkloadError::Tls(e.to_string()))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(certs, key)
-            .map_err(|e| WorkloadError::Tls(format!("the certificate and key: {e}")))?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+        rustls::sign::CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider())
+            .map_err(|e| {
+                WorkloadError::Tls(format!(
+                    "`{}` and `{}`: {e}",
+                    tls.cert.display(),
+                    tls.key.display()
+                ))
+            })
+    }
+
+    /// Reads the pair again if a file changed; returns whether the new one is in use.
+    pub fn reload_if_changed(&self) -> bool {
+        let now = (stamp(&self.tls.cert), stamp(&self.tls.key));
+        {
+            let Ok(mut kept) = self.stamps.lock() else {
+                return false;
+            };
+            if *kept == now {
+                return false;
+            }
+            *kept = now;
+        }
+        match Self::certified_key(&self.tls) {
+            Ok(key) => {
+                self.current.store(Arc::new(key));
+                tracing::info!(cert = %self.tls.cert.display(), "TLS certificate read again");
+                true
+            }
+            Err(e) => {
+                // A half-written pair (the certificate renewed, the key not yet): tried again
+                // at the next change.
+                tracing::warn!(error = %e, "the TLS certificate changed and does not load yet; the previous one stays in use");
+                false
+            }
+        }
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServerCert {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current.load_full())
     }
 }
 

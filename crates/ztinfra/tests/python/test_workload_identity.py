@@ -442,3 +442,27 @@ def test_the_command_line_reaches_a_tls_service_and_presents_an_svid(service, ex
     done = subprocess.run([ZTINFRA, "decide", "--server", service.base, "--actor", "a", "--action", "b",
                            "--resource", "c"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "--tls-ca" in done.stderr, done.stderr
+
+
+def test_the_server_certificate_is_read_again_when_its_files_change(service):
+    def served_serial() -> int:
+        context = ssl.create_default_context(cafile=str(service.ca))
+        host, port = service.base.removeprefix("https://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+
+    before = served_serial()
+    # Renewed in place, as spiffe-helper or a certificate manager would.
+    subprocess.run([ZTINFRA, "ca", "server-cert", "--data-dir", service.data, "--name", "localhost",
+                    "--name", "127.0.0.1"], check=True, capture_output=True)
+    renewed = x509.load_pem_x509_certificate((service.data / "keys/server.crt").read_bytes()).serial_number
+    assert renewed != before
+    deadline = time.time() + 15
+    while served_serial() != renewed:
+        assert time.time() < deadline, "the renewed certificate was not served within 15 s"
+        time.sleep(0.5)
+    # A malformed form gets an OAuth error, not a bare 422.
+    with service.client() as c:
+        answer = c.post("/oauth2/token", content=b"{}", headers={"content-type": "application/json"})
+        assert answer.status_code == 400 and answer.json()["error"] == "invalid_request", answer.text
