@@ -139,7 +139,7 @@ pub struct Workloads {
     own_authorities: Vec<CertificateDer<'static>>,
     bundles: ArcSwap<TrustBundles>,
     /// Each bundle file's modification time and length when it was last read.
-    stamps: Mutex<Vec<Option<(SystemTime, u64)>>>,
+    stamps: Mutex<Vec<Stamp>>,
     /// The TLS listener's certificate and key, read again when their files change.
     server_cert: Option<Arc<ServerCert>>,
     /// Client certificates the TLS handshake verified a moment ago, by thumbprint, until their
@@ -161,7 +161,10 @@ impl std::fmt::Debug for Workloads {
     }
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+/// A file's modification time and length, to tell that it changed.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
@@ -467,7 +470,7 @@ impl Workloads {
 pub struct ServerCert {
     tls: TlsSettings,
     current: ArcSwap<rustls::sign::CertifiedKey>,
-    stamps: Mutex<(Option<(SystemTime, u64)>, Option<(SystemTime, u64)>)>,
+    stamps: Mutex<(Stamp, Stamp)>,
 }
 
 impl ServerCert {
