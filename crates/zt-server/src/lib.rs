@@ -251,7 +251,10 @@ impl App {
         // agents through its change feed. (One SQLite store has one service.)
         if matches!(store.location(), Location::Postgres(_)) {
             Arc::clone(&sessions).follow().await?;
+            Arc::clone(&workloads).follow(store.clone()).await?;
         }
+        // Every replica's CA is trusted by every replica (and served in its bundle).
+        workloads.share(&store).await?;
         let signer = Arc::new(signer);
         if let Some(name) = &config.join
             && evidence::log_of(&store, &signer).await?.is_none()

@@ -22,6 +22,9 @@ pub const CA_CERT_FILE: &str = "ca.crt";
 /// that the SVIDs it issued stay valid until they expire.
 pub const CA_PREVIOUS_FILE: &str = "ca.previous.crt";
 
+/// The topic of the store's change feed on which replicas announce their CA certificates.
+pub const TOPIC_CA: &str = "ca";
+
 /// How often bundle files are checked for changes.
 pub const BUNDLE_POLL: Duration = Duration::from_secs(2);
 
@@ -142,6 +145,8 @@ pub struct Workloads {
     stamps: Mutex<Vec<Stamp>>,
     /// The TLS listener's certificate and key, read again when their files change.
     server_cert: Option<Arc<ServerCert>>,
+    /// Other replicas' CA certificates of this trust domain (from the store).
+    shared: Mutex<Vec<CertificateDer<'static>>>,
     /// Client certificates the TLS handshake verified a moment ago, by thumbprint, until their
     /// connection takes them ([`Workloads::peer`]): so that a handshake verifies its chain once.
     handshakes: Mutex<std::collections::HashMap<String, Arc<X509Svid>>>,
@@ -227,6 +232,7 @@ impl Workloads {
             own_authorities,
             bundles: ArcSwap::from_pointee(TrustBundles::default()),
             handshakes: Mutex::new(std::collections::HashMap::new()),
+            shared: Mutex::new(Vec::new()),
             server_cert: match &settings_tls {
                 Some(tls) => Some(Arc::new(ServerCert::read(tls)?)),
                 None => None,
@@ -238,6 +244,7 @@ impl Workloads {
 
     /// Every configured bundle file, read now, and this service's own CA.
     fn read_bundles(&self) -> Result<TrustBundles, WorkloadError> {
+        let own = self.own_domain_authorities();
         let mut bundles = Vec::new();
         let mut stamps = Vec::new();
         for source in &self.settings.trust_domains {
@@ -249,7 +256,7 @@ impl Workloads {
                     source: e,
                 })?;
             if source.name == self.own_domain {
-                for cert in &self.own_authorities {
+                for cert in &own {
                     bundle
                         .add_authority(cert.clone())
                         .map_err(|e| WorkloadError::Ca {
@@ -260,7 +267,7 @@ impl Workloads {
             }
             bundles.push(bundle);
         }
-        if !self.own_authorities.is_empty()
+        if !own.is_empty()
             && !self
                 .settings
                 .trust_domains
@@ -268,17 +275,101 @@ impl Workloads {
                 .any(|d| d.name == self.own_domain)
         {
             bundles.push(
-                TrustBundle::from_authorities(&self.own_domain, self.own_authorities.clone())
-                    .map_err(|e| WorkloadError::Ca {
+                TrustBundle::from_authorities(&self.own_domain, own).map_err(|e| {
+                    WorkloadError::Ca {
                         dir: self.key_dir.clone(),
                         source: e,
-                    })?,
+                    }
+                })?,
             );
         }
         if let Ok(mut kept) = self.stamps.lock() {
             *kept = stamps;
         }
         Ok(TrustBundles::new(bundles))
+    }
+
+    /// The CA certificates of this service's own trust domain: its own (current and previous),
+    /// then other replicas' (from the store).
+    fn own_domain_authorities(&self) -> Vec<CertificateDer<'static>> {
+        let mut all = self.own_authorities.clone();
+        if let Ok(shared) = self.shared.lock() {
+            all.extend(shared.iter().cloned());
+        }
+        all
+    }
+
+    /// Records this replica's CA certificates in the store (for the other replicas) and takes
+    /// theirs.
+    pub async fn share(&self, store: &zt_store::Store) -> Result<(), zt_store::StoreError> {
+        use sha2::Digest as _;
+        for cert in &self.own_authorities {
+            store
+                .add_ca_cert(
+                    &hex::encode(sha2::Sha256::digest(cert)),
+                    &self.own_domain,
+                    &zt_identity::svid::pem_certificate(cert),
+                    crate::now_ms(),
+                )
+                .await?;
+        }
+        if !self.own_authorities.is_empty() {
+            store.publish(TOPIC_CA, &self.own_domain).await?;
+        }
+        self.take_shared(store).await
+    }
+
+    /// Reads the other replicas' CA certificates of this trust domain from the store, and
+    /// trusts them from now on.
+    async fn take_shared(&self, store: &zt_store::Store) -> Result<(), zt_store::StoreError> {
+        let mut shared = Vec::new();
+        for pem in store.ca_certs(&self.own_domain).await? {
+            let cert = CertificateDer::from_pem_slice(pem.as_bytes())
+                .map_err(|e| zt_store::StoreError::Corrupt(format!("a CA certificate: {e}")))?;
+            if !self.own_authorities.contains(&cert) {
+                shared.push(cert);
+            }
+        }
+        let changed = match self.shared.lock() {
+            Ok(mut kept) if *kept != shared => {
+                *kept = shared;
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            match self.read_bundles() {
+                Ok(bundles) => {
+                    tracing::info!("another replica's CA is trusted now");
+                    self.bundles.store(Arc::new(bundles));
+                }
+                Err(e) => {
+                    tracing::error!(error = %crate::error_chain(&e), "the trust bundles could not be read again with another replica's CA");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows the store's change feed for CA certificates recorded by other replicas.
+    pub async fn follow(
+        self: Arc<Self>,
+        store: zt_store::Store,
+    ) -> Result<(), zt_store::StoreError> {
+        let mut feed = store.subscribe().await?;
+        tokio::spawn(async move {
+            while let Some(item) = feed.recv().await {
+                let read = match item {
+                    zt_store::changes::Feed::Change(change) if change.topic == TOPIC_CA => true,
+                    zt_store::changes::Feed::Resumed => true,
+                    _ => false,
+                };
+                if read && let Err(e) = self.take_shared(&store).await {
+                    tracing::error!(error = %crate::error_chain(&e), "other replicas' CA certificates could not be read");
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Reads the bundles again if a file changed since they were read; a bundle that no longer
@@ -413,7 +504,11 @@ impl Workloads {
         if let Some(ca) = &self.ca {
             keys.push(ca.public_jwk());
         }
-        for previous in self.own_authorities.iter().skip(1) {
+        for previous in self
+            .own_domain_authorities()
+            .iter()
+            .skip(usize::from(self.ca.is_some()))
+        {
             keys.push(serde_json::json!({
                 "use": "x509-svid",
                 "x5c": [base64::engine::general_purpose::STANDARD.encode(previous)],

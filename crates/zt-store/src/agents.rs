@@ -315,6 +315,57 @@ impl Store {
         Ok(rows)
     }
 
+    /// Records an issuing CA certificate (public) of the trust domain `domain`, under its
+    /// SHA-256 `fingerprint` (once; one already there stays).
+    pub async fn add_ca_cert(
+        &self,
+        fingerprint: &str,
+        domain: &str,
+        cert_pem: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool, _) => {
+                sqlx::query("INSERT INTO zt_ca_certs (fingerprint, domain, cert_pem, created_at_ms) VALUES (?, ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING")
+                    .bind(fingerprint)
+                    .bind(domain)
+                    .bind(cert_pem)
+                    .bind(now_ms)
+                    .execute(pool)
+                    .await?;
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query("INSERT INTO zt_ca_certs (fingerprint, domain, cert_pem, created_at_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (fingerprint) DO NOTHING")
+                    .bind(fingerprint)
+                    .bind(domain)
+                    .bind(cert_pem)
+                    .bind(now_ms)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The PEM certificates of every issuing CA of `domain` any replica recorded, oldest first.
+    pub async fn ca_certs(&self, domain: &str) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = match &self.backend {
+            Backend::Sqlite(pool, _) => {
+                sqlx::query_as("SELECT cert_pem FROM zt_ca_certs WHERE domain = ? ORDER BY created_at_ms, fingerprint")
+                    .bind(domain)
+                    .fetch_all(pool)
+                    .await?
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query_as("SELECT cert_pem FROM zt_ca_certs WHERE domain = $1 ORDER BY created_at_ms, fingerprint")
+                    .bind(domain)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
+        Ok(rows.into_iter().map(|(pem,)| pem).collect())
+    }
+
     /// One past the highest status list index ever given to a session (0 for none).
     pub async fn next_status_idx(&self) -> Result<u64, StoreError> {
         let max: Option<i64> = match &self.backend {
@@ -421,6 +472,14 @@ mod tests {
         assert_eq!(store.session("zz").await.unwrap(), None);
         let agent = store.agent("triage-bot").await.unwrap().unwrap();
         assert_eq!(agent.owner, "team-sre");
+        store.add_ca_cert("f1", "a.local", "PEM1", 1).await.unwrap();
+        store
+            .add_ca_cert("f1", "a.local", "PEM1-again", 2)
+            .await
+            .unwrap();
+        store.add_ca_cert("f2", "b.local", "PEM2", 3).await.unwrap();
+        store.add_ca_cert("f3", "a.local", "PEM3", 4).await.unwrap();
+        assert_eq!(store.ca_certs("a.local").await.unwrap(), ["PEM1", "PEM3"]);
         store.add_token_key("k1", "00", 1).await.unwrap();
         store.add_token_key("k1", "11", 2).await.unwrap();
         let keys = store.token_keys().await.unwrap();

@@ -288,6 +288,14 @@ const MIGRATIONS: &[&[&str]] = &[
         pushed_at_ms BIGINT NOT NULL,
         note TEXT NOT NULL
     )"],
+    // Each replica's issuing CA certificate (public), so that every replica trusts, and serves
+    // in its bundle, the X.509-SVIDs any replica issued.
+    &["CREATE TABLE zt_ca_certs (
+        fingerprint TEXT NOT NULL PRIMARY KEY,
+        domain TEXT NOT NULL,
+        cert_pem TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL
+    )"],
 ];
 
 impl Store {

@@ -168,6 +168,7 @@ mod end_to_end {
     mod hardening;
     mod identity;
     mod replicas;
+    mod workloads;
 }
 
 /// A tiny synchronous HTTP helper over reqwest's async client, on a private runtime.
