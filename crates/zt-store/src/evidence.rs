@@ -486,9 +486,11 @@ impl Store {
 
 /// The advisory lock key under which replicas joining at once take log ids on PostgreSQL.
 const JOIN_LOCK: i64 = 7_247_019;
-/// The advisory locks held by the processes writing each log on PostgreSQL: this plus the log's
-/// id (session locks on a connection of their own, released when the process goes).
-const WRITER_LOCK_BASE: i64 = 7_248_000_000;
+/// The advisory lock held by the process writing a log on PostgreSQL (a session lock on a
+/// connection of its own, released when the process goes). Advisory locks are the whole
+/// database's, so the key is a hash of the store's schema and the log's id: two stores in two
+/// schemas of one database (as the tests make) do not take each other's.
+const WRITER_LOCK: &str = "SELECT pg_try_advisory_lock(hashtextextended(current_schema() || '/ztinfra-evidence-writer/' || $1::text, 7248))";
 
 /// Held while this process writes a log: on PostgreSQL, a connection taken out of the pool
 /// holding the log's writer lock; nothing on SQLite, which one process uses.
@@ -523,8 +525,8 @@ impl Store {
                 let mut connection = pool.acquire().await?.detach();
                 let started = std::time::Instant::now();
                 loop {
-                    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                        .bind(WRITER_LOCK_BASE + log.as_i64())
+                    let taken: bool = sqlx::query_scalar(WRITER_LOCK)
+                        .bind(log.as_i64())
                         .fetch_one(&mut connection)
                         .await?;
                     if taken {
