@@ -210,13 +210,7 @@ impl TrustBundle {
             why,
         };
         check_trust_domain(domain).map_err(|why| bad(why.to_owned()))?;
-        let mut bundle = Self {
-            domain: domain.to_owned(),
-            x509: Vec::new(),
-            anchors: Vec::new(),
-            jwt: HashMap::new(),
-            sequence: None,
-        };
+        let mut bundle = Self::empty(domain);
         if text.trim_start().starts_with('{') {
             let parsed: SpiffeBundle =
                 serde_json::from_str(text).map_err(|e| bad(format!("not a SPIFFE bundle: {e}")))?;
@@ -267,18 +261,22 @@ impl TrustBundle {
         Ok(bundle)
     }
 
-    /// A bundle of X.509 authorities only (this service's own CA certificates).
-    pub fn from_authorities(
-        domain: &str,
-        certs: Vec<CertificateDer<'static>>,
-    ) -> Result<Self, SvidError> {
-        let mut bundle = Self {
+    fn empty(domain: &str) -> Self {
+        Self {
             domain: domain.to_owned(),
             x509: Vec::new(),
             anchors: Vec::new(),
             jwt: HashMap::new(),
             sequence: None,
-        };
+        }
+    }
+
+    /// A bundle of X.509 authorities only (this service's own CA certificates).
+    pub fn from_authorities(
+        domain: &str,
+        certs: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, SvidError> {
+        let mut bundle = Self::empty(domain);
         for cert in certs {
             bundle.add_authority(cert)?;
         }

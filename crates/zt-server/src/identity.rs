@@ -233,14 +233,9 @@ async fn start_recorded(
         Some(request) => Some(svid_key(app, &request)?),
         None => None,
     };
-    let mut random = [0u8; 16];
-    {
-        use rand_core::RngCore as _;
-        rand_core::OsRng.fill_bytes(&mut random);
-    }
     let mut started = app
         .sessions
-        .start(start, starter, crate::now_ms(), random)
+        .start(start, starter, crate::now_ms(), crate::random16())
         .await
         .map_err(session_problem)?;
     let mut act = serde_json::to_value(&started.claim).unwrap_or_default();
@@ -350,13 +345,7 @@ fn issue_svid(
         .map_err(|e| Problem::internal(e.to_string()))?;
     let now = crate::now_ms() / 1000;
     let cert = ca
-        .issue(
-            &id,
-            public_key,
-            now,
-            started.expires_at,
-            crate::workloads::random16(),
-        )
+        .issue(&id, public_key, now, started.expires_at, crate::random16())
         .map_err(|e| Problem::internal(e.to_string()))?;
     let expires_at = started
         .expires_at

@@ -524,6 +524,15 @@ pub fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Resu
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// 16 bytes from the operating system's random source (session ids, certificate serial
+/// numbers).
+pub fn random16() -> [u8; 16] {
+    use rand_core::RngCore as _;
+    let mut bytes = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    bytes
+}
+
 /// The wall clock, in milliseconds since the Unix epoch: the one place the service reads it.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

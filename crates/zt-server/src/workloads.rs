@@ -579,27 +579,7 @@ impl ServerCert {
     }
 
     fn certified_key(tls: &TlsSettings) -> Result<rustls::sign::CertifiedKey, WorkloadError> {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
-            .and_then(|certs| certs.collect::<Result<_, _>>())
-            .map_err(|e| {
-                WorkloadError::Tls(format!(
-                    "cannot read certificates from `{}`: {e}",
-                    tls.cert.display()
-                ))
-            })?;
-        if certs.is_empty() {
-            return Err(WorkloadError::Tls(format!(
-                "`{}` holds no certificate",
-                tls.cert.display()
-            )));
-        }
-        crate::keys::check_private(&tls.key).map_err(|e| WorkloadError::Tls(e.to_string()))?;
-        let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| {
-            WorkloadError::Tls(format!(
-                "cannot read a private key from `{}`: {e}",
-                tls.key.display()
-            ))
-        })?;
+        let (certs, key) = read_pair(&tls.cert, &tls.key)?;
         rustls::sign::CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider())
             .map_err(|e| {
                 WorkloadError::Tls(format!(
@@ -691,21 +671,13 @@ pub fn load_ca(key_dir: &Path) -> Result<Option<Ca>, WorkloadError> {
         })
 }
 
-/// 16 bytes from the operating system's random source (certificate serial numbers).
-pub fn random16() -> [u8; 16] {
-    use rand_core::RngCore as _;
-    let mut bytes = [0u8; 16];
-    rand_core::OsRng.fill_bytes(&mut bytes);
-    bytes
-}
-
 fn new_ca(domain: &str, days: i64, dir: &Path) -> Result<Ca, WorkloadError> {
     let error = |source| WorkloadError::Ca {
         dir: dir.to_owned(),
         source,
     };
     let key = rcgen::KeyPair::generate().map_err(|e| error(SvidError::Issue(e.to_string())))?;
-    Ca::create(domain, key, crate::now_ms() / 1000, days, random16()).map_err(error)
+    Ca::create(domain, key, crate::now_ms() / 1000, days, crate::random16()).map_err(error)
 }
 
 fn write_ca(key_dir: &Path, ca: &Ca) -> Result<(), WorkloadError> {
@@ -749,6 +721,36 @@ pub fn rotate_ca(key_dir: &Path, domain: Option<&str>, days: i64) -> Result<Ca, 
     Ok(ca)
 }
 
+/// A certificate chain (PEM) and its private key (PEM, in a file only its owner can read), as
+/// TLS presents them: the server's own, or a client's X.509-SVID.
+fn read_pair(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), WorkloadError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| {
+            WorkloadError::Tls(format!(
+                "cannot read certificates from `{}`: {e}",
+                cert.display()
+            ))
+        })?;
+    if chain.is_empty() {
+        return Err(WorkloadError::Tls(format!(
+            "`{}` holds no certificate",
+            cert.display()
+        )));
+    }
+    crate::keys::check_private(key).map_err(|e| WorkloadError::Tls(e.to_string()))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        WorkloadError::Tls(format!(
+            "cannot read a private key from `{}`: {e}",
+            key.display()
+        ))
+    })?;
+    Ok((chain, key_der))
+}
+
 /// A TLS client configuration (ring) for reaching a ZT-Infra service: trusting the CA
 /// certificates in `ca` (PEM), presenting the certificate chain and key of `identity` (PEM: an
 /// X.509-SVID, for mutual TLS) when given.
@@ -777,11 +779,7 @@ pub fn client_tls(
     match identity {
         None => Ok(builder.with_no_client_auth()),
         Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| tls(cert, &e))?;
-            crate::keys::check_private(key).map_err(|e| tls(key, &e))?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls(key, &e))?;
+            let (chain, key_der) = read_pair(cert, key)?;
             builder
                 .with_client_auth_cert(chain, key_der)
                 .map_err(|e| tls(cert, &e))

@@ -151,7 +151,7 @@ fn run_inner(command: CaCommand) -> anyhow::Result<()> {
                 .ok_or_else(|| workloads::WorkloadError::NoCa(keys.clone()))?;
             let key = rcgen::KeyPair::generate().context("cannot make a key")?;
             let now = zt_server::now_ms() / 1000;
-            let cert = ca.issue_server(&names, &key, now, days, workloads::random16())?;
+            let cert = ca.issue_server(&names, &key, now, days, zt_server::random16())?;
             let out = out.unwrap_or_else(|| keys.join("server"));
             let cert_path = out.with_extension("crt");
             let key_path = out.with_extension("key");

@@ -517,12 +517,7 @@ impl Settings {
 /// A SPIFFE trust domain name: lowercase letters, digits, `.`, `-` and `_` (the SPIFFE ID
 /// standard), at most 255 bytes.
 fn check_trust_domain(name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
-        });
-    if ok {
+    if zt_identity::svid::check_trust_domain(name).is_ok() {
         Ok(())
     } else {
         bail!(
