@@ -25,6 +25,8 @@ if [ ! -x target/mcp-venv/bin/python ]; then
 fi
 target/mcp-venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$peers/requirements.txt"
 npm ci --prefix "$peers" --no-audit --no-fund --loglevel=error
+# The OpenID provider that issues a person's tokens in the delegation tests.
+npm ci --prefix crates/ztinfra/tests/python/oidc --no-audit --no-fund --loglevel=error
 ZTINFRA_BIN="$PWD/target/debug/ztinfra" target/mcp-venv/bin/python -m pytest -q -p no:cacheprovider \
   crates/zt-mcp/tests crates/ztinfra/tests/python
 

@@ -591,6 +591,9 @@ pub enum ReasonKind {
     DefaultDeny,
     /// A policy could not be evaluated; when it is a forbid policy the request is denied.
     Error,
+    /// The policies allow it, but it lies outside the authority delegated to the caller's
+    /// token (its `authorization_details`), or the uses granted are spent.
+    Delegation,
 }
 
 /// One reason for a decision.

@@ -11,6 +11,7 @@
 //! their nonces from `ring`).
 
 pub mod credential;
+pub mod delegation;
 pub mod session;
 pub mod status_list;
 pub mod svid;

@@ -90,6 +90,28 @@ pub struct AccessClaims {
     /// presents the same certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// On a delegated token (RFC 8693 section 4.1): the session acting now, with the actors
+    /// before it nested inside. `sub` is then the origin, not this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<crate::delegation::Actor>,
+    /// On a delegated token: the authority it carries (RFC 9396), never more than the token it
+    /// was exchanged from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_details: Option<Vec<crate::delegation::AuthorizationDetail>>,
+    /// On a delegated token: its grant, the grants and sessions above it, its origin.
+    #[serde(
+        rename = "urn:ztinfra:delegation",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub delegation: Option<crate::delegation::DelegationClaim>,
+}
+
+impl AccessClaims {
+    /// The SPIFFE ID of the session acting: `act.sub` on a delegated token, `sub` otherwise.
+    pub fn acting(&self) -> &str {
+        self.act.as_ref().map_or(&self.sub, |a| &a.sub)
+    }
 }
 
 /// `spiffe://<trust-domain>/agent/<agent>/session/<id>`.
@@ -326,8 +348,20 @@ impl<'a> UnverifiedToken<'a> {
         if now.saturating_add(expect.leeway) < claims.nbf.max(claims.iat) {
             return Err(TokenError::NotYetValid(claims.nbf.max(claims.iat)));
         }
+        // A delegated token has all three of `act`, `authorization_details` and its chain, and
+        // names its acting session in `act`; a session's own token has none of them.
+        let delegated = claims.act.is_some();
+        if delegated != claims.authorization_details.is_some()
+            || delegated != claims.delegation.is_some()
+            || claims
+                .act
+                .as_ref()
+                .is_some_and(|a| a.client_id != claims.client_id)
+        {
+            return Err(TokenError::Inconsistent);
+        }
         if claims.client_id != claims.session.agent
-            || !claims.sub.ends_with(&format!(
+            || !claims.acting().ends_with(&format!(
                 "/agent/{}/session/{}",
                 claims.session.agent, claims.session.session_id
             ))
@@ -415,6 +449,9 @@ mod tests {
             },
             status: None,
             cnf: None,
+            act: None,
+            authorization_details: None,
+            delegation: None,
         }
     }
 

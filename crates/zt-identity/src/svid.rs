@@ -432,7 +432,7 @@ fn read_leaf(der: &[u8]) -> Result<(SpiffeId, i64), SvidError> {
 
 /// Signature algorithms a JWT-SVID may use (the JWT-SVID specification's list, less ES512,
 /// which the JOSE library does not verify).
-const JWT_SVID_ALGORITHMS: [jsonwebtoken::Algorithm; 8] = [
+pub(crate) const JWT_SVID_ALGORITHMS: [jsonwebtoken::Algorithm; 8] = [
     jsonwebtoken::Algorithm::RS256,
     jsonwebtoken::Algorithm::RS384,
     jsonwebtoken::Algorithm::RS512,
@@ -465,9 +465,18 @@ struct JwtSvidClaims {
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Audience {
+pub(crate) enum Audience {
     One(String),
     Many(Vec<String>),
+}
+
+impl Audience {
+    pub(crate) fn contains(&self, audience: &str) -> bool {
+        match self {
+            Self::One(a) => a == audience,
+            Self::Many(all) => all.iter().any(|a| a == audience),
+        }
+    }
 }
 
 impl UnverifiedJwtSvid<'_> {
@@ -528,8 +537,7 @@ impl UnverifiedJwtSvid<'_> {
             })?
             .claims;
         let audience_ok = match &claims.aud {
-            Some(Audience::One(a)) => a == audience,
-            Some(Audience::Many(all)) => all.iter().any(|a| a == audience),
+            Some(aud) => aud.contains(audience),
             None => false,
         };
         if !audience_ok {
@@ -546,7 +554,9 @@ impl UnverifiedJwtSvid<'_> {
     }
 }
 
-fn unverified_claims<T: serde::de::DeserializeOwned>(token: &str) -> Result<T, SvidError> {
+pub(crate) fn unverified_claims<T: serde::de::DeserializeOwned>(
+    token: &str,
+) -> Result<T, SvidError> {
     let payload = token
         .split('.')
         .nth(1)

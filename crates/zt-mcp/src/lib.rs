@@ -170,6 +170,7 @@ pub async fn decider(config: &GatewayConfig) -> Result<decide::Decider, GatewayE
         join: None,
         policies_from_store: false,
         workloads: zt_server::workloads::WorkloadSettings::default(),
+        delegation: zt_server::delegation::DelegationSettings::default(),
     };
     let app = zt_server::App::start(&server).await?;
     Ok(decide::Decider::InProcess(Arc::new(app)))

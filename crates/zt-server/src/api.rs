@@ -48,6 +48,9 @@ pub struct AppState {
     pub sessions: Arc<crate::sessions::Sessions>,
     /// Trust bundles, SPIFFE ID mappings and the CA.
     pub workloads: Arc<crate::workloads::Workloads>,
+    /// Delegation limits, and the external issuers whose users' tokens may be delegated.
+    pub delegation: crate::delegation::DelegationSettings,
+    pub issuers: crate::delegation::Issuers,
 }
 
 /// The answer to a decision request.
@@ -121,7 +124,8 @@ pub struct Health {
         crate::identity::add_agent,
         crate::identity::disable_agent,
         crate::identity::start_session,
-        crate::identity::revoke_session
+        crate::identity::revoke_session,
+        crate::identity::revoke_delegation
     ),
     components(schemas(
         EvidenceLogs,
@@ -246,6 +250,9 @@ pub(crate) struct Origin {
     pub started: Instant,
     /// The verified caller as records name it (`None`: callers are open).
     pub caller: Option<serde_json::Value>,
+    /// The caller's delegated token, whose authority bounds every allow
+    /// ([`crate::delegation::bound`]).
+    pub delegated: Option<Arc<zt_identity::session::AccessClaims>>,
 }
 
 impl Origin {
@@ -254,6 +261,7 @@ impl Origin {
             endpoint,
             started: Instant::now(),
             caller,
+            delegated: None,
         }
     }
 }
@@ -271,7 +279,10 @@ pub(crate) async fn answer(
     let time_ms = now_ms();
     let mut responses: Vec<DecisionResponse> = Vec::with_capacity(decided.len());
     let mut pending = Vec::with_capacity(decided.len());
-    for (request, verdict) in decided {
+    for (request, mut verdict) in decided {
+        if let Some(claims) = &origin.delegated {
+            verdict = crate::delegation::bound(app, claims, request, verdict).await;
+        }
         let decision_id = Uuid::now_v7().to_string();
         pending.push(PendingRecord {
             time_ms,
@@ -410,7 +421,7 @@ async fn decide(
     decider: Decider,
     JsonBody(mut request): JsonBody<DecisionRequest>,
 ) -> Result<Json<DecisionResponse>, Problem> {
-    let origin = Origin::now("decide", decider.record());
+    let origin = decider.origin("decide");
     decider
         .bind(&mut request, "")
         .map_err(|e| Problem::invalid_fields(vec![e]))?;
@@ -438,7 +449,7 @@ async fn decide_batch(
     decider: Decider,
     JsonBody(batch): JsonBody<BatchRequest>,
 ) -> Result<Json<BatchResponse>, Problem> {
-    let origin = Origin::now("batch", decider.record());
+    let origin = decider.origin("batch");
     if batch.requests.len() > app.limits.max_batch {
         return Err(Problem::invalid_fields(vec![FieldError::new(
             "/requests",

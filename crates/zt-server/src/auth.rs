@@ -288,13 +288,39 @@ impl Decider {
                 "is set by the service, from the caller's verified session; it cannot be sent",
             ));
         }
+        if context.contains_key("delegation") {
+            return Err(zt_core::FieldError::new(
+                format!("{pointer}/delegation"),
+                "is set by the service, from the caller's delegated token; it cannot be sent",
+            ));
+        }
         if let Some(view) = crate::sessions::policy_view(
             self.session.as_ref(),
             self.pep.as_ref().map(|p| p.name().as_str()),
         ) {
             context.insert("session".into(), view);
         }
+        if let Some(session) = &self.session
+            && let (Some(claim), Some(act)) = (&session.claims.delegation, &session.claims.act)
+        {
+            context.insert(
+                "delegation".into(),
+                crate::delegation::policy_view(claim, act),
+            );
+        }
         Ok(())
+    }
+
+    /// The origin of this caller's decisions: its record, and its delegated authority.
+    pub(crate) fn origin(&self, endpoint: &'static str) -> crate::api::Origin {
+        crate::api::Origin {
+            delegated: self
+                .session
+                .as_ref()
+                .filter(|s| s.claims.delegation.is_some())
+                .map(|s| Arc::clone(&s.claims)),
+            ..crate::api::Origin::now(endpoint, self.record())
+        }
     }
 
     /// Both bindings, for the ZT-Infra contract's request shape.
@@ -313,7 +339,7 @@ impl Decider {
             (Some(pep), _) => record_caller(pep),
             (None, Some(session)) => serde_json::json!({
                 "kind": "session",
-                "name": session.claims.sub,
+                "name": session.claims.acting(),
             }),
             (None, None) => return None,
         };
@@ -322,6 +348,16 @@ impl Decider {
                 "session".into(),
                 session.claims.session.session_id.clone().into(),
             );
+            if let Some(delegation) = &session.claims.delegation {
+                members.insert(
+                    "delegation".into(),
+                    serde_json::json!({
+                        "id": delegation.id,
+                        "depth": delegation.depth,
+                        "chain": crate::delegation::chain(&session.claims),
+                    }),
+                );
+            }
         }
         Some(who)
     }
@@ -346,11 +382,17 @@ pub async fn live_session(
     holder: Option<&Peer>,
 ) -> Result<crate::sessions::LiveSession, Problem> {
     let mut verified = app.sessions.verify(token, crate::now_ms());
-    // Started a moment ago on another replica, and not yet announced here: read it.
-    if let Err(crate::sessions::SessionError::Unknown(id)) = &verified
-        && app.sessions.load_session(id).await.is_ok_and(|found| found)
-    {
-        verified = app.sessions.verify(token, crate::now_ms());
+    // Started a moment ago on another replica, and not yet announced here: read it (a
+    // delegated token may name several such sessions in its chain).
+    for _ in 0..=zt_identity::session::MAX_DEPTH {
+        match &verified {
+            Err(crate::sessions::SessionError::Unknown(id))
+                if app.sessions.load_session(id).await.is_ok_and(|found| found) =>
+            {
+                verified = app.sessions.verify(token, crate::now_ms());
+            }
+            _ => break,
+        }
     }
     verified
         .and_then(|live| {

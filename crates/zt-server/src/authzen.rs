@@ -161,7 +161,7 @@ pub(crate) async fn evaluation(
     decider: Decider,
     body: Result<JsonBody<Map<String, Value>>, Problem>,
 ) -> Result<Json<AuthzenDecision>, Problem> {
-    let origin = Origin::now("authzen.evaluation", decider.record());
+    let origin = decider.origin("authzen.evaluation");
     let mut body = object(body)?;
     bind(&decider, &mut body, "", true).map_err(|e| Problem::invalid_fields(vec![e]))?;
     let announced = app.evidence.announce();
@@ -235,7 +235,7 @@ pub(crate) async fn evaluations(
     decider: Decider,
     body: Result<JsonBody<Map<String, Value>>, Problem>,
 ) -> Result<Response, Problem> {
-    let origin = Origin::now("authzen.evaluations", decider.record());
+    let origin = decider.origin("authzen.evaluations");
     let mut body = object(body)?;
     let mut items = match body.remove("evaluations") {
         None | Some(Value::Null) => Vec::new(),
@@ -664,7 +664,7 @@ async fn search(
     // Only what the evidence log recorded as allowed is a result.
     let origin = Origin {
         started,
-        ..Origin::now(target.endpoint(), decider.record())
+        ..decider.origin(target.endpoint())
     };
     let answered = answer(app, origin, requests.iter().zip(verdicts).collect(), None).await;
     let results: Vec<Value> = found

@@ -40,6 +40,7 @@ pub(crate) fn admin_routes() -> Router<Arc<AppState>> {
         .route("/v1/agents", post(add_agent))
         .route("/v1/agents/{name}/disable", post(disable_agent))
         .route("/v1/sessions/{id}/revoke", post(revoke_session))
+        .route("/v1/delegations/{id}/revoke", post(revoke_delegation))
 }
 
 fn unrecorded(detail: &str) -> Problem {
@@ -75,14 +76,18 @@ async fn record_revocation(
     })
 }
 
-fn session_problem(e: SessionError) -> Problem {
+pub(crate) fn session_problem(e: SessionError) -> Problem {
     match e {
         SessionError::Invalid(detail) => Problem::invalid(detail, Vec::new()),
-        SessionError::NoAgent(_) | SessionError::NoSession(_) => Problem::not_found(e.to_string()),
+        SessionError::NoAgent(_) | SessionError::NoSession(_) | SessionError::NoGrant(_) => {
+            Problem::not_found(e.to_string())
+        }
         SessionError::AgentExists(_) => {
             Problem::new(StatusCode::CONFLICT, "conflict", "conflict", e.to_string())
         }
-        SessionError::AgentDisabled(_) | SessionError::Revoked(_) => Problem::new(
+        SessionError::AgentDisabled(_)
+        | SessionError::Revoked(_)
+        | SessionError::GrantRevoked(_) => Problem::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "forbidden",
@@ -390,6 +395,28 @@ pub(crate) async fn revoke_session(
     Ok(Json(Revocation { revoked }))
 }
 
+/// Revoke a delegation and every token delegated from it (admin). The sessions involved stay.
+#[utoipa::path(
+    post, path = "/v1/delegations/{id}/revoke",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "delegation id (the delegated token's `jti`)")),
+    responses((status = 204), (status = 404, body = Problem, content_type = "application/problem+json"))
+)]
+pub(crate) async fn revoke_delegation(
+    State(app): State<Arc<AppState>>,
+    Admin(admin): Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    crate::delegation::revoke(
+        &app,
+        &id,
+        Some(crate::auth::record_caller(&admin)),
+        "revoked by an admin",
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// The form of RFC 7009 and RFC 7662 requests.
 #[derive(Debug, Deserialize)]
 pub(crate) struct TokenForm {
@@ -409,10 +436,23 @@ pub(crate) async fn revoke_token(
     State(app): State<Arc<AppState>>,
     Form(form): Form<TokenForm>,
 ) -> Result<StatusCode, Problem> {
-    // A token that verifies (even revoked already, or expired) names its session.
-    let Ok(session) = app.sessions.session_of(&form.token, crate::now_ms()) else {
+    // A token that verifies (even revoked already) names its session, or its delegation: a
+    // delegated token revokes its grant (and what was delegated from it), not the session
+    // that holds it.
+    let Ok(claims) = app.sessions.claims_of(&form.token, crate::now_ms()) else {
         return Ok(StatusCode::OK);
     };
+    if let Some(delegation) = &claims.delegation {
+        return crate::delegation::revoke(
+            &app,
+            &delegation.id,
+            None,
+            "revoked by the holder of its token (RFC 7009)",
+        )
+        .await
+        .map(|_| StatusCode::OK);
+    }
+    let session = claims.session.session_id;
     match app.sessions.revoke(&session, crate::now_ms()).await {
         Ok(revoked) => {
             tracing::info!(session = %session, revoked = revoked.len(), "sessions revoked by their token");
@@ -512,6 +552,7 @@ pub(crate) async fn metadata(State(app): State<Arc<AppState>>) -> Json<Value> {
         "tls_client_certificate_bound_access_tokens": true,
         "response_types_supported": [],
         "grant_types_supported": [TOKEN_EXCHANGE, "client_credentials"],
+        "authorization_details_types_supported": [zt_identity::delegation::DETAIL_TYPE],
         "ztinfra_bundle_endpoint": format!("{issuer}/v1/bundle"),
         "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
         "ztinfra_session_endpoint": format!("{issuer}/v1/sessions"),
@@ -534,15 +575,26 @@ pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_tok
 pub(crate) struct TokenRequest {
     grant_type: String,
     #[serde(default)]
-    subject_token: Option<String>,
+    pub subject_token: Option<String>,
     #[serde(default)]
-    subject_token_type: Option<String>,
+    pub subject_token_type: Option<String>,
     #[serde(default)]
-    requested_token_type: Option<String>,
+    pub requested_token_type: Option<String>,
     #[serde(default)]
     audience: Option<String>,
+    /// RFC 8707: where the token is to be used (this service's issuer URL, or absent).
     #[serde(default)]
-    actor_token: Option<String>,
+    pub resource: Option<String>,
+    #[serde(default)]
+    pub actor_token: Option<String>,
+    #[serde(default)]
+    pub actor_token_type: Option<String>,
+    /// Delegation: action names handed on, on any resource.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Delegation: the authority handed on (RFC 9396), a JSON array.
+    #[serde(default)]
+    pub authorization_details: Option<String>,
     #[serde(default)]
     workflow: Option<String>,
     #[serde(default)]
@@ -556,7 +608,7 @@ pub(crate) struct TokenRequest {
     #[serde(default)]
     ticket: Option<String>,
     #[serde(default)]
-    ttl: Option<i64>,
+    pub ttl: Option<i64>,
     /// A PEM certificate signing request: issue the session an X.509-SVID for its key.
     #[serde(default)]
     svid_csr: Option<String>,
@@ -584,14 +636,18 @@ pub(crate) struct TokenResponse {
 
 /// An OAuth error (RFC 6749 section 5.2) as problem details: `error` and `error_description`
 /// beside the problem's own members.
-fn oauth_error(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Response {
+pub(crate) fn oauth_error(
+    status: StatusCode,
+    error: &'static str,
+    detail: impl Into<String>,
+) -> Response {
     oauth_problem(
         Problem::new(status, "oauth", "token request refused", detail),
         error,
     )
 }
 
-fn oauth_problem(problem: Problem, error: &'static str) -> Response {
+pub(crate) fn oauth_problem(problem: Problem, error: &'static str) -> Response {
     let mut body = serde_json::to_value(&problem).unwrap_or_default();
     if let Some(members) = body.as_object_mut() {
         members.insert("error".into(), error.into());
@@ -631,20 +687,9 @@ pub(crate) async fn token(
             );
         }
     };
-    let peer = peer.and_then(|Extension(p)| p.0);
+    let peer_ext = peer;
+    let peer = peer_ext.clone().and_then(|Extension(p)| p.0);
     let bad = |detail: String| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", detail);
-    if form.actor_token.is_some() {
-        return bad("delegation (`actor_token`) is not supported by this endpoint yet".into());
-    }
-    if form
-        .requested_token_type
-        .as_deref()
-        .is_some_and(|t| t != ACCESS_TOKEN_TYPE)
-    {
-        return bad(format!(
-            "only access tokens are issued: `requested_token_type` is `{ACCESS_TOKEN_TYPE}` or absent"
-        ));
-    }
     if let Some(audience) = &form.audience
         && audience != app.sessions.audience()
     {
@@ -656,6 +701,24 @@ pub(crate) async fn token(
                 app.sessions.audience()
             ),
         );
+    }
+    if form.actor_token.is_some() {
+        if form.grant_type != TOKEN_EXCHANGE {
+            return bad(format!(
+                "`actor_token` belongs to token exchange (`{TOKEN_EXCHANGE}`)"
+            ));
+        }
+        return crate::delegation::exchange(&app, &form, peer_ext.as_ref().map(|Extension(p)| p))
+            .await;
+    }
+    if form
+        .requested_token_type
+        .as_deref()
+        .is_some_and(|t| t != ACCESS_TOKEN_TYPE)
+    {
+        return bad(format!(
+            "only access tokens are issued: `requested_token_type` is `{ACCESS_TOKEN_TYPE}` or absent"
+        ));
     }
     let (id, via) = match form.grant_type.as_str() {
         TOKEN_EXCHANGE => {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod authzen;
 pub mod body;
 pub mod conn;
+pub mod delegation;
 pub mod evidence;
 pub mod identity;
 pub mod keys;
@@ -118,6 +119,8 @@ pub struct Config {
     pub policies_from_store: bool,
     /// Trust bundles, SPIFFE ID mappings and the TLS listener.
     pub workloads: workloads::WorkloadSettings,
+    /// Delegation limits and trusted external issuers (`[delegation]`).
+    pub delegation: delegation::DelegationSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +152,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Workloads(#[from] workloads::WorkloadError),
+    #[error("invalid `[delegation]` settings: {0}")]
+    Delegation(String),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -212,6 +217,8 @@ impl App {
         key_dir: &std::path::Path,
         created: &mut Vec<PathBuf>,
     ) -> Result<Self, ServerError> {
+        let issuers =
+            delegation::Issuers::new(&config.delegation).map_err(ServerError::Delegation)?;
         let workloads = Arc::new(workloads::Workloads::load(
             config.workloads.clone(),
             &config.sessions.trust_domain,
@@ -332,6 +339,8 @@ impl App {
                 callers: auth::Callers::new(config.callers, store.clone(), Arc::clone(&workloads)),
                 sessions,
                 workloads,
+                delegation: config.delegation.clone(),
+                issuers,
             }),
             conn_limits: config.conn_limits,
             reach: Arc::new(reach::Reach::new(
@@ -416,7 +425,7 @@ impl App {
             })?;
         let decider = auth::Decider { pep: None, session };
         decider.bind(&mut request, "").map_err(|e| vec![e])?;
-        let origin = api::Origin::now(endpoint, decider.record());
+        let origin = decider.origin(endpoint);
         let announced = self.state.evidence.announce();
         let request = request.validate(&self.state.limits)?;
         api::answer_one(&self.state, origin, &request, announced)

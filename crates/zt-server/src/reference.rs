@@ -25,7 +25,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use zt_core::{Decision, DecisionRequest, ReferenceRequest};
 
-use crate::api::{AppState, Origin, answer_one};
+use crate::api::{AppState, answer_one};
 use crate::auth::Decider;
 use crate::body::JsonBody;
 use crate::evidence::Receipt;
@@ -97,7 +97,7 @@ pub(crate) async fn actions(
     decider: Decider,
     JsonBody(ReferenceRequest(mut request)): JsonBody<ReferenceRequest>,
 ) -> Result<Response, Problem> {
-    let origin = Origin::now("actions", decider.record());
+    let origin = decider.origin("actions");
     decider
         .bind(&mut request, "")
         .map_err(|e| Problem::invalid_fields(vec![e]))?;

@@ -6,7 +6,7 @@
 //! lookup and a revocation is effective for the very next decision on this node. Verified tokens
 //! are cached by digest until they expire (bounded); revocation is checked on every use.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -183,6 +183,9 @@ struct State {
     /// The change feed from the store was lost and the state not yet read again: no session
     /// can be checked (fail closed).
     stale: bool,
+    /// Revoked delegation grants that have not expired: a delegated token whose grant, or a
+    /// grant above it, is here is refused.
+    revoked_grants: HashSet<String>,
 }
 
 /// The topics of the store's change feed ([`zt_store::changes`]) this registry publishes and
@@ -191,6 +194,7 @@ pub const TOPIC_START: &str = "session.start";
 pub const TOPIC_REVOKE: &str = "session.revoke";
 pub const TOPIC_AGENT: &str = "agent";
 pub const TOPIC_TOKEN_KEY: &str = "token_key";
+pub const TOPIC_GRANT_REVOKE: &str = "grant.revoke";
 
 /// The path of the sessions' Token Status List.
 pub const STATUS_LIST_PATH: &str = "/v1/status-lists/sessions";
@@ -236,6 +240,10 @@ pub enum SessionError {
     Token(#[from] TokenError),
     #[error("the session `{0}` was revoked")]
     Revoked(String),
+    #[error("the delegation `{0}` was revoked, so every token delegated from it is void")]
+    GrantRevoked(String),
+    #[error("there is no delegation `{0}`")]
+    NoGrant(String),
     #[error("the session `{0}` is not known to this service")]
     Unknown(String),
     #[error(
@@ -416,6 +424,9 @@ impl Sessions {
                     state.agents.insert(agent.name.clone(), agent);
                 }
             }
+            TOPIC_GRANT_REVOKE => {
+                self.write().revoked_grants.insert(change.key.clone());
+            }
             TOPIC_TOKEN_KEY => {
                 let (keys, public_keys) = read_keys(&self.store).await?;
                 let mut state = self.write();
@@ -557,18 +568,6 @@ impl Sessions {
         }
     }
 
-    /// The session id of a token this service signed and that has not expired, revoked or not
-    /// (for revocation by the token's holder).
-    pub fn session_of(&self, token: &str, now_ms: i64) -> Result<String, SessionError> {
-        let keys = Arc::clone(&self.read().keys);
-        let verified = UnverifiedToken::new(token).verify(
-            &keys,
-            &self.expectations(),
-            now_ms.div_euclid(1000),
-        )?;
-        Ok(verified.claims.session.session_id)
-    }
-
     /// Verifies an access token and checks that its session is live at `now_ms`.
     pub fn verify(&self, token: &str, now_ms: i64) -> Result<LiveSession, SessionError> {
         let now = now_ms.div_euclid(1000);
@@ -614,7 +613,49 @@ impl Sessions {
         {
             return Err(SessionError::AgentDisabled(claims.session.agent.clone()));
         }
+        // A delegated token stands only while every grant and session above it does.
+        if let Some(delegation) = &claims.delegation {
+            if let Some(grant) = std::iter::once(&delegation.id)
+                .chain(&delegation.above)
+                .find(|g| state.revoked_grants.contains(*g))
+            {
+                return Err(SessionError::GrantRevoked(grant.clone()));
+            }
+            for id in &delegation.sessions {
+                match state.sessions.get(id) {
+                    None => return Err(SessionError::Unknown(id.clone())),
+                    Some(s) if s.revoked => return Err(SessionError::Revoked(id.clone())),
+                    Some(_) => {}
+                }
+            }
+        }
         Ok(LiveSession { claims })
+    }
+
+    /// Revokes a delegation grant, and so every token delegated from it. Effective in memory
+    /// before the store is written, as session revocations are.
+    pub async fn revoke_grant(&self, id: &str, now_ms: i64) -> Result<(), SessionError> {
+        self.write().revoked_grants.insert(id.to_owned());
+        if !self.store.revoke_grant(id, now_ms).await? {
+            self.write().revoked_grants.remove(id);
+            return Err(SessionError::NoGrant(id.to_owned()));
+        }
+        self.store.publish(TOPIC_GRANT_REVOKE, id).await?;
+        Ok(())
+    }
+
+    /// Signs a delegated token (made by [`crate::delegation`]) with the session token key.
+    pub fn sign(&self, claims: &AccessClaims) -> Result<String, SessionError> {
+        Ok(self.signer.sign(claims)?)
+    }
+
+    /// The verified claims of a token this service signed that has not expired, revoked or
+    /// not (for revocation by the token's holder).
+    pub fn claims_of(&self, token: &str, now_ms: i64) -> Result<AccessClaims, SessionError> {
+        let keys = Arc::clone(&self.read().keys);
+        Ok(UnverifiedToken::new(token)
+            .verify(&keys, &self.expectations(), now_ms.div_euclid(1000))?
+            .claims)
     }
 
     /// Starts a session: by a broker (`broker`: its credential's name), or as the child of
@@ -821,6 +862,9 @@ impl Sessions {
                     },
                 }),
                 cnf: cnf.clone(),
+                act: None,
+                authorization_details: None,
+                delegation: None,
             };
             let token = self.signer.sign(&claims)?;
             let stored = self
@@ -890,6 +934,7 @@ async fn read_state(store: &Store, now_ms: i64) -> Result<State, StoreError> {
     // The list covers every place ever given, expired sessions' included.
     state.status.cover(store.next_status_idx().await?);
     (state.keys, state.public_keys) = read_keys(store).await?;
+    state.revoked_grants = store.revoked_grants(now_ms).await?.into_iter().collect();
     Ok(state)
 }
 

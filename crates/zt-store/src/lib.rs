@@ -26,10 +26,12 @@ mod appender;
 pub mod changes;
 mod credentials;
 mod evidence;
+mod grants;
 mod policy_versions;
 pub use agents::{StoredAgent, StoredSession};
 pub use credentials::{CredentialInfo, Revoked};
 pub use evidence::{LogId, StoredCheckpoint, StoredLog, StoredRecord, WriterLock};
+pub use grants::{Spend, StoredGrant};
 pub use policy_versions::StoredPolicyVersion;
 
 /// Where the store lives.
@@ -296,6 +298,25 @@ const MIGRATIONS: &[&[&str]] = &[
         cert_pem TEXT NOT NULL,
         created_at_ms BIGINT NOT NULL
     )"],
+    // Delegation grants (token exchange), and the uses spent of their counted entries.
+    &[
+        "CREATE TABLE zt_grants (
+        id TEXT NOT NULL PRIMARY KEY,
+        parent TEXT,
+        origin TEXT NOT NULL,
+        actor_session TEXT NOT NULL,
+        details TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL,
+        revoked_at_ms BIGINT
+    )",
+        "CREATE TABLE zt_grant_uses (
+        grant_id TEXT NOT NULL,
+        entry BIGINT NOT NULL,
+        used BIGINT NOT NULL,
+        PRIMARY KEY (grant_id, entry)
+    )",
+    ],
 ];
 
 impl Store {

@@ -225,6 +225,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     tls_client_auth: Option<ClientAuth>,
     workloads: Option<WorkloadsConfig>,
+    delegation: Option<zt_server::delegation::DelegationSettings>,
 }
 
 /// Resolved settings.
@@ -252,6 +253,11 @@ impl Settings {
                 .iter_mut()
                 .flat_map(|w| w.trust_domains.iter_mut())
                 .map(|d| &mut d.bundle);
+            let jwks = file
+                .delegation
+                .iter_mut()
+                .flat_map(|d| d.issuers.iter_mut())
+                .filter_map(|i| i.jwks_file.as_mut());
             for path in [
                 &mut file.data_dir,
                 &mut file.policies,
@@ -261,6 +267,7 @@ impl Settings {
             .into_iter()
             .flatten()
             .chain(bundles)
+            .chain(jwks)
             {
                 if path.is_relative() {
                     *path = base.join(&*path);
@@ -449,6 +456,7 @@ impl Settings {
         if tls.is_none() && (args.tls_client_auth.or(file.tls_client_auth)).is_some() {
             bail!("`tls_client_auth` needs `tls_cert` and `tls_key`");
         }
+        let delegation = file.delegation.unwrap_or_default();
         let workload_file = file.workloads.unwrap_or_default();
         let workloads = zt_server::workloads::WorkloadSettings {
             audience: workload_file.audience,
@@ -505,6 +513,7 @@ impl Settings {
                 join,
                 policies_from_store,
                 workloads,
+                delegation,
             },
             log_format: args
                 .log_format

@@ -31,7 +31,7 @@ pub const BUILT_IN: &str = "\
 // ZT-Infra's built-in schema: used when the policy directory has no schema of its own.
 entity Agent;
 entity Resource;
-type Context = { session?: Session };
+type Context = { session?: Session, delegation?: Delegation, exchange?: Exchange };
 type Session = {
   verified: Bool,
   asserted_by?: String,
@@ -49,6 +49,22 @@ type Session = {
   broker?: String,
   workload?: String,
   bound?: Bool,
+};
+type Delegation = {
+  id: String,
+  depth: Long,
+  origin: String,
+  origin_kind: String,
+  origin_issuer?: String,
+  actors: Set<String>,
+  delegator: String,
+};
+type Exchange = {
+  action: String,
+  from: String,
+  from_kind: String,
+  locations?: Set<String>,
+  max_uses?: Long,
 };
 ";
 

@@ -6,33 +6,17 @@ decides. A token PyJWT signs with a key of its own, under the service's key id, 
 """
 
 import base64
-import json
-import os
 import subprocess
 import urllib.error
 import urllib.request
 import zlib
-from pathlib import Path
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from ztclient import ROOT, ZTINFRA, call
 
-ZTINFRA = os.environ.get("ZTINFRA_BIN", str(Path(__file__).resolve().parents[4] / "target/debug/ztinfra"))
-DEMO = Path(__file__).resolve().parents[4] / "examples/demo"
-
-
-def call(method: str, url: str, token: str | None = None, body: dict | None = None) -> tuple[int, dict]:
-    headers = {"content-type": "application/json"}
-    if token:
-        headers["authorization"] = f"Bearer {token}"
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+DEMO = ROOT / "examples/demo"
 
 
 @pytest.fixture
