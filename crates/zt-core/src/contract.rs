@@ -594,6 +594,9 @@ pub enum ReasonKind {
     /// The policies allow it, but it lies outside the authority delegated to the caller's
     /// token (its `authorization_details`), or the uses granted are spent.
     Delegation,
+    /// The request presents a plan step it is not exactly, or one used already, out of order,
+    /// or of a plan revoked or expired.
+    Plan,
 }
 
 /// One reason for a decision.

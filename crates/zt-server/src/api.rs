@@ -51,6 +51,8 @@ pub struct AppState {
     /// Delegation limits, and the external issuers whose users' tokens may be delegated.
     pub delegation: crate::delegation::DelegationSettings,
     pub issuers: crate::delegation::Issuers,
+    /// Accepted plans read so far.
+    pub plans: crate::plans::Plans,
 }
 
 /// The answer to a decision request.
@@ -125,7 +127,10 @@ pub struct Health {
         crate::identity::disable_agent,
         crate::identity::start_session,
         crate::identity::revoke_session,
-        crate::identity::revoke_delegation
+        crate::identity::revoke_delegation,
+        crate::plans::submit,
+        crate::plans::show,
+        crate::plans::revoke
     ),
     components(schemas(
         EvidenceLogs,
@@ -160,6 +165,10 @@ pub struct Health {
         crate::reference::ReferenceHealth,
         crate::sessions::AgentInfo,
         crate::sessions::SessionStart,
+        crate::plans::PlanSubmission,
+        crate::plans::StepSpec,
+        crate::plans::PlanAnswer,
+        crate::plans::StepOutcome,
         crate::sessions::StartedSession,
         crate::identity::AgentList,
         crate::identity::Revocation
@@ -209,6 +218,7 @@ pub fn router(state: Arc<AppState>, admin_apart: bool) -> Router {
         .route("/v1/entities", get(entities))
         .merge(crate::authzen::routes())
         .merge(crate::identity::routes())
+        .merge(crate::plans::routes())
         .merge(crate::reference::routes());
     let routes = if admin_apart {
         routes
@@ -230,6 +240,7 @@ fn admin_routes() -> Router<Arc<AppState>> {
             axum::routing::put(replace_entities).post(upsert_entities),
         )
         .merge(crate::identity::admin_routes())
+        .merge(crate::plans::admin_routes())
 }
 
 /// The admin address's API (`--admin-listen`): the endpoints that change what is allowed, and
@@ -253,6 +264,9 @@ pub(crate) struct Origin {
     /// The caller's delegated token, whose authority bounds every allow
     /// ([`crate::delegation::bound`]).
     pub delegated: Option<Arc<zt_identity::session::AccessClaims>>,
+    /// The plan step the caller presents, and the session presenting it
+    /// ([`crate::plans::bound`]).
+    pub step: Option<(crate::plans::StepRef, Option<String>)>,
 }
 
 impl Origin {
@@ -262,6 +276,7 @@ impl Origin {
             started: Instant::now(),
             caller,
             delegated: None,
+            step: None,
         }
     }
 }
@@ -280,10 +295,21 @@ pub(crate) async fn answer(
     let mut responses: Vec<DecisionResponse> = Vec::with_capacity(decided.len());
     let mut pending = Vec::with_capacity(decided.len());
     for (request, mut verdict) in decided {
+        let decision_id = Uuid::now_v7().to_string();
+        if let Some((step, session)) = &origin.step {
+            verdict = crate::plans::bound(
+                app,
+                step,
+                session.as_deref(),
+                request,
+                verdict,
+                &decision_id,
+            )
+            .await;
+        }
         if let Some(claims) = &origin.delegated {
             verdict = crate::delegation::bound(app, claims, request, verdict).await;
         }
-        let decision_id = Uuid::now_v7().to_string();
         pending.push(PendingRecord {
             time_ms,
             caller: origin.caller.clone(),

@@ -251,6 +251,8 @@ pub struct Decider {
     pub pep: Option<Caller>,
     /// The verified, live agent session the request is for, if any.
     pub session: Option<crate::sessions::LiveSession>,
+    /// The plan step capability it presents (`ZT-Plan-Step`), if any.
+    pub step: Option<crate::plans::StepRef>,
 }
 
 /// The header in which an enforcement point passes the agent session's token.
@@ -288,6 +290,18 @@ impl Decider {
                 "is set by the service, from the caller's verified session; it cannot be sent",
             ));
         }
+        if context.contains_key("plan") {
+            return Err(zt_core::FieldError::new(
+                format!("{pointer}/plan"),
+                "is set by the service, from the `ZT-Plan-Step` header; it cannot be sent",
+            ));
+        }
+        if let Some(step) = &self.step {
+            context.insert(
+                "plan".into(),
+                serde_json::json!({"id": step.plan, "step": step.index}),
+            );
+        }
         if context.contains_key("delegation") {
             return Err(zt_core::FieldError::new(
                 format!("{pointer}/delegation"),
@@ -319,6 +333,14 @@ impl Decider {
                 .as_ref()
                 .filter(|s| s.claims.delegation.is_some())
                 .map(|s| Arc::clone(&s.claims)),
+            step: self.step.clone().map(|step| {
+                (
+                    step,
+                    self.session
+                        .as_ref()
+                        .map(|s| s.claims.session.session_id.clone()),
+                )
+            }),
             ..crate::api::Origin::now(endpoint, self.record())
         }
     }
@@ -371,6 +393,22 @@ fn bearer_jwt(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer")
         && zt_identity::session::UnverifiedToken::looks_like_jwt(token))
     .then_some(token)
+}
+
+/// The claim of the live session `id`, read from the store when it started on another replica
+/// and was not announced here yet.
+pub async fn live_claim(
+    app: &AppState,
+    id: &str,
+) -> Result<zt_identity::session::SessionClaim, crate::sessions::SessionError> {
+    match app.sessions.live_claim(id, crate::now_ms()) {
+        Err(crate::sessions::SessionError::Unknown(_))
+            if app.sessions.load_session(id).await.is_ok_and(|found| found) =>
+        {
+            app.sessions.live_claim(id, crate::now_ms())
+        }
+        other => other,
+    }
 }
 
 /// The session of an access token presented by `holder` (the client certificate of the
@@ -441,6 +479,21 @@ impl FromRequestParts<Arc<AppState>> for Decider {
             })
             .transpose()?;
         let peer = parts.extensions.get::<Peer>();
+        let step = match parts.headers.get(crate::plans::STEP_HEADER) {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .ok()
+                    .and_then(crate::plans::StepRef::parse)
+                    .ok_or_else(|| {
+                        Problem::invalid(
+                            "the `ZT-Plan-Step` header is `<plan id>/<step index>`: 64 hex digits, `/`, a number",
+                            Vec::new(),
+                        )
+                    })?,
+            ),
+        };
         if let Some(token) = bearer_jwt(&parts.headers) {
             // The agent session itself asks.
             if agent_token.is_some() {
@@ -452,6 +505,7 @@ impl FromRequestParts<Arc<AppState>> for Decider {
             return Ok(Self {
                 pep: None,
                 session: Some(live_session(app, token, peer).await?),
+                step,
             });
         }
         // Open callers need no credential, and one sent is not read: only an agent session
@@ -470,7 +524,7 @@ impl FromRequestParts<Arc<AppState>> for Decider {
             Some(token) => Some(live_session(app, token, None).await?),
             None => None,
         };
-        Ok(Self { pep, session })
+        Ok(Self { pep, session, step })
     }
 }
 

@@ -12,6 +12,7 @@ pub mod delegation;
 pub mod evidence;
 pub mod identity;
 pub mod keys;
+pub mod plans;
 pub mod policies;
 pub mod problem;
 pub mod reach;
@@ -341,6 +342,7 @@ impl App {
                 workloads,
                 delegation: config.delegation.clone(),
                 issuers,
+                plans: plans::Plans::default(),
             }),
             conn_limits: config.conn_limits,
             reach: Arc::new(reach::Reach::new(
@@ -423,7 +425,11 @@ impl App {
                     format!("the agent session token is refused: {e}"),
                 )]
             })?;
-        let decider = auth::Decider { pep: None, session };
+        let decider = auth::Decider {
+            pep: None,
+            session,
+            step: None,
+        };
         decider.bind(&mut request, "").map_err(|e| vec![e])?;
         let origin = decider.origin(endpoint);
         let announced = self.state.evidence.announce();

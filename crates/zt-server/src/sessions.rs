@@ -632,6 +632,30 @@ impl Sessions {
         Ok(LiveSession { claims })
     }
 
+    /// The claim of the session `id` if it is live now: known, not revoked, unexpired, its agent
+    /// enabled.
+    pub fn live_claim(&self, id: &str, now_ms: i64) -> Result<SessionClaim, SessionError> {
+        let state = self.read();
+        if state.stale {
+            return Err(SessionError::Stale);
+        }
+        let session = state
+            .sessions
+            .get(id)
+            .ok_or_else(|| SessionError::Unknown(id.to_owned()))?;
+        if session.revoked || session.expires <= now_ms.div_euclid(1000) {
+            return Err(SessionError::Revoked(id.to_owned()));
+        }
+        if state
+            .agents
+            .get(&session.claim.agent)
+            .is_none_or(|a| a.disabled)
+        {
+            return Err(SessionError::AgentDisabled(session.claim.agent.clone()));
+        }
+        Ok(session.claim.clone())
+    }
+
     /// Revokes a delegation grant, and so every token delegated from it. Effective in memory
     /// before the store is written, as session revocations are.
     pub async fn revoke_grant(&self, id: &str, now_ms: i64) -> Result<(), SessionError> {
@@ -1076,34 +1100,41 @@ fn revoke_tree(state: &mut State, id: &str, revoked: &mut Vec<String>) {
     state.generation += 1;
 }
 
+/// A verified session's claim as policies see it (`bound`: its token is bound to the client
+/// certificate that presented it).
+pub fn claim_view(claim: &SessionClaim, bound: bool) -> serde_json::Map<String, serde_json::Value> {
+    let mut view = serde_json::Map::new();
+    view.insert("verified".into(), true.into());
+    view.insert("id".into(), claim.session_id.clone().into());
+    view.insert("agent".into(), claim.agent.clone().into());
+    view.insert("depth".into(), i64::from(claim.depth).into());
+    view.insert("bound".into(), bound.into());
+    for (name, value) in [
+        ("parent", &claim.parent),
+        ("on_behalf_of", &claim.on_behalf_of),
+        ("ticket", &claim.ticket),
+        ("workflow", &claim.lineage.workflow),
+        ("model", &claim.lineage.model),
+        ("tool_manifest", &claim.lineage.tool_manifest),
+        ("sandbox", &claim.lineage.sandbox),
+        ("broker", &claim.lineage.broker),
+        ("workload", &claim.workload),
+    ] {
+        if let Some(value) = value {
+            view.insert(name.into(), value.clone().into());
+        }
+    }
+    view
+}
+
 /// The session as policies see it, in `context.session`: verified from a token, or asserted by
 /// the enforcement point `pep` when it passed only a declared actor.
 pub fn policy_view(session: Option<&LiveSession>, pep: Option<&str>) -> Option<serde_json::Value> {
     let mut view = serde_json::Map::new();
     match session {
         Some(live) => {
-            let claim = &live.claims.session;
-            view.insert("verified".into(), true.into());
-            view.insert("id".into(), claim.session_id.clone().into());
-            view.insert("agent".into(), claim.agent.clone().into());
-            view.insert("depth".into(), i64::from(claim.depth).into());
             // A bound token got here only from the connection holding its certificate.
-            view.insert("bound".into(), live.claims.cnf.is_some().into());
-            for (name, value) in [
-                ("parent", &claim.parent),
-                ("on_behalf_of", &claim.on_behalf_of),
-                ("ticket", &claim.ticket),
-                ("workflow", &claim.lineage.workflow),
-                ("model", &claim.lineage.model),
-                ("tool_manifest", &claim.lineage.tool_manifest),
-                ("sandbox", &claim.lineage.sandbox),
-                ("broker", &claim.lineage.broker),
-                ("workload", &claim.workload),
-            ] {
-                if let Some(value) = value {
-                    view.insert(name.into(), value.clone().into());
-                }
-            }
+            view = claim_view(&live.claims.session, live.claims.cnf.is_some());
             if let Some(pep) = pep {
                 view.insert("via".into(), pep.into());
             }

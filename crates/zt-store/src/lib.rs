@@ -27,11 +27,13 @@ pub mod changes;
 mod credentials;
 mod evidence;
 mod grants;
+mod plans;
 mod policy_versions;
 pub use agents::{StoredAgent, StoredSession};
 pub use credentials::{CredentialInfo, Revoked};
 pub use evidence::{LogId, StoredCheckpoint, StoredLog, StoredRecord, WriterLock};
 pub use grants::{Spend, StoredGrant};
+pub use plans::{StepState, StepUse, StoredPlan};
 pub use policy_versions::StoredPolicyVersion;
 
 /// Where the store lives.
@@ -315,6 +317,26 @@ const MIGRATIONS: &[&[&str]] = &[
         entry BIGINT NOT NULL,
         used BIGINT NOT NULL,
         PRIMARY KEY (grant_id, entry)
+    )",
+    ],
+    // Plans (Plan-then-Execute) and the single use of their steps.
+    &[
+        "CREATE TABLE zt_plans (
+        id TEXT NOT NULL PRIMARY KEY,
+        planner_session TEXT NOT NULL,
+        canonical TEXT NOT NULL,
+        ordered BIGINT NOT NULL,
+        steps BIGINT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL,
+        revoked_at_ms BIGINT
+    )",
+        "CREATE TABLE zt_plan_steps (
+        plan TEXT NOT NULL,
+        idx BIGINT NOT NULL,
+        used_at_ms BIGINT,
+        decision_id TEXT,
+        PRIMARY KEY (plan, idx)
     )",
     ],
 ];

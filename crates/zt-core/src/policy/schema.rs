@@ -31,7 +31,7 @@ pub const BUILT_IN: &str = "\
 // ZT-Infra's built-in schema: used when the policy directory has no schema of its own.
 entity Agent;
 entity Resource;
-type Context = { session?: Session, delegation?: Delegation, exchange?: Exchange };
+type Context = { session?: Session, delegation?: Delegation, exchange?: Exchange, plan?: Plan };
 type Session = {
   verified: Bool,
   asserted_by?: String,
@@ -59,6 +59,7 @@ type Delegation = {
   actors: Set<String>,
   delegator: String,
 };
+type Plan = { id: String, step: Long };
 type Exchange = {
   action: String,
   from: String,
