@@ -306,36 +306,7 @@ impl<'a> UnverifiedToken<'a> {
         expect: &Expectations,
         now: i64,
     ) -> Result<VerifiedSession, TokenError> {
-        let header = jsonwebtoken::decode_header(self.text)
-            .map_err(|e| TokenError::Malformed(e.to_string()))?;
-        if header.typ.as_deref() != Some(TOKEN_TYPE) {
-            return Err(TokenError::WrongType(header.typ.unwrap_or_default()));
-        }
-        if header.alg != jsonwebtoken::Algorithm::EdDSA {
-            return Err(TokenError::WrongAlgorithm(format!("{:?}", header.alg)));
-        }
-        let kid = header.kid.ok_or(TokenError::NoKeyId)?;
-        let key = keys
-            .keys
-            .get(&kid)
-            .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
-        // Signature and algorithm here; times, issuer and audience below, against `now`
-        // (the library would read the clock itself).
-        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.required_spec_claims.clear();
-        let data = jsonwebtoken::decode::<AccessClaims>(self.text, key, &validation).map_err(
-            |e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
-                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
-                    TokenError::WrongAlgorithm("another algorithm".into())
-                }
-                _ => TokenError::Malformed(e.to_string()),
-            },
-        )?;
-        let claims = data.claims;
+        let claims: AccessClaims = signed_claims(self.text, TOKEN_TYPE, keys)?;
         if claims.iss != expect.issuer {
             return Err(TokenError::WrongIssuer(claims.iss));
         }
@@ -369,6 +340,102 @@ impl<'a> UnverifiedToken<'a> {
             return Err(TokenError::Inconsistent);
         }
         Ok(VerifiedSession { claims })
+    }
+}
+
+/// The claims of a JWT of type `typ` signed with one of `keys` (EdDSA): header, key and
+/// signature checked, nothing else (times, issuer and audience are the caller's to check
+/// against a `now` it passes; the library would read the clock itself).
+fn signed_claims<T: serde::de::DeserializeOwned>(
+    text: &str,
+    typ: &str,
+    keys: &VerifyingKeys,
+) -> Result<T, TokenError> {
+    let header =
+        jsonwebtoken::decode_header(text).map_err(|e| TokenError::Malformed(e.to_string()))?;
+    if header.typ.as_deref() != Some(typ) {
+        return Err(TokenError::WrongType(header.typ.unwrap_or_default()));
+    }
+    if header.alg != jsonwebtoken::Algorithm::EdDSA {
+        return Err(TokenError::WrongAlgorithm(format!("{:?}", header.alg)));
+    }
+    let kid = header.kid.ok_or(TokenError::NoKeyId)?;
+    let key = keys
+        .keys
+        .get(&kid)
+        .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    jsonwebtoken::decode::<T>(text, key, &validation)
+        .map(|data| data.claims)
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
+            jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                TokenError::WrongAlgorithm("another algorithm".into())
+            }
+            _ => TokenError::Malformed(e.to_string()),
+        })
+}
+
+/// The JWT `typ` of Transaction Tokens (draft-ietf-oauth-transaction-tokens).
+pub const TXN_TOKEN_TYPE: &str = "txntoken+jwt";
+
+/// The claims of a Transaction Token: a short-lived, signed statement of one transaction's
+/// subject and immutable context (`tctx`), for every service the transaction passes through
+/// inside the trust domain (`aud`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnClaims {
+    pub iss: String,
+    /// The trust domain.
+    pub aud: String,
+    pub iat: i64,
+    pub exp: i64,
+    /// The transaction's id.
+    pub txn: String,
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The workload that asked for the token.
+    pub req_wl: String,
+    /// The transaction context: immutable for the transaction's life.
+    pub tctx: serde_json::Value,
+}
+
+/// A Transaction Token as presented.
+pub struct UnverifiedTxnToken<'a>(pub &'a str);
+
+impl std::fmt::Debug for UnverifiedTxnToken<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnverifiedTxnToken(<redacted>)")
+    }
+}
+
+impl UnverifiedTxnToken<'_> {
+    /// Verifies the token at `now`: type, key, signature, issuer, audience (`expect.audience`
+    /// is the trust domain here), `iat` and `exp`.
+    pub fn verify(
+        self,
+        keys: &VerifyingKeys,
+        expect: &Expectations,
+        now: i64,
+    ) -> Result<TxnClaims, TokenError> {
+        let claims: TxnClaims = signed_claims(self.0, TXN_TOKEN_TYPE, keys)?;
+        if claims.iss != expect.issuer {
+            return Err(TokenError::WrongIssuer(claims.iss));
+        }
+        if claims.aud != expect.audience {
+            return Err(TokenError::WrongAudience(claims.aud));
+        }
+        if now >= claims.exp.saturating_add(expect.leeway) {
+            return Err(TokenError::Expired(claims.exp));
+        }
+        if now.saturating_add(expect.leeway) < claims.iat {
+            return Err(TokenError::NotYetValid(claims.iat));
+        }
+        Ok(claims)
     }
 }
 
@@ -593,6 +660,52 @@ mod tests {
             },
         );
         assert_eq!(check(&token, now), Err(TokenError::NoKeyId));
+    }
+
+    #[test]
+    fn a_transaction_token_verifies_only_as_one() {
+        let signer = TokenSigner::new("k1".into(), &key(1));
+        let keys = VerifyingKeys::new(&[signer.public_key()]);
+        let now = 1_800_000_000;
+        let txn = TxnClaims {
+            iss: "http://127.0.0.1:8181".into(),
+            aud: "ztinfra.local".into(),
+            iat: now,
+            exp: now + 300,
+            txn: "t-1".into(),
+            sub: "alice".into(),
+            scope: None,
+            req_wl: "spiffe://ztinfra.local/agent/a/session/1".into(),
+            tctx: serde_json::json!({"session": {"id": "1", "agent": "a"}}),
+        };
+        let expect = Expectations {
+            audience: "ztinfra.local".into(),
+            ..expect()
+        };
+        let token = signer.sign_typed(TXN_TOKEN_TYPE, &txn).unwrap();
+        let check = |t: &str, at: i64| UnverifiedTxnToken(t).verify(&keys, &expect, at);
+        assert_eq!(check(&token, now), Ok(txn.clone()));
+        assert_eq!(
+            check(&token, now + 300),
+            Err(TokenError::Expired(now + 300))
+        );
+        assert_eq!(check(&token, now - 1), Err(TokenError::NotYetValid(now)));
+        // An access token is not a Transaction Token, nor the other way round.
+        let access = signer.sign(&claims(now)).unwrap();
+        assert!(matches!(check(&access, now), Err(TokenError::WrongType(_))));
+        assert!(matches!(
+            UnverifiedToken::new(&token).verify(&keys, &super::tests::expect(), now),
+            Err(TokenError::WrongType(_))
+        ));
+        // Another trust domain's.
+        let other = TxnClaims {
+            aud: "elsewhere.example".into(),
+            ..txn
+        };
+        assert!(matches!(
+            check(&signer.sign_typed(TXN_TOKEN_TYPE, &other).unwrap(), now),
+            Err(TokenError::WrongAudience(_))
+        ));
     }
 
     #[test]

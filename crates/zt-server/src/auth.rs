@@ -253,7 +253,12 @@ pub struct Decider {
     pub session: Option<crate::sessions::LiveSession>,
     /// The plan step capability it presents (`ZT-Plan-Step`), if any.
     pub step: Option<crate::plans::StepRef>,
+    /// The Transaction Token it carries (`Txn-Token`), verified.
+    pub transaction: Option<Arc<zt_identity::session::TxnClaims>>,
 }
+
+/// The header that carries a Transaction Token.
+pub const TXN_TOKEN_HEADER: &str = "txn-token";
 
 /// The header in which an enforcement point passes the agent session's token.
 pub const AGENT_TOKEN_HEADER: &str = "zt-agent-token";
@@ -289,6 +294,15 @@ impl Decider {
                 format!("{pointer}/session"),
                 "is set by the service, from the caller's verified session; it cannot be sent",
             ));
+        }
+        if context.contains_key("transaction") {
+            return Err(zt_core::FieldError::new(
+                format!("{pointer}/transaction"),
+                "is set by the service, from the `Txn-Token` header; it cannot be sent",
+            ));
+        }
+        if let Some(txn) = &self.transaction {
+            context.insert("transaction".into(), crate::delegation::txn_view(txn));
         }
         if context.contains_key("plan") {
             return Err(zt_core::FieldError::new(
@@ -494,6 +508,36 @@ impl FromRequestParts<Arc<AppState>> for Decider {
                     })?,
             ),
         };
+        let transaction = match parts.headers.get(TXN_TOKEN_HEADER) {
+            None => None,
+            Some(value) => {
+                let verified = value
+                    .to_str()
+                    .map_err(|_| "the header is not text".to_owned())
+                    .and_then(|text| {
+                        app.sessions
+                            .verify_txn(text.trim(), crate::now_ms())
+                            .map_err(|e| e.to_string())
+                    });
+                match verified {
+                    Ok(claims) => Some(Arc::new(claims)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "request refused: Transaction Token not valid");
+                        metrics::counter!("ztinfra_auth_refusals_total", "reason" => "txn_token")
+                            .increment(1);
+                        return Err(Problem {
+                            challenge: Some(Challenge::InvalidToken),
+                            ..Problem::new(
+                                StatusCode::UNAUTHORIZED,
+                                "unauthenticated",
+                                "authentication required",
+                                format!("the `Txn-Token` is refused: {e}"),
+                            )
+                        });
+                    }
+                }
+            }
+        };
         if let Some(token) = bearer_jwt(&parts.headers) {
             // The agent session itself asks.
             if agent_token.is_some() {
@@ -506,6 +550,7 @@ impl FromRequestParts<Arc<AppState>> for Decider {
                 pep: None,
                 session: Some(live_session(app, token, peer).await?),
                 step,
+                transaction,
             });
         }
         // Open callers need no credential, and one sent is not read: only an agent session
@@ -524,7 +569,12 @@ impl FromRequestParts<Arc<AppState>> for Decider {
             Some(token) => Some(live_session(app, token, None).await?),
             None => None,
         };
-        Ok(Self { pep, session, step })
+        Ok(Self {
+            pep,
+            session,
+            step,
+            transaction,
+        })
     }
 }
 

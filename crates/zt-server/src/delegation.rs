@@ -33,6 +33,12 @@ pub const EXCHANGE_ACTION: &str = "ztinfra.token.exchange";
 pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
 pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 
+/// The token type of a Transaction Token (draft-ietf-oauth-transaction-tokens).
+pub const TXN_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:txn_token";
+/// A Transaction Token's life when `ttl` is not asked, and the longest asked.
+const TXN_TTL: i64 = 300;
+const MAX_TXN_TTL: i64 = 600;
+
 /// Clock difference tolerated on a human's token.
 const EXTERNAL_LEEWAY: i64 = 30;
 /// An issuer's keys are fetched again for an unknown `kid` at most this often.
@@ -530,6 +536,141 @@ async fn exchange_inner(
         axum::http::HeaderValue::from_static("no-store"),
     );
     Ok(response)
+}
+
+/// Token exchange for a Transaction Token: the subject is a session's token (its own, or one
+/// delegated to it), presented by its holder; the token carries the subject's immutable
+/// authority and chain (`tctx`) for the services a transaction passes through inside the trust
+/// domain, for minutes.
+pub(crate) async fn txn_token(
+    app: &AppState,
+    form: &TokenRequest,
+    peer: Option<&crate::conn::Peer>,
+) -> Response {
+    match txn_token_inner(app, form, peer).await {
+        Ok(response) | Err(response) => response,
+    }
+}
+
+async fn txn_token_inner(
+    app: &AppState,
+    form: &TokenRequest,
+    peer: Option<&crate::conn::Peer>,
+) -> Result<Response, Response> {
+    let now = crate::now_ms() / 1000;
+    let (Some(subject), Some(ACCESS_TOKEN_TYPE)) = (
+        form.subject_token.as_deref(),
+        form.subject_token_type.as_deref(),
+    ) else {
+        return Err(bad(format!(
+            "a Transaction Token is asked with `subject_token`, a session's token of this service, and `subject_token_type` `{ACCESS_TOKEN_TYPE}`"
+        )));
+    };
+    let live = crate::auth::live_session(app, subject, peer)
+        .await
+        .map_err(|p| grant_refused(format!("the subject token: {}", p.detail)))?;
+    let claims = &live.claims;
+    if let Some(scope) = &form.scope
+        && let Some(details) = &claims.authorization_details
+    {
+        let asked =
+            zt_identity::delegation::scope_details(scope).map_err(|e| bad(e.to_string()))?;
+        let actions = asked.iter().flat_map(|d| &d.actions);
+        if let Some(outside) = actions.into_iter().find(|a| {
+            !details
+                .iter()
+                .flat_map(|d| &d.actions)
+                .any(|h| zt_identity::delegation::action_within(a, h))
+        }) {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                format!(
+                    "`scope` names `{outside}`, which the subject token's authority does not hold"
+                ),
+            ));
+        }
+    }
+    let ttl = form.ttl.unwrap_or(TXN_TTL);
+    if !(1..=MAX_TXN_TTL).contains(&ttl) {
+        return Err(bad(format!(
+            "a Transaction Token lives 1 to {MAX_TXN_TTL} seconds; `ttl` is {ttl}"
+        )));
+    }
+    let exp = now.saturating_add(ttl).min(claims.exp);
+    let mut tctx = serde_json::Map::new();
+    tctx.insert(
+        "session".into(),
+        json!({"id": claims.session.session_id, "agent": claims.client_id}),
+    );
+    if let Some(details) = &claims.authorization_details {
+        tctx.insert("authorization_details".into(), json!(details));
+    }
+    if let (Some(claim), Some(act)) = (&claims.delegation, &claims.act) {
+        tctx.insert("delegation".into(), policy_view(claim, act));
+    }
+    let txn = zt_identity::session::TxnClaims {
+        iss: app.sessions.issuer().to_owned(),
+        aud: app.sessions.trust_domain().to_owned(),
+        iat: now,
+        exp,
+        txn: uuid::Uuid::now_v7().to_string(),
+        sub: claims.sub.clone(),
+        scope: form.scope.clone(),
+        req_wl: peer
+            .and_then(|p| p.0.as_ref())
+            .map_or_else(|| claims.acting().to_owned(), |svid| svid.id.to_string()),
+        tctx: Value::Object(tctx),
+    };
+    let token = app.sessions.sign_txn(&txn).map_err(|e| {
+        Problem::internal(format!("the Transaction Token could not be signed: {e}")).into_response()
+    })?;
+    let receipt = crate::api::record_act(
+        app,
+        "txn.issue",
+        Some(json!({"kind": "session", "name": claims.acting(), "session": claims.session.session_id})),
+        json!({"txn": txn.txn, "sub": txn.sub, "req_wl": txn.req_wl, "scope": txn.scope, "tctx": txn.tctx,
+               "expires_at": crate::reference::rfc3339_utc(exp.saturating_mul(1000))}),
+        "Transaction Token issued".into(),
+    )
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "a Transaction Token could not be recorded; not issued");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "service unavailable",
+            "the Transaction Token could not be put on record, so it was not issued",
+        )
+        .into_response()
+    })?;
+    let mut response = axum::Json(json!({
+        "access_token": token,
+        "issued_token_type": TXN_TOKEN_TYPE,
+        "token_type": "N_A",
+        "expires_in": exp - now,
+        "txn": txn.txn,
+        "evidence": receipt,
+    }))
+    .into_response();
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}
+
+/// The transaction as policies see it, in `context.transaction`.
+pub fn txn_view(txn: &zt_identity::session::TxnClaims) -> Value {
+    let mut view = serde_json::Map::new();
+    view.insert("txn".into(), txn.txn.clone().into());
+    view.insert("sub".into(), txn.sub.clone().into());
+    view.insert("req_wl".into(), txn.req_wl.clone().into());
+    if let Some(scope) = &txn.scope {
+        view.insert("scope".into(), scope.clone().into());
+    }
+    view.insert("tctx".into(), txn.tctx.clone());
+    Value::Object(view)
 }
 
 /// Verifies the subject token: this service's own (a session's, or one delegated before), or

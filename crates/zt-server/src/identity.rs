@@ -702,6 +702,15 @@ pub(crate) async fn token(
             ),
         );
     }
+    if form.grant_type == TOKEN_EXCHANGE
+        && form.requested_token_type.as_deref() == Some(crate::delegation::TXN_TOKEN_TYPE)
+    {
+        if form.actor_token.is_some() {
+            return bad("a Transaction Token is asked without `actor_token`".into());
+        }
+        return crate::delegation::txn_token(&app, &form, peer_ext.as_ref().map(|Extension(p)| p))
+            .await;
+    }
     if form.actor_token.is_some() {
         if form.grant_type != TOKEN_EXCHANGE {
             return bad(format!(

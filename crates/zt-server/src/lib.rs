@@ -429,6 +429,7 @@ impl App {
             pep: None,
             session,
             step: None,
+            transaction: None,
         };
         decider.bind(&mut request, "").map_err(|e| vec![e])?;
         let origin = decider.origin(endpoint);

@@ -673,6 +673,40 @@ impl Sessions {
         Ok(self.signer.sign(claims)?)
     }
 
+    /// The trust domain: a Transaction Token's audience.
+    pub fn trust_domain(&self) -> &str {
+        &self.settings.trust_domain
+    }
+
+    /// Signs a Transaction Token with the session token key.
+    pub fn sign_txn(
+        &self,
+        claims: &zt_identity::session::TxnClaims,
+    ) -> Result<String, SessionError> {
+        self.signer
+            .sign_typed(zt_identity::session::TXN_TOKEN_TYPE, claims)
+            .map_err(|e| SessionError::Token(TokenError::Malformed(e)))
+    }
+
+    /// Verifies a Transaction Token signed by any replica, for this trust domain, at `now_ms`.
+    pub fn verify_txn(
+        &self,
+        token: &str,
+        now_ms: i64,
+    ) -> Result<zt_identity::session::TxnClaims, TokenError> {
+        let keys = Arc::clone(&self.read().keys);
+        let expect = Expectations {
+            issuer: self.issuer.clone(),
+            audience: self.settings.trust_domain.clone(),
+            leeway: 0,
+        };
+        zt_identity::session::UnverifiedTxnToken(token).verify(
+            &keys,
+            &expect,
+            now_ms.div_euclid(1000),
+        )
+    }
+
     /// The verified claims of a token this service signed that has not expired, revoked or
     /// not (for revocation by the token's holder).
     pub fn claims_of(&self, token: &str, now_ms: i64) -> Result<AccessClaims, SessionError> {

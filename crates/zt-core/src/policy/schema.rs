@@ -31,7 +31,13 @@ pub const BUILT_IN: &str = "\
 // ZT-Infra's built-in schema: used when the policy directory has no schema of its own.
 entity Agent;
 entity Resource;
-type Context = { session?: Session, delegation?: Delegation, exchange?: Exchange, plan?: Plan };
+type Context = {
+  session?: Session,
+  delegation?: Delegation,
+  exchange?: Exchange,
+  plan?: Plan,
+  transaction?: Transaction,
+};
 type Session = {
   verified: Bool,
   asserted_by?: String,
@@ -60,6 +66,24 @@ type Delegation = {
   delegator: String,
 };
 type Plan = { id: String, step: Long };
+type Transaction = {
+  txn: String,
+  sub: String,
+  req_wl: String,
+  scope?: String,
+  tctx: TransactionContext,
+};
+type TransactionContext = {
+  session: { id: String, agent: String },
+  authorization_details?: Set<AuthorizationDetail>,
+  delegation?: Delegation,
+};
+type AuthorizationDetail = {
+  \"type\": String,
+  actions: Set<String>,
+  locations?: Set<String>,
+  max_uses?: Long,
+};
 type Exchange = {
   action: String,
   from: String,

@@ -358,3 +358,74 @@ def test_revoking_any_link_voids_every_token_below_it(service):
     assert zt.decide(first["access_token"], "crm.invoices.read", "crm://invoices/1")[0] == 401
     status, body = call("POST", f"{zt.base}/v1/delegations/0000/revoke", zt.admin)
     assert status == 404, body
+
+
+TXN = "urn:ietf:params:oauth:token-type:txn_token"
+
+
+def test_a_transaction_token_carries_the_chain_to_services_that_decide_on_it(service):
+    zt, issuer, _ = service
+    orchestrator = zt.session("orchestrator")
+    retrieval = zt.session("retrieval")
+    alice = id_token(issuer, "alice")
+    read = {"type": "ztinfra_action", "actions": ["crm.invoices.read", "crm.reports.read"]}
+    first = zt.exchange(alice, ID_TOKEN, orchestrator["access_token"], authorization_details=[read])[1]
+    second = zt.exchange(first["access_token"], ACCESS, retrieval["access_token"], authorization_details=[read])[1]
+
+    # The retrieval agent asks for a Transaction Token for its call (authlib, token exchange).
+    with OAuth2Client(client_id="retrieval", token_endpoint_auth_method="none") as client:
+        answer = client.fetch_token(
+            zt.metadata["token_endpoint"], grant_type=EXCHANGE, subject_token=second["access_token"],
+            subject_token_type=ACCESS, requested_token_type=TXN, scope="crm.reports.read",
+        )
+    assert answer["issued_token_type"] == TXN and answer["token_type"] == "N_A"
+    txn = answer["access_token"]
+    assert jwt.get_unverified_header(txn)["typ"] == "txntoken+jwt"
+    key = zt.jwks.get_signing_key_from_jwt(txn)
+    claims = jwt.decode(txn, key.key, algorithms=["EdDSA"], audience="ztinfra.local", issuer=zt.metadata["issuer"])
+    assert claims["sub"] == "alice" and claims["scope"] == "crm.reports.read"
+    assert claims["req_wl"] == retrieval["spiffe_id"] and claims["txn"] == answer["txn"]
+    assert claims["tctx"]["delegation"]["actors"] == ["orchestrator", "retrieval"]
+    assert claims["tctx"]["authorization_details"] == [read]
+    assert claims["exp"] - claims["iat"] <= 300
+
+    # A service deeper in the chain (an enforcement point deciding for `reporting-svc`) passes
+    # the token on; the policies decide on its context.
+    pep = zt.credential("reporting-gw", "pep")
+
+    def decide(txn_token):
+        body = json.dumps({"actor": "reporting-svc", "action": "crm.reports.read", "resource": "crm://reports/q3"})
+        headers = {"content-type": "application/json", "authorization": f"Bearer {pep}"}
+        if txn_token is not None:
+            headers["txn-token"] = txn_token
+        request = urllib.request.Request(f"{zt.base}/v1/decide", data=body.encode(), headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    status, allowed = decide(txn)
+    assert status == 200 and allowed["decision"] == "allow", allowed
+    assert allowed["reasons"][0]["policy"] == "reports-for-alices-transactions"
+    record = zt.record(allowed["evidence"]["seq"])["record"]
+    assert record["request"]["context"]["transaction"]["txn"] == answer["txn"]
+    assert decide(None)[1]["decision"] == "deny"
+    # A session's access token is not a Transaction Token; an altered one does not verify.
+    for bad in (second["access_token"], txn[:-4] + ("AAAA" if not txn.endswith("AAAA") else "BBBB")):
+        status, body = decide(bad)
+        assert status == 401 and "Txn-Token" in body["detail"], body
+
+    # The scope stays inside the subject's authority; a Transaction Token is asked without an
+    # actor and lives minutes.
+    for params, error, fragment in [
+        ({"scope": "crm.invoices.write"}, "invalid_target", "crm.invoices.write"),
+        ({"ttl": "3600"}, "invalid_request", "600"),
+        ({"actor_token": retrieval["access_token"], "actor_token_type": ACCESS}, "invalid_request", "without `actor_token`"),
+    ]:
+        data = urllib.parse.urlencode({"grant_type": EXCHANGE, "subject_token": second["access_token"],
+                                       "subject_token_type": ACCESS, "requested_token_type": TXN, **params}).encode()
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(urllib.request.Request(zt.metadata["token_endpoint"], data=data), timeout=10)
+        body = json.loads(e.value.read())
+        assert body["error"] == error and fragment in body["error_description"], body
