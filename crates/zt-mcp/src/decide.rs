@@ -65,9 +65,14 @@ impl Decider {
         })
     }
 
-    /// Decides `request`, for the agent session of `session_token` if there is one. Never
-    /// fails open: what cannot be decided is denied.
-    pub async fn decide(&self, request: DecisionRequest, session_token: Option<&str>) -> Outcome {
+    /// Decides `request`, for the agent session of `session_token` if there is one, as the
+    /// next step of `plan` if there is one. Never fails open: what cannot be decided is denied.
+    pub async fn decide(
+        &self,
+        request: DecisionRequest,
+        session_token: Option<&str>,
+        plan: Option<&str>,
+    ) -> Outcome {
         match self {
             Self::InProcess(app) => {
                 if let Some(token) = session_token
@@ -77,12 +82,14 @@ impl Decider {
                         "the agent session token is refused: {reason}; denied"
                     )));
                 }
-                match app.decide(request, "mcp", session_token).await {
+                match app.decide(request, "mcp", session_token, plan).await {
                     Ok(response) => Outcome::Decided(response),
                     Err(errors) => Outcome::Invalid(errors),
                 }
             }
-            Self::Remote { base, client } => remote(client, base, &request, session_token).await,
+            Self::Remote { base, client } => {
+                remote(client, base, &request, session_token, plan).await
+            }
         }
     }
 
@@ -161,6 +168,7 @@ async fn remote(
     base: &str,
     request: &DecisionRequest,
     session_token: Option<&str>,
+    plan: Option<&str>,
 ) -> Outcome {
     let url = format!("{base}/v1/decide");
     let deny = |why: String| {
@@ -172,6 +180,9 @@ async fn remote(
     let mut asked = client.post(&url).json(request);
     if let Some(token) = session_token {
         asked = asked.header(zt_server::auth::AGENT_TOKEN_HEADER, token);
+    }
+    if let Some(plan) = plan {
+        asked = asked.header(zt_server::plans::STEP_HEADER, format!("{plan}/next"));
     }
     let response = match asked.send().await {
         Ok(response) => response,

@@ -42,6 +42,9 @@ pub enum Identity {
 pub struct Caller {
     pub actor: String,
     pub session_token: Option<String>,
+    /// The accepted plan the caller executes (`ZT-Plan` on HTTP, `ZTINFRA_PLAN` on stdio):
+    /// each call is decided as its next step, and uses it.
+    pub plan: Option<String>,
 }
 
 /// The gateway's view of one upstream server.
@@ -330,7 +333,11 @@ impl ServerHandler for Gateway {
         let decided = match self
             .policy
             .decider
-            .decide(decision_request, caller.session_token.as_deref())
+            .decide(
+                decision_request,
+                caller.session_token.as_deref(),
+                caller.plan.as_deref(),
+            )
             .await
         {
             Outcome::Decided(decided) => decided,
@@ -422,7 +429,11 @@ impl ServerHandler for Gateway {
             let decided = match self
                 .policy
                 .decider
-                .decide(decision_request, caller.session_token.as_deref())
+                .decide(
+                    decision_request,
+                    caller.session_token.as_deref(),
+                    caller.plan.as_deref(),
+                )
                 .await
             {
                 Outcome::Decided(decided) => decided,

@@ -134,6 +134,24 @@ async fn authenticate(
     let Some(token) = presented else {
         return unauthorized(&guard, None);
     };
+    // The plan the client executes, if it says so: each call is then its next step.
+    let plan = match request.headers().get(PLAN_HEADER) {
+        None => None,
+        Some(value) => match value
+            .to_str()
+            .ok()
+            .filter(|p| zt_server::plans::parse_step(&format!("{p}/next")).is_some())
+        {
+            Some(plan) => Some(plan.to_owned()),
+            None => {
+                return zt_server::problem::Problem::invalid(
+                    "the `ZT-Plan` header is a plan id: 64 hex digits",
+                    Vec::new(),
+                )
+                .into_response();
+            }
+        },
+    };
     // An agent session's access token, verified by the decision service (and again at every
     // decision, so that a revocation stops the next call).
     if zt_identity::session::UnverifiedToken::looks_like_jwt(token) {
@@ -143,6 +161,7 @@ async fn authenticate(
                 request.extensions_mut().insert(Caller {
                     actor,
                     session_token: Some(token),
+                    plan,
                 });
                 next.run(request).await
             }
@@ -158,6 +177,7 @@ async fn authenticate(
             request.extensions_mut().insert(Caller {
                 actor: actor.to_owned(),
                 session_token: None,
+                plan,
             });
             next.run(request).await
         }
@@ -185,6 +205,9 @@ async fn one_meaning(request: Request, next: Next) -> Response {
     next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await
 }
+
+/// The header by which an HTTP client names the plan it executes.
+pub const PLAN_HEADER: &str = "zt-plan";
 
 /// 401 with the challenge that points the client at the protected resource metadata.
 fn unauthorized(guard: &Guard, error: Option<&str>) -> Response {

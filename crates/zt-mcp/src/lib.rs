@@ -57,7 +57,16 @@ async fn stdio_caller(
     config: &GatewayConfig,
     decider: &decide::Decider,
     session_token: Option<String>,
+    plan: Option<String>,
 ) -> Result<gateway::Caller, GatewayError> {
+    if let Some(plan) = &plan
+        && zt_server::plans::parse_step(&format!("{plan}/next")).is_none()
+    {
+        return Err(config::ConfigError::Invalid(
+            "ZTINFRA_PLAN is a plan id: 64 hex digits".into(),
+        )
+        .into());
+    }
     let Some(token) = session_token else {
         let actor = config.actor.clone().ok_or_else(|| {
             config::ConfigError::Invalid("no actor: set `actor` in the config (or `--actor`), or give a session token in ZTINFRA_SESSION_TOKEN".into())
@@ -65,6 +74,7 @@ async fn stdio_caller(
         return Ok(gateway::Caller {
             actor,
             session_token: None,
+            plan,
         });
     };
     if zt_identity::session::UnverifiedToken::looks_like_jwt(&token) {
@@ -76,6 +86,7 @@ async fn stdio_caller(
         return Ok(gateway::Caller {
             actor,
             session_token: Some(token),
+            plan,
         });
     }
     let actor = config
@@ -89,6 +100,7 @@ async fn stdio_caller(
     Ok(gateway::Caller {
         actor,
         session_token: None,
+        plan,
     })
 }
 
@@ -239,6 +251,7 @@ pub async fn connect(server: &ServerConfig) -> Result<Upstream, GatewayError> {
 pub async fn run(
     config: GatewayConfig,
     session_token: Option<String>,
+    plan: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     config.check()?;
@@ -257,7 +270,7 @@ pub async fn run(
     let identity = if config.listen.is_some() {
         Identity::PerRequest
     } else {
-        Identity::Fixed(stdio_caller(&config, &decider, session_token).await?)
+        Identity::Fixed(stdio_caller(&config, &decider, session_token, plan).await?)
     };
     let policy = Arc::new(Policy {
         decider: decider.clone(),

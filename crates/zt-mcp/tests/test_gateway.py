@@ -400,6 +400,74 @@ async def test_a_real_agent_session_acts_through_the_gateway_until_revoked(tmp_p
     assert seen["verified"] is True and seen["via"] == "mcp-gateway" and seen["on_behalf_of"] == "alice"
 
 
+def canonical_sha256(arguments: dict) -> str:
+    """SHA-256 of the RFC 8785 form of plain JSON arguments (strings, no numbers)."""
+    return hashlib.sha256(json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+
+
+async def test_an_agent_executes_a_plan_through_the_gateway_step_by_step(tmp_path):
+    root = tmp_path / "files"
+    (root / "scratch").mkdir(parents=True)
+    port = free_port()
+    pdp = tmp_path / "pdp"
+    serve = [ZTINFRA, "serve", "--listen", f"127.0.0.1:{port}", "--policies", POLICIES, "--data-dir", pdp]
+
+    def cli(*args: str) -> str:
+        return subprocess.run([ZTINFRA, *args, "--data-dir", pdp], check=True, capture_output=True, text=True).stdout.strip()
+
+    (tmp_path / "gateway.token").write_text(cli("credentials", "add", "mcp-gateway", "--role", "pep"))
+    broker = cli("credentials", "add", "launcher", "--role", "broker")
+    base = f"http://127.0.0.1:{port}"
+    config = fs_config(tmp_path, root, decide_url=base, decide_token_file=str(tmp_path / "gateway.token"))
+    first = {"path": str(root / "scratch" / "1.txt"), "content": "step one"}
+    second = {"path": str(root / "scratch" / "2.txt"), "content": "step two"}
+    with running(serve, port):
+        admin = (pdp / "admin.token").read_text().strip()
+        for agent in ("demo-agent", "planner"):
+            assert api("POST", f"{base}/v1/agents", admin, {"name": agent, "owner": "team-sre"})[0] == 201
+        sessions = {
+            agent: api("POST", f"{base}/v1/sessions", broker, {"agent": agent, "on_behalf_of": "alice"})[1]
+            for agent in ("demo-agent", "planner")
+        }
+        executor = sessions["demo-agent"]
+        steps = [
+            {"action": "mcp.fs.write_file", "resource": args["path"], "arguments_sha256": canonical_sha256(args),
+             "context": {"mcp": {"server": "fs", "tool": "write_file", "fields": {"path": args["path"]}}}}
+            for args in (first, second)
+        ]
+        status, plan = api("POST", f"{base}/v1/plans", sessions["planner"]["access_token"],
+                           {"executor": executor["session_id"], "steps": steps})
+        assert status == 201 and plan["status"] == "accepted", plan
+        params = StdioServerParameters(
+            command=str(ZTINFRA), args=["mcp-gateway", "--config", str(config)],
+            env={**os.environ, "ZTINFRA_SESSION_TOKEN": executor["access_token"], "ZTINFRA_PLAN": plan["plan"]},
+        )
+        async with Client(params) as client:
+            # The second step first: it is not the next one.
+            early = await client.call_tool("write_file", second)
+            assert early.is_error and "is on" in text_of(early), text_of(early)
+            # The first step with other content: other arguments.
+            other = await client.call_tool("write_file", {**first, "content": "not the plan"})
+            assert other.is_error and "other arguments" in text_of(other), text_of(other)
+            ok = await client.call_tool("write_file", first)
+            assert not ok.is_error, text_of(ok)
+            # Now the second is next; the first again is not.
+            again = await client.call_tool("write_file", first)
+            assert again.is_error and "is on" in text_of(again), text_of(again)
+            ok = await client.call_tool("write_file", second)
+            assert not ok.is_error, text_of(ok)
+            # Every step is used: nothing more runs under the plan.
+            done = await client.call_tool("write_file", second)
+            assert done.is_error and "used already" in text_of(done), text_of(done)
+    assert (root / "scratch" / "1.txt").read_text() == "step one"
+    assert (root / "scratch" / "2.txt").read_text() == "step two"
+    records = export_and_verify(pdp)
+    allowed = [r for r in records if r["decision"] == "allow" and r["request"].get("context", {}).get("plan")]
+    # The two submission decisions and the two executions, each naming the plan and its step.
+    assert [r["request"]["context"]["plan"]["step"] for r in allowed] == [0, 1, 0, 1]
+    assert {r["request"]["context"]["plan"]["id"] for r in allowed} == {plan["plan"]}
+
+
 def mint_svid(keys: Path, spiffe_id: str, out: Path) -> tuple[Path, Path]:
     """An X.509-SVID for `spiffe_id`, made by openssl with the service's own CA key."""
     key, csr, crt, ext = (out / f"svid.{x}" for x in ("key", "csr", "crt", "ext"))

@@ -495,18 +495,19 @@ impl FromRequestParts<Arc<AppState>> for Decider {
         let peer = parts.extensions.get::<Peer>();
         let step = match parts.headers.get(crate::plans::STEP_HEADER) {
             None => None,
-            Some(value) => Some(
-                value
-                    .to_str()
-                    .ok()
-                    .and_then(crate::plans::StepRef::parse)
-                    .ok_or_else(|| {
-                        Problem::invalid(
-                            "the `ZT-Plan-Step` header is `<plan id>/<step index>`: 64 hex digits, `/`, a number",
-                            Vec::new(),
-                        )
-                    })?,
-            ),
+            Some(value) => Some({
+                let (plan, index) = value
+                        .to_str()
+                        .ok()
+                        .and_then(crate::plans::parse_step)
+                        .ok_or_else(|| {
+                            Problem::invalid(
+                                "the `ZT-Plan-Step` header is `<plan id>/<step index>` or `<plan id>/next`: 64 hex digits, `/`, a number or `next`",
+                                Vec::new(),
+                            )
+                        })?;
+                crate::plans::resolve(app, plan, index).await?
+            }),
         };
         let transaction = match parts.headers.get(TXN_TOKEN_HEADER) {
             None => None,

@@ -404,13 +404,29 @@ impl App {
     /// (the MCP gateway) that embed the service instead of calling it over HTTP. With
     /// `session_token`, the request is bound to that agent session (its actor, and
     /// `context.session`), which must be live; the caller verified it with
-    /// [`App::session_agent`] or learns here that it no longer is.
+    /// [`App::session_agent`] or learns here that it no longer is. With `plan`, the decision
+    /// uses that plan's next step (as `ZT-Plan-Step: <plan>/next` would).
     pub async fn decide(
         &self,
         mut request: zt_core::DecisionRequest,
         endpoint: &'static str,
         session_token: Option<&str>,
+        plan: Option<&str>,
     ) -> Result<api::DecisionResponse, Vec<zt_core::FieldError>> {
+        let step = match plan {
+            None => None,
+            Some(plan) => {
+                let (plan, index) =
+                    plans::parse_step(&format!("{plan}/next")).ok_or_else(|| {
+                        vec![zt_core::FieldError::new("", "a plan id is 64 hex digits")]
+                    })?;
+                Some(
+                    plans::resolve(&self.state, plan, index)
+                        .await
+                        .map_err(|p| vec![zt_core::FieldError::new("", p.detail)])?,
+                )
+            }
+        };
         // Embedded, there is no TLS connection: a bound token cannot be used here.
         let session = session_token
             .map(|token| {
@@ -428,7 +444,7 @@ impl App {
         let decider = auth::Decider {
             pep: None,
             session,
-            step: None,
+            step,
             transaction: None,
         };
         decider.bind(&mut request, "").map_err(|e| vec![e])?;

@@ -153,24 +153,54 @@ impl Plans {
     }
 }
 
-/// A step capability as presented: `<plan id>/<index>`.
+/// A step capability as presented: `<plan id>/<index>`, or `<plan id>/next` for the first
+/// step not used yet (what an enforcement point that follows a plan, such as the MCP gateway,
+/// sends), which [`resolve`] turns into an index before anything is decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepRef {
     pub plan: String,
     pub index: usize,
 }
 
-impl StepRef {
-    pub fn parse(text: &str) -> Option<Self> {
-        let (plan, index) = text.trim().split_once('/')?;
-        (plan.len() == 64 && plan.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then_some(())
-            .and_then(|()| index.parse().ok())
-            .map(|index| Self {
-                plan: plan.to_ascii_lowercase(),
-                index,
-            })
+/// `<plan id>/<index>` or `<plan id>/next` (`None`).
+pub fn parse_step(text: &str) -> Option<(String, Option<usize>)> {
+    let (plan, index) = text.trim().split_once('/')?;
+    if plan.len() != 64 || !plan.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
     }
+    let index = match index {
+        "next" => None,
+        n => Some(n.parse().ok()?),
+    };
+    Some((plan.to_ascii_lowercase(), index))
+}
+
+/// The step a capability names: its index, or for `next`, the first step not used yet (the
+/// last, when every one is: its use is then refused as a replay).
+pub async fn resolve(
+    app: &AppState,
+    plan: String,
+    index: Option<usize>,
+) -> Result<StepRef, Problem> {
+    if let Some(index) = index {
+        return Ok(StepRef { plan, index });
+    }
+    let steps = app.store.plan_steps(&plan).await.map_err(|e| {
+        tracing::error!(error = %crate::error_chain(&e), "plan steps could not be read");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "service unavailable",
+            "the plan's steps could not be read",
+        )
+    })?;
+    let index = steps
+        .iter()
+        .find(|s| s.used_at_ms.is_none())
+        .or(steps.last())
+        .and_then(|s| usize::try_from(s.index).ok())
+        .unwrap_or(0);
+    Ok(StepRef { plan, index })
 }
 
 fn invalid(detail: impl Into<String>) -> Problem {

@@ -147,6 +147,7 @@ pub fn run(args: GatewayArgs) -> ExitCode {
     let token = std::env::var("ZTINFRA_SESSION_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
+    let plan = std::env::var("ZTINFRA_PLAN").ok().filter(|p| !p.is_empty());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -157,7 +158,12 @@ pub fn run(args: GatewayArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(zt_mcp::run(config, token, zt_server::shutdown_signal())) {
+    match runtime.block_on(zt_mcp::run(
+        config,
+        token,
+        plan,
+        zt_server::shutdown_signal(),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", zt_server::error_chain(&e));
