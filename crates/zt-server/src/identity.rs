@@ -711,6 +711,16 @@ pub(crate) async fn token(
         return crate::delegation::txn_token(&app, &form, peer_ext.as_ref().map(|Extension(p)| p))
             .await;
     }
+    if form.actor_token.is_none()
+        && (form.actor_token_type.is_some()
+            || form.authorization_details.is_some()
+            || form.scope.is_some())
+    {
+        return bad(
+            "a delegation (`authorization_details`, `scope`, `actor_token_type`) needs `actor_token`: the token of the session that receives the authority"
+                .into(),
+        );
+    }
     if form.actor_token.is_some() {
         if form.grant_type != TOKEN_EXCHANGE {
             return bad(format!(

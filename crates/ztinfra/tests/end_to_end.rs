@@ -164,6 +164,7 @@ fn client() -> http::sync::Client {
 
 mod end_to_end {
     mod authzen;
+    mod delegation;
     mod evidence;
     mod hardening;
     mod identity;

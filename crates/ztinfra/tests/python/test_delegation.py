@@ -306,9 +306,17 @@ def test_every_widening_and_bad_token_is_refused_with_its_oauth_error(service):
     allowed = id_token(issuer, "alice", may_act={"sub": orchestrator["spiffe_id"]})
     assert zt.exchange(allowed, ID_TOKEN, orchestrator["access_token"], authorization_details=[read])[0] == 200
 
-    # Without actor_token_type, and with a requested type not issued here (plain HTTP: authlib
-    # would not send the first).
+    # An expired actor token.
+    status, brief = call("POST", f"{zt.base}/v1/sessions", zt.broker,
+                         {"agent": "retrieval", "on_behalf_of": "alice", "ttl": 1})
+    assert status == 201, brief
+    time.sleep(1.2)
+    refused("invalid_grant", "expired", actor=brief["access_token"], authorization_details=[read])
+
+    # Without actor_token, without actor_token_type, and with a requested type not issued here
+    # (plain HTTP: authlib would not send these).
     for form, fragment in [
+        ({"actor_token_type": ACCESS, "authorization_details": json.dumps([read])}, "needs `actor_token`"),
         ({"actor_token": held}, "actor_token_type"),
         ({"actor_token": held, "actor_token_type": ACCESS, "requested_token_type": "urn:x"}, "requested_token_type"),
     ]:
