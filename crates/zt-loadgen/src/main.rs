@@ -60,6 +60,14 @@ struct Args {
     /// The endpoint path for `--bodies`, such as `/v1/decide`.
     #[arg(long, requires = "bodies")]
     path: Option<String>,
+    /// The `--bodies` lines are forms (`application/x-www-form-urlencoded`), such as token
+    /// requests, not JSON.
+    #[arg(long, requires = "bodies")]
+    form: bool,
+    /// One header (`Name: value`) per request, taken in step with `--bodies` (line n with body
+    /// n), such as a plan step capability for each step decision.
+    #[arg(long, requires = "bodies")]
+    headers: Option<std::path::PathBuf>,
     /// A file holding a credential to present with every request (`Authorization: Bearer`),
     /// for a service whose callers are authenticated.
     #[arg(long)]
@@ -236,6 +244,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .path
         .clone()
         .unwrap_or_else(|| args.mix.path().to_owned());
+    let headers: Arc<Vec<(String, String)>> = Arc::new(match &args.headers {
+        Some(file) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read `{}`", file.display()))?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                l.split_once(':')
+                    .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+                    .with_context(|| format!("`{l}` is not `Name: value`"))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        None => Vec::new(),
+    });
+    let content_type = if args.form {
+        "application/x-www-form-urlencoded"
+    } else {
+        "application/json"
+    };
+    // Closed loop: the workers take the bodies in order, each once per cycle.
+    let next = Arc::new(AtomicU64::new(0));
     // Open loop: one scheduler hands out tickets; workers take them as they come free.
     let (tickets, queue) = tokio::sync::mpsc::channel::<Ticket>(1 << 20);
     let queue = Arc::new(tokio::sync::Mutex::new(queue));
@@ -256,13 +284,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let new_connections = args.new_connections;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut workers = Vec::new();
-    for worker in 0..args.connections {
-        let (measuring, stop, errors, queue, bodies) = (
+    for _ in 0..args.connections {
+        let (measuring, stop, errors, queue, bodies, headers, next) = (
             Arc::clone(&measuring),
             Arc::clone(&stop),
             Arc::clone(&errors),
             Arc::clone(&queue),
             Arc::clone(&bodies),
+            Arc::clone(&headers),
+            Arc::clone(&next),
         );
         let uri = format!("{scheme}://{}{}", args.addr, path);
         let addr = args.addr;
@@ -272,7 +302,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let mut histogram =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?;
             let mut sender = connect(addr, tls.as_ref()).await?;
-            let mut i = worker;
             loop {
                 let (index, due) = if open_loop {
                     let next = queue.lock().await.recv().await;
@@ -285,7 +314,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    i += 1;
+                    let i = usize::try_from(next.fetch_add(1, Ordering::Relaxed)).unwrap_or(0);
                     (i, None)
                 };
                 let body = bodies
@@ -293,8 +322,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .cloned()
                     .unwrap_or_default();
                 let mut request = hyper::Request::post(uri.as_str())
-                    .header("content-type", "application/json")
+                    .header("content-type", content_type)
                     .header("host", addr.to_string());
+                if let Some((name, value)) = headers.get(index % headers.len().max(1)) {
+                    request = request.header(name.as_str(), value.as_str());
+                }
                 if let Some(value) = &authorization {
                     request = request.header("authorization", value.as_str());
                 }
@@ -367,6 +399,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         total.add(worker.await??)?;
     }
     let count = total.len();
+    // Closed loop: every body taken, warm-up included (open loop counts its tickets instead).
     let failed = errors.load(Ordering::Relaxed);
     let seconds = elapsed.as_secs_f64();
     let per_second = count as f64 / seconds;
@@ -374,9 +407,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let max = total.max();
     if args.json {
         println!(
-            "{{\"offered\":{},\"connections\":{},\"seconds\":{seconds:.3},\"requests\":{count},\"errors\":{failed},\"per_second\":{per_second:.1},\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999},\"max_us\":{max}}}",
+            "{{\"offered\":{},\"connections\":{},\"seconds\":{seconds:.3},\"sent\":{},\"requests\":{count},\"errors\":{failed},\"per_second\":{per_second:.1},\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999},\"max_us\":{max}}}",
             args.rate.unwrap_or(0),
             args.connections,
+            next.load(Ordering::Relaxed),
         );
         return Ok(());
     }

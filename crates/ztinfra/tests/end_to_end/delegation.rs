@@ -1,11 +1,6 @@
 //! Delegation across replicas on one PostgreSQL store: a delegated token's counted uses are
 //! spent once in all, whichever replica decides, and revoking a link on one replica voids what
 //! was delegated from it on the others.
-#![expect(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    reason = "tests fail loudly by design"
-)]
 
 use std::time::{Duration, Instant};
 
