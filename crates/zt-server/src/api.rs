@@ -53,6 +53,8 @@ pub struct AppState {
     pub issuers: crate::delegation::Issuers,
     /// Accepted plans read so far.
     pub plans: crate::plans::Plans,
+    /// Delegated uses spent and plan steps marked, batched.
+    pub uses: crate::uses::Uses,
 }
 
 /// The answer to a decision request.

@@ -931,17 +931,17 @@ pub(crate) async fn bound(
         let Some(max) = details.get(entry).and_then(|d| d.max_uses) else {
             return verdict;
         };
-        let spend = zt_store::Spend {
-            grant: &delegation.id,
+        let spend = zt_store::UseOp::Spend {
+            grant: delegation.id.clone(),
             entry: i64::try_from(entry).unwrap_or(i64::MAX),
             n: 1,
             max: i64::try_from(max).unwrap_or(i64::MAX),
         };
-        match app.store.spend(&spend).await {
+        match app.uses.apply(spend).await {
             Ok(true) => return verdict,
             Ok(false) => spent_out.push(format!("`authorization_details[{entry}]` ({max})")),
             Err(e) => {
-                tracing::error!(error = %crate::error_chain(&e), "a delegated use could not be counted; denied");
+                tracing::error!(error = %e, "a delegated use could not be counted; denied");
                 return deny(
                     "the use of the delegated authority could not be counted; denied (fail closed)"
                         .into(),

@@ -19,6 +19,7 @@ pub mod reach;
 pub mod reference;
 pub mod sessions;
 pub mod telemetry;
+pub mod uses;
 pub mod workloads;
 
 use std::net::SocketAddr;
@@ -343,6 +344,7 @@ impl App {
                 delegation: config.delegation.clone(),
                 issuers,
                 plans: plans::Plans::default(),
+                uses: uses::Uses::start(store.clone()),
             }),
             conn_limits: config.conn_limits,
             reach: Arc::new(reach::Reach::new(

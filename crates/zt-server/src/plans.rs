@@ -635,11 +635,22 @@ pub(crate) async fn bound(
         return verdict;
     }
     let index = i64::try_from(step.index).unwrap_or(i64::MAX);
-    match app
-        .store
-        .use_step(&step.plan, index, decision_id, crate::now_ms())
-        .await
-    {
+    let mark = zt_store::UseOp::Step {
+        plan: step.plan.clone(),
+        index,
+        decision_id: decision_id.to_owned(),
+        now_ms: crate::now_ms(),
+    };
+    let used = match app.uses.apply(mark).await {
+        Ok(true) => Ok(zt_store::StepUse::Used),
+        Ok(false) => app
+            .store
+            .step_refusal(&step.plan, index)
+            .await
+            .map_err(|e| crate::error_chain(&e)),
+        Err(e) => Err(e),
+    };
+    match used {
         Ok(zt_store::StepUse::Used) => verdict,
         Ok(zt_store::StepUse::AlreadyUsed { decision_id }) => deny(
             format!("{at} was used already, by the decision `{decision_id}` (a step is used once)"),
@@ -654,7 +665,7 @@ pub(crate) async fn bound(
         }
         Ok(zt_store::StepUse::Unknown) => deny(format!("{at} is not known"), ReasonKind::Plan),
         Err(e) => {
-            tracing::error!(error = %crate::error_chain(&e), "a plan step could not be marked used; denied");
+            tracing::error!(error = %e, "a plan step could not be marked used; denied");
             deny(
                 "the use of the plan step could not be recorded; denied (fail closed)".into(),
                 ReasonKind::Error,

@@ -34,7 +34,118 @@ const SPEND_PG: &str = "INSERT INTO zt_grant_uses (grant_id, entry, used) VALUES
      ON CONFLICT (grant_id, entry) DO UPDATE SET used = zt_grant_uses.used + excluded.used
      WHERE zt_grant_uses.used + excluded.used <= $4";
 
+/// A single-use write: spend `n` of a grant entry's `max` uses, or mark a plan step used.
+/// Many are applied in one transaction ([`Store::apply_uses`]), each on its own condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UseOp {
+    Spend {
+        grant: String,
+        entry: i64,
+        n: i64,
+        max: i64,
+    },
+    Step {
+        plan: String,
+        index: i64,
+        decision_id: String,
+        now_ms: i64,
+    },
+}
+
+/// Marks a plan step used, only if unused, its plan not revoked, and (ordered) every earlier
+/// step used: the whole rule is the statement's condition.
+pub(crate) const STEP_SQLITE: &str = "UPDATE zt_plan_steps SET used_at_ms = ?1, decision_id = ?2
+     WHERE plan = ?3 AND idx = ?4 AND used_at_ms IS NULL
+       AND EXISTS (SELECT 1 FROM zt_plans p WHERE p.id = ?3 AND p.revoked_at_ms IS NULL
+         AND (p.ordered = 0 OR NOT EXISTS (SELECT 1 FROM zt_plan_steps e
+           WHERE e.plan = ?3 AND e.idx < ?4 AND e.used_at_ms IS NULL)))";
+pub(crate) const STEP_PG: &str = "UPDATE zt_plan_steps SET used_at_ms = $1, decision_id = $2
+     WHERE plan = $3 AND idx = $4 AND used_at_ms IS NULL
+       AND EXISTS (SELECT 1 FROM zt_plans p WHERE p.id = $3 AND p.revoked_at_ms IS NULL
+         AND (p.ordered = 0 OR NOT EXISTS (SELECT 1 FROM zt_plan_steps e
+           WHERE e.plan = $3 AND e.idx < $4 AND e.used_at_ms IS NULL)))";
+
 impl Store {
+    /// Applies single-use writes in one transaction, in order, and says of each whether its
+    /// condition held (a use left, a step usable). One commit for all of them: on SQLite on
+    /// the append thread, where writes queue instead of contending for the write lock.
+    pub async fn apply_uses(&self, ops: Vec<UseOp>) -> Result<Vec<bool>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_, appender) => {
+                appender
+                    .write(move |conn| {
+                        let tx = conn
+                            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                        let mut done = Vec::with_capacity(ops.len());
+                        for op in &ops {
+                            let changed =
+                                match op {
+                                    UseOp::Spend { n, max, .. } if n > max => 0,
+                                    UseOp::Spend {
+                                        grant,
+                                        entry,
+                                        n,
+                                        max,
+                                    } => tx
+                                        .prepare_cached(SPEND_SQLITE)?
+                                        .execute(rusqlite::params![grant, entry, n, max])?,
+                                    UseOp::Step {
+                                        plan,
+                                        index,
+                                        decision_id,
+                                        now_ms,
+                                    } => tx.prepare_cached(STEP_SQLITE)?.execute(
+                                        rusqlite::params![now_ms, decision_id, plan, index],
+                                    )?,
+                                };
+                            done.push(changed == 1);
+                        }
+                        tx.commit()?;
+                        Ok(done)
+                    })
+                    .await
+            }
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let mut done = Vec::with_capacity(ops.len());
+                for op in &ops {
+                    let changed = match op {
+                        UseOp::Spend { n, max, .. } if n > max => 0,
+                        UseOp::Spend {
+                            grant,
+                            entry,
+                            n,
+                            max,
+                        } => sqlx::query(SPEND_PG)
+                            .bind(grant)
+                            .bind(entry)
+                            .bind(n)
+                            .bind(max)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected(),
+                        UseOp::Step {
+                            plan,
+                            index,
+                            decision_id,
+                            now_ms,
+                        } => sqlx::query(STEP_PG)
+                            .bind(now_ms)
+                            .bind(decision_id)
+                            .bind(plan)
+                            .bind(index)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected(),
+                    };
+                    done.push(changed == 1);
+                }
+                tx.commit().await?;
+                Ok(done)
+            }
+        }
+    }
+
     /// Stores a grant, spending `reserve` from the grant it was taken from (a child's counted
     /// uses are its parent's, handed down) in the same transaction. `false`, and nothing
     /// stored, when a reservation finds too few uses left.
@@ -89,32 +200,6 @@ impl Store {
         Ok(true)
     }
 
-    /// Spends one use of a counted entry: `false` when none is left.
-    pub async fn spend(&self, spend: &Spend<'_>) -> Result<bool, StoreError> {
-        if spend.n > spend.max {
-            return Ok(false);
-        }
-        let done = match &self.backend {
-            Backend::Sqlite(pool, _) => sqlx::query(SPEND_SQLITE)
-                .bind(spend.grant)
-                .bind(spend.entry)
-                .bind(spend.n)
-                .bind(spend.max)
-                .execute(pool)
-                .await?
-                .rows_affected(),
-            Backend::Postgres(pool) => sqlx::query(SPEND_PG)
-                .bind(spend.grant)
-                .bind(spend.entry)
-                .bind(spend.n)
-                .bind(spend.max)
-                .execute(pool)
-                .await?
-                .rows_affected(),
-        };
-        Ok(done == 1)
-    }
-
     /// Marks a grant revoked (the first time counts); `false` when there is no such grant.
     pub async fn revoke_grant(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let done = match &self.backend {
@@ -163,6 +248,19 @@ mod tests {
     use super::*;
     use crate::Location;
 
+    async fn spend(store: &Store, spend: &Spend<'_>) -> bool {
+        store
+            .apply_uses(vec![UseOp::Spend {
+                grant: spend.grant.to_owned(),
+                entry: spend.entry,
+                n: spend.n,
+                max: spend.max,
+            }])
+            .await
+            .unwrap()
+            == [true]
+    }
+
     async fn spend_and_revoke(store: &Store) {
         let grant = |id: &str, parent: Option<&str>| StoredGrant {
             id: id.into(),
@@ -199,8 +297,8 @@ mod tests {
                 .await
                 .unwrap()
         );
-        assert!(store.spend(&from_g1(1)).await.unwrap());
-        assert!(!store.spend(&from_g1(1)).await.unwrap());
+        assert!(spend(store, &from_g1(1)).await);
+        assert!(!spend(store, &from_g1(1)).await);
         // Another entry counts on its own.
         let other = Spend {
             grant: "g1",
@@ -208,19 +306,15 @@ mod tests {
             n: 1,
             max: 1,
         };
-        assert!(store.spend(&other).await.unwrap());
-        assert!(!store.spend(&other).await.unwrap());
-        assert!(
-            !store
-                .spend(&Spend {
-                    grant: "g9",
-                    entry: 0,
-                    n: 2,
-                    max: 1
-                })
-                .await
-                .unwrap()
-        );
+        assert!(spend(store, &other).await);
+        assert!(!spend(store, &other).await);
+        let too_many = Spend {
+            grant: "g9",
+            entry: 0,
+            n: 2,
+            max: 1,
+        };
+        assert!(!spend(store, &too_many).await);
 
         assert!(store.revoked_grants(0).await.unwrap().is_empty());
         assert!(store.revoke_grant("g2", 50).await.unwrap());

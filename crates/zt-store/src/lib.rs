@@ -32,7 +32,7 @@ mod policy_versions;
 pub use agents::{StoredAgent, StoredSession};
 pub use credentials::{CredentialInfo, Revoked};
 pub use evidence::{LogId, StoredCheckpoint, StoredLog, StoredRecord, WriterLock};
-pub use grants::{Spend, StoredGrant};
+pub use grants::{Spend, StoredGrant, UseOp};
 pub use plans::{StepState, StepUse, StoredPlan};
 pub use policy_versions::StoredPolicyVersion;
 

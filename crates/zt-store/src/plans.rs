@@ -162,49 +162,8 @@ impl Store {
             .collect())
     }
 
-    /// Uses step `index` of plan `id` for the decision `decision_id`: only if the plan is not
-    /// revoked, the step not used, and (an ordered plan) every earlier step used. The mark is
-    /// conditional on all of it, so a use made meanwhile elsewhere makes this one fail.
-    pub async fn use_step(
-        &self,
-        id: &str,
-        index: i64,
-        decision_id: &str,
-        now_ms: i64,
-    ) -> Result<StepUse, StoreError> {
-        macro_rules! use_step {
-            ($pool:expr, $mark:expr) => {{
-                let done = sqlx::query($mark)
-                    .bind(now_ms)
-                    .bind(decision_id)
-                    .bind(id)
-                    .bind(index)
-                    .execute($pool)
-                    .await?;
-                done.rows_affected() == 1
-            }};
-        }
-        let marked = match &self.backend {
-            Backend::Sqlite(pool, _) => use_step!(
-                pool,
-                "UPDATE zt_plan_steps SET used_at_ms = ?1, decision_id = ?2
-                 WHERE plan = ?3 AND idx = ?4 AND used_at_ms IS NULL
-                   AND EXISTS (SELECT 1 FROM zt_plans p WHERE p.id = ?3 AND p.revoked_at_ms IS NULL
-                     AND (p.ordered = 0 OR NOT EXISTS (SELECT 1 FROM zt_plan_steps e
-                       WHERE e.plan = ?3 AND e.idx < ?4 AND e.used_at_ms IS NULL)))"
-            ),
-            Backend::Postgres(pool) => use_step!(
-                pool,
-                "UPDATE zt_plan_steps SET used_at_ms = $1, decision_id = $2
-                 WHERE plan = $3 AND idx = $4 AND used_at_ms IS NULL
-                   AND EXISTS (SELECT 1 FROM zt_plans p WHERE p.id = $3 AND p.revoked_at_ms IS NULL
-                     AND (p.ordered = 0 OR NOT EXISTS (SELECT 1 FROM zt_plan_steps e
-                       WHERE e.plan = $3 AND e.idx < $4 AND e.used_at_ms IS NULL)))"
-            ),
-        };
-        if marked {
-            return Ok(StepUse::Used);
-        }
+    /// Why step `index` of plan `id` could not be used, as the store stands now.
+    pub async fn step_refusal(&self, id: &str, index: i64) -> Result<StepUse, StoreError> {
         // Why not: read what stands now.
         let Some(plan) = self.plan(id).await? else {
             return Ok(StepUse::Unknown);
@@ -258,6 +217,24 @@ mod tests {
     use super::*;
     use crate::Location;
 
+    /// Marks a step used, or says why not.
+    async fn use_step(store: &Store, id: &str, index: i64, decision_id: &str) -> StepUse {
+        let done = store
+            .apply_uses(vec![crate::UseOp::Step {
+                plan: id.into(),
+                index,
+                decision_id: decision_id.into(),
+                now_ms: 5,
+            }])
+            .await
+            .unwrap();
+        if done == [true] {
+            StepUse::Used
+        } else {
+            store.step_refusal(id, index).await.unwrap()
+        }
+    }
+
     async fn steps_are_used_once_and_in_order(store: &Store) {
         let plan = |id: &str, ordered: bool| StoredPlan {
             id: id.into(),
@@ -272,46 +249,28 @@ mod tests {
         assert!(store.add_plan(&plan("p1", true)).await.unwrap());
         assert!(!store.add_plan(&plan("p1", true)).await.unwrap());
         assert_eq!(
-            store.use_step("p1", 1, "d0", 5).await.unwrap(),
+            use_step(store, "p1", 1, "d0").await,
             StepUse::Waiting { earlier: 0 }
         );
+        assert_eq!(use_step(store, "p1", 0, "d1").await, StepUse::Used);
         assert_eq!(
-            store.use_step("p1", 0, "d1", 5).await.unwrap(),
-            StepUse::Used
-        );
-        assert_eq!(
-            store.use_step("p1", 0, "d2", 6).await.unwrap(),
+            use_step(store, "p1", 0, "d2").await,
             StepUse::AlreadyUsed {
                 decision_id: "d1".into()
             }
         );
-        assert_eq!(
-            store.use_step("p1", 1, "d3", 7).await.unwrap(),
-            StepUse::Used
-        );
-        assert_eq!(
-            store.use_step("p1", 7, "d4", 7).await.unwrap(),
-            StepUse::Unknown
-        );
-        assert_eq!(
-            store.use_step("nope", 0, "d4", 7).await.unwrap(),
-            StepUse::Unknown
-        );
+        assert_eq!(use_step(store, "p1", 1, "d3").await, StepUse::Used);
+        assert_eq!(use_step(store, "p1", 7, "d4").await, StepUse::Unknown);
+        assert_eq!(use_step(store, "nope", 0, "d4").await, StepUse::Unknown);
         assert!(store.revoke_plan("p1", 8).await.unwrap());
-        assert_eq!(
-            store.use_step("p1", 2, "d5", 9).await.unwrap(),
-            StepUse::Revoked
-        );
+        assert_eq!(use_step(store, "p1", 2, "d5").await, StepUse::Revoked);
         let states = store.plan_steps("p1").await.unwrap();
         assert_eq!(states.len(), 3);
         assert_eq!(states[1].decision_id.as_deref(), Some("d3"));
         assert_eq!(states[2].used_at_ms, None);
         // Unordered: any step first.
         assert!(store.add_plan(&plan("p2", false)).await.unwrap());
-        assert_eq!(
-            store.use_step("p2", 2, "d6", 5).await.unwrap(),
-            StepUse::Used
-        );
+        assert_eq!(use_step(store, "p2", 2, "d6").await, StepUse::Used);
         let stored = store.plan("p2").await.unwrap().unwrap();
         assert!(!stored.ordered);
         assert_eq!(stored.steps, 3);
