@@ -433,6 +433,25 @@ pub async fn live_session(
     token: &str,
     holder: Option<&Peer>,
 ) -> Result<crate::sessions::LiveSession, Problem> {
+    live(app, token, Some(holder)).await
+}
+
+/// The session of an access token whoever presents it, for a token that is not used here but
+/// handed on (a delegation's actor token: the token issued from it inherits its `cnf`, so only
+/// its certificate's holder can use what it receives).
+pub async fn session_of(
+    app: &AppState,
+    token: &str,
+) -> Result<crate::sessions::LiveSession, Problem> {
+    live(app, token, None).await
+}
+
+/// `holder`: `Some` to check a bound token against the presenting connection's certificate.
+async fn live(
+    app: &AppState,
+    token: &str,
+    holder: Option<Option<&Peer>>,
+) -> Result<crate::sessions::LiveSession, Problem> {
     let mut verified = app.sessions.verify(token, crate::now_ms());
     // Started a moment ago on another replica, and not yet announced here: read it (a
     // delegated token may name several such sessions in its chain).
@@ -448,7 +467,9 @@ pub async fn live_session(
     }
     verified
         .and_then(|live| {
-            live.check_holder(holder.and_then(|p| p.0.as_deref()))?;
+            if let Some(holder) = holder {
+                live.check_holder(holder.and_then(|p| p.0.as_deref()))?;
+            }
             Ok(live)
         })
         .map_err(|e| {

@@ -322,8 +322,10 @@ async fn exchange_inner(
         ));
     }
 
-    // The actor: a live session, by its own token (not a delegated one).
-    let actor = crate::auth::live_session(app, actor_token, None)
+    // The actor: a live session, by its own token (not a delegated one), which is not used
+    // here: a bound one is accepted from the delegating party, and what it receives is bound
+    // to the same certificate.
+    let actor = crate::auth::session_of(app, actor_token)
         .await
         .map_err(|p| grant_refused(format!("the actor token: {}", p.detail)))?;
     if actor.claims.delegation.is_some() {

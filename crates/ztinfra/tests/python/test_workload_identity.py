@@ -40,6 +40,9 @@ POLICY = """
 permit (principal, action == Action::"tool.call", resource)
 when { context has session && context.session has bound && context.session.bound };
 
+@id("delegation")
+permit (principal, action == Action::"ztinfra.token.exchange", resource);
+
 @id("workload-reads")
 permit (principal, action == Action::"doc.read", resource)
 when { context has session && context.session has workload &&
@@ -273,6 +276,31 @@ def test_an_x509_svid_gets_a_bound_token_that_is_refused_from_another_certificat
     with service.client(agent) as c:
         answer = c.post("/v1/decide", json={"actor": "triage-bot", "action": "doc.read", "resource": "r"})
         assert answer.status_code == 401 and "/oauth2/token" in answer.json()["detail"]
+
+
+def test_a_bound_session_receives_a_delegation_that_stays_bound_to_its_certificate(service, example):
+    agent = example.svid(service.dir, "agent", ["spiffe://example.org/agents/triage"])
+    status, issued = service.curl("/oauth2/token", "-d", "grant_type=client_credentials", cert=agent)
+    assert status == 200 and issued["cnf"], issued
+    broker = subprocess.run([ZTINFRA, "credentials", "add", "launcher", "--role", "broker", "--data-dir", service.data],
+                            check=True, capture_output=True, text=True).stdout.strip()
+    access = "urn:ietf:params:oauth:token-type:access_token"
+    with service.client() as c:
+        started = c.post("/v1/sessions", headers={"authorization": f"Bearer {broker}"},
+                         json={"agent": "triage-bot", "on_behalf_of": "alice"})
+        assert started.status_code == 201, started.text
+        # The delegating party holds the actor's token but not its certificate: accepted, and
+        # the delegated token is bound to the actor's certificate.
+        delegated = exchange(c, started.json()["access_token"], subject_token_type=access,
+                             actor_token=issued["access_token"], actor_token_type=access, scope="tool.call")
+        assert delegated.status_code == 200, delegated.text
+        token = delegated.json()["access_token"]
+        assert jwt.decode(token, options={"verify_signature": False})["cnf"] == issued["cnf"]
+        refused = decide(c, token)
+        assert refused.status_code == 401 and "bound to a client certificate" in refused.json()["detail"]
+    with service.client(agent) as c:
+        answer = decide(c, token)
+        assert answer.status_code == 200 and answer.json()["decision"] == "allow", answer.text
 
 
 def handshake_refused(service: Service, cert: tuple[Path, Path]) -> str:
