@@ -711,7 +711,10 @@ pub(crate) async fn token(
         return crate::delegation::txn_token(&app, &form, peer_ext.as_ref().map(|Extension(p)| p))
             .await;
     }
-    if form.actor_token.is_none()
+    // A token exchange that asks for authority is a delegation (`scope` sent with another
+    // grant, such as `client_credentials`, is ignored, as before).
+    if form.grant_type == TOKEN_EXCHANGE
+        && form.actor_token.is_none()
         && (form.actor_token_type.is_some()
             || form.authorization_details.is_some()
             || form.scope.is_some())
