@@ -98,7 +98,8 @@ pub struct IssuerSettings {
 /// The trusted issuers and their keys.
 pub struct Issuers {
     issuers: Vec<(IssuerSettings, Mutex<Keys>)>,
-    http: reqwest::Client,
+    /// Made only when an issuer's keys are at a URL.
+    http: Option<reqwest::Client>,
 }
 
 #[derive(Default)]
@@ -143,10 +144,16 @@ impl Issuers {
                 ));
             }
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| format!("no HTTP client: {e}"))?;
+        let http = if settings.issuers.iter().any(|i| i.jwks_uri.is_some()) {
+            Some(
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .map_err(|e| format!("no HTTP client: {e}"))?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             issuers: settings
                 .issuers
@@ -218,8 +225,11 @@ impl Issuers {
                 if let Ok(mut k) = keys.lock() {
                     k.fetched = Some(Instant::now());
                 }
-                let response = self
+                let http = self
                     .http
+                    .as_ref()
+                    .ok_or_else(|| unavailable("no HTTP client".into()))?;
+                let response = http
                     .get(uri)
                     .send()
                     .await
