@@ -298,19 +298,16 @@ pub(crate) async fn answer(
     let mut pending = Vec::with_capacity(decided.len());
     for (request, mut verdict) in decided {
         let decision_id = Uuid::now_v7().to_string();
+        // The bounds that write (a delegated use spent, a plan step used) write last, and only
+        // for what every other bound let through.
         if let Some((step, session)) = &origin.step {
-            verdict = crate::plans::bound(
-                app,
-                step,
-                session.as_deref(),
-                request,
-                verdict,
-                &decision_id,
-            )
-            .await;
+            verdict = crate::plans::check(app, step, session.as_deref(), request, verdict).await;
         }
         if let Some(claims) = &origin.delegated {
             verdict = crate::delegation::bound(app, claims, request, verdict).await;
+        }
+        if let Some((step, _)) = &origin.step {
+            verdict = crate::plans::mark(app, step, verdict, &decision_id).await;
         }
         pending.push(PendingRecord {
             time_ms,

@@ -535,20 +535,8 @@ pub(crate) async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Keeps a decision that presents a step capability to exactly that step: the plan is known
-/// and unexpired, the caller is the step's executor, the action, resource and (when the step
-/// names one) arguments digest are the step's; and, when the policies allow it, the step is
-/// marked used (only if unused, not revoked, and in order), which a replay or an early step
-/// finds. Each refusal is a deny with its own reason.
-pub(crate) async fn bound(
-    app: &AppState,
-    step: &StepRef,
-    session: Option<&str>,
-    request: &ValidRequest,
-    verdict: Verdict,
-    decision_id: &str,
-) -> Verdict {
-    let deny = |message: String, kind: ReasonKind| Verdict {
+fn denied(verdict: &Verdict, message: String, kind: ReasonKind) -> Verdict {
+    Verdict {
         decision: Decision::Deny,
         reasons: vec![Reason {
             kind,
@@ -556,7 +544,21 @@ pub(crate) async fn bound(
             message,
         }],
         policy_version: verdict.policy_version.clone(),
-    };
+    }
+}
+
+/// Keeps a decision that presents a step capability to exactly that step, writing nothing: the
+/// plan is known and unexpired, the caller is the step's executor, the action, resource and
+/// (when the step names one) arguments digest are the step's. Each refusal is a deny with its
+/// own reason. [`mark`] then uses the step, once every other bound has held.
+pub(crate) async fn check(
+    app: &AppState,
+    step: &StepRef,
+    session: Option<&str>,
+    request: &ValidRequest,
+    verdict: Verdict,
+) -> Verdict {
+    let deny = |message: String, kind: ReasonKind| denied(&verdict, message, kind);
     let at = format!("step {} of plan `{}`", step.index, step.plan);
     let plan = match app.plans.get(app, &step.plan).await {
         Ok(Some(plan)) => plan,
@@ -631,9 +633,23 @@ pub(crate) async fn bound(
             );
         }
     }
+    verdict
+}
+
+/// Marks the step an allowed decision uses (only if unused, not revoked, and in order: a
+/// replay, an early step or a revoked plan finds it so, and the decision becomes a deny saying
+/// which). A deny passes unchanged and uses nothing.
+pub(crate) async fn mark(
+    app: &AppState,
+    step: &StepRef,
+    verdict: Verdict,
+    decision_id: &str,
+) -> Verdict {
     if verdict.decision != Decision::Allow {
         return verdict;
     }
+    let deny = |message: String, kind: ReasonKind| denied(&verdict, message, kind);
+    let at = format!("step {} of plan `{}`", step.index, step.plan);
     let index = i64::try_from(step.index).unwrap_or(i64::MAX);
     let mark = zt_store::UseOp::Step {
         plan: step.plan.clone(),

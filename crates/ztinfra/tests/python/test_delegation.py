@@ -437,3 +437,36 @@ def test_a_transaction_token_carries_the_chain_to_services_that_decide_on_it(ser
             urllib.request.urlopen(urllib.request.Request(zt.metadata["token_endpoint"], data=data), timeout=10)
         body = json.loads(e.value.read())
         assert body["error"] == error and fragment in body["error_description"], body
+
+
+def test_a_plan_step_refused_by_the_delegated_bound_is_not_used_up(service):
+    zt, issuer, _ = service
+    orchestrator = zt.session("orchestrator")
+    retrieval = zt.session("retrieval")
+    alice = id_token(issuer, "alice")
+    first = zt.exchange(alice, ID_TOKEN, orchestrator["access_token"], authorization_details=[INVOICES])[1]
+
+    def narrowed(invoice):
+        entry = {"type": "ztinfra_action", "actions": ["crm.invoices.read"], "locations": [f"crm://invoices/2026-Q3/{invoice}"], "max_uses": 1}
+        return zt.exchange(first["access_token"], ACCESS, retrieval["access_token"], authorization_details=[entry])[1]["access_token"]
+
+    status, plan = call("POST", f"{zt.base}/v1/plans", orchestrator["access_token"], {
+        "executor": retrieval["session_id"],
+        "steps": [{"action": "crm.invoices.read", "resource": "crm://invoices/2026-Q3/7"}],
+    })
+    assert status == 201 and plan["status"] == "accepted", plan
+
+    def step(token):
+        body = json.dumps({"action": "crm.invoices.read", "resource": "crm://invoices/2026-Q3/7"}).encode()
+        request = urllib.request.Request(f"{zt.base}/v1/decide", data=body, headers={
+            "content-type": "application/json", "authorization": f"Bearer {token}", "zt-plan-step": f"{plan['plan']}/0"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    # A token for invoice 8 only: the step is outside it, and stays unused.
+    outside = step(narrowed(8))
+    assert outside["decision"] == "deny" and outside["reasons"][0]["kind"] == "delegation", outside
+    inside = step(narrowed(7))
+    assert inside["decision"] == "allow", inside
+    again = step(narrowed(7))
+    assert again["decision"] == "deny" and "used already" in again["reasons"][0]["message"], again
