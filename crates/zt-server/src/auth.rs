@@ -185,10 +185,7 @@ pub(crate) fn refusal_problem(refusal: Refusal) -> Problem {
         }
         Refusal::Store(e) => {
             tracing::error!(error = %crate::error_chain(&e), "credentials could not be checked");
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "service unavailable",
+            Problem::unavailable(
                 "the credential could not be checked (the store does not answer); nothing was done",
             )
         }
@@ -474,12 +471,7 @@ async fn live(
         })
         .map_err(|e| {
             if matches!(e, crate::sessions::SessionError::Stale) {
-                return Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "service unavailable",
-                    e.to_string(),
-                );
+                return Problem::unavailable(e.to_string());
             }
             tracing::warn!(error = %e, "request refused: agent session token not valid");
             metrics::counter!("ztinfra_auth_refusals_total", "reason" => "session").increment(1);

@@ -278,18 +278,8 @@ fn grant_refused(detail: impl Into<String>) -> Response {
     oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", detail)
 }
 
-/// Token exchange with an `actor_token`: delegation.
+/// Token exchange with an `actor_token`: delegation. The answer, or the refusal's.
 pub(crate) async fn exchange(
-    app: &AppState,
-    form: &TokenRequest,
-    peer: Option<&crate::conn::Peer>,
-) -> Response {
-    match exchange_inner(app, form, peer).await {
-        Ok(response) | Err(response) => response,
-    }
-}
-
-async fn exchange_inner(
     app: &AppState,
     form: &TokenRequest,
     peer: Option<&crate::conn::Peer>,
@@ -469,10 +459,7 @@ async fn exchange_inner(
         }
         Err(e) => {
             tracing::error!(error = %crate::error_chain(&e), "a delegation could not be stored");
-            return Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "service unavailable",
+            return Err(Problem::unavailable(
                 "the store could not be written; see the service's log",
             )
             .into_response());
@@ -522,10 +509,7 @@ async fn exchange_inner(
         Err(e) => {
             tracing::error!(error = %e, delegation = %id, "a delegation could not be recorded; it is revoked");
             let _ = app.sessions.revoke_grant(&id, crate::now_ms()).await;
-            return Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "service unavailable",
+            return Err(Problem::unavailable(
                 "the delegation could not be put on record, so it was revoked",
             )
             .into_response());
@@ -553,18 +537,8 @@ async fn exchange_inner(
 /// Token exchange for a Transaction Token: the subject is a session's token (its own, or one
 /// delegated to it), presented by its holder; the token carries the subject's immutable
 /// authority and chain (`tctx`) for the services a transaction passes through inside the trust
-/// domain, for minutes.
+/// domain, for minutes. The answer, or the refusal's.
 pub(crate) async fn txn_token(
-    app: &AppState,
-    form: &TokenRequest,
-    peer: Option<&crate::conn::Peer>,
-) -> Response {
-    match txn_token_inner(app, form, peer).await {
-        Ok(response) | Err(response) => response,
-    }
-}
-
-async fn txn_token_inner(
     app: &AppState,
     form: &TokenRequest,
     peer: Option<&crate::conn::Peer>,
@@ -648,12 +622,7 @@ async fn txn_token_inner(
     .await
     .map_err(|e| {
         tracing::error!(error = %e, "a Transaction Token could not be recorded; not issued");
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "service unavailable",
-            "the Transaction Token could not be put on record, so it was not issued",
-        )
+        Problem::unavailable("the Transaction Token could not be put on record, so it was not issued")
         .into_response()
     })?;
     let mut response = axum::Json(json!({
@@ -996,10 +965,7 @@ pub(crate) async fn revoke(
     .map(drop)
     .map_err(|e| {
         tracing::error!(error = %e, "a delegation revocation could not be recorded (it stands)");
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "service unavailable",
+        Problem::unavailable(
             "the delegation is revoked, but the revocation could not be put on record",
         )
     })

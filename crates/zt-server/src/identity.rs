@@ -43,15 +43,6 @@ pub(crate) fn admin_routes() -> Router<Arc<AppState>> {
         .route("/v1/delegations/{id}/revoke", post(revoke_delegation))
 }
 
-fn unrecorded(detail: &str) -> Problem {
-    Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "service unavailable",
-        detail,
-    )
-}
-
 /// Records a revocation (done already: it stands whether or not its record can be made, and
 /// the answer says so).
 async fn record_revocation(
@@ -72,7 +63,9 @@ async fn record_revocation(
     .map(drop)
     .map_err(|e| {
         tracing::error!(error = %e, "a revocation could not be recorded (it stands)");
-        unrecorded("the sessions are revoked, but the revocation could not be put on record")
+        Problem::unavailable(
+            "the sessions are revoked, but the revocation could not be put on record",
+        )
     })
 }
 
@@ -101,20 +94,10 @@ pub(crate) fn session_problem(e: SessionError) -> Problem {
                 e.to_string(),
             )
         }
-        SessionError::Stale => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "service unavailable",
-            e.to_string(),
-        ),
+        SessionError::Stale => Problem::unavailable(e.to_string()),
         SessionError::Store(source) => {
             tracing::error!(error = %crate::error_chain(&source), "identity store write failed");
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "service unavailable",
-                "the store could not be written; see the service's log",
-            )
+            Problem::unavailable("the store could not be written; see the service's log")
         }
     }
 }
@@ -289,7 +272,7 @@ async fn start_recorded(
                 .sessions
                 .revoke(&started.session_id, crate::now_ms())
                 .await;
-            return Err(unrecorded(
+            return Err(Problem::unavailable(
                 "the session could not be put on record, so it was revoked; nothing can act under it",
             ));
         }
@@ -709,7 +692,8 @@ pub(crate) async fn token(
             return bad("a Transaction Token is asked without `actor_token`".into());
         }
         return crate::delegation::txn_token(&app, &form, peer_ext.as_ref().map(|Extension(p)| p))
-            .await;
+            .await
+            .unwrap_or_else(|refusal| refusal);
     }
     // A token exchange that asks for authority is a delegation (`scope` sent with another
     // grant, such as `client_credentials`, is ignored, as before).
@@ -731,7 +715,8 @@ pub(crate) async fn token(
             ));
         }
         return crate::delegation::exchange(&app, &form, peer_ext.as_ref().map(|Extension(p)| p))
-            .await;
+            .await
+            .unwrap_or_else(|refusal| refusal);
     }
     if form
         .requested_token_type

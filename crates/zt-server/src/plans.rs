@@ -187,12 +187,7 @@ pub async fn resolve(
     }
     let steps = app.store.plan_steps(&plan).await.map_err(|e| {
         tracing::error!(error = %crate::error_chain(&e), "plan steps could not be read");
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "service unavailable",
-            "the plan's steps could not be read",
-        )
+        Problem::unavailable("the plan's steps could not be read")
     })?;
     let index = steps
         .iter()
@@ -375,12 +370,7 @@ pub(crate) async fn submit(
             .await
             .map_err(|e| {
                 tracing::error!(error = %crate::error_chain(&e), "a plan could not be stored");
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "service unavailable",
-                    "the store could not be written; see the service's log",
-                )
+                Problem::unavailable("the store could not be written; see the service's log")
             })?;
         if !stored {
             return Err(Problem::new(
@@ -408,12 +398,7 @@ pub(crate) async fn submit(
     .await
     .map_err(|e| {
         tracing::error!(error = %e, plan = %id, "a plan could not be recorded");
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "service unavailable",
-            "the plan could not be put on record",
-        )
+        Problem::unavailable("the plan could not be put on record")
     });
     let evidence = match evidence {
         Ok(receipt) => receipt,
@@ -455,12 +440,7 @@ pub(crate) async fn show(
 ) -> Result<Json<Value>, Problem> {
     let unavailable = |e: zt_store::StoreError| {
         tracing::error!(error = %crate::error_chain(&e), "plans could not be read");
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "service unavailable",
-            "the store could not be read",
-        )
+        Problem::unavailable("the store could not be read")
     };
     let stored = app
         .store
@@ -503,12 +483,7 @@ pub(crate) async fn revoke(
         .await
         .map_err(|e| {
             tracing::error!(error = %crate::error_chain(&e), "a plan could not be revoked");
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "service unavailable",
-                "the store could not be written",
-            )
+            Problem::unavailable("the store could not be written")
         })?;
     if !found {
         return Err(Problem::not_found(format!(
@@ -525,12 +500,7 @@ pub(crate) async fn revoke(
     .await
     .map_err(|e| {
         tracing::error!(error = %e, "a plan revocation could not be recorded (it stands)");
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "service unavailable",
-            "the plan is revoked, but the revocation could not be put on record",
-        )
+        Problem::unavailable("the plan is revoked, but the revocation could not be put on record")
     })?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -102,6 +102,16 @@ impl Problem {
         Self::new(StatusCode::NOT_FOUND, "not-found", "not found", detail)
     }
 
+    /// 503: the service cannot do it now (its store, its log); the client may retry.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "service unavailable",
+            detail,
+        )
+    }
+
     pub fn internal(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
