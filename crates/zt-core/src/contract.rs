@@ -562,6 +562,10 @@ fn check_value(
 pub enum Decision {
     Allow,
     Deny,
+    /// Allowed only with a person's approval: the only satisfied permits are marked
+    /// `@approval` and no forbid applies. Not an allow: the action waits until the request is
+    /// repeated with an approval given for exactly it.
+    ApprovalRequired,
 }
 
 impl Decision {
@@ -569,6 +573,7 @@ impl Decision {
         match self {
             Self::Allow => "allow",
             Self::Deny => "deny",
+            Self::ApprovalRequired => "approval_required",
         }
     }
 }
@@ -597,6 +602,10 @@ pub enum ReasonKind {
     /// The request presents a plan step it is not exactly, or one used already, out of order,
     /// or of a plan revoked or expired.
     Plan,
+    /// A permit marked `@approval` was satisfied: the request waits for a person's approval
+    /// (`approval_required`), is allowed with the approval it presents, or is denied because
+    /// that approval does not hold for it.
+    Approval,
 }
 
 /// One reason for a decision.
@@ -609,6 +618,10 @@ pub struct Reason {
     pub policy: Option<String>,
     /// The policy's `@reason` annotation, or a generated explanation.
     pub message: String,
+    /// The approval asked for or used (kind `approval`), linking the records of its request,
+    /// its answers and its use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
 }
 
 /// The engine's answer: a decision, its reasons, and the policy set that made it.

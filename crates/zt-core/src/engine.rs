@@ -154,6 +154,7 @@ impl Engine {
                 forbid_failed = true;
             }
             errors.push(Reason {
+                approval: None,
                 kind: ReasonKind::Error,
                 policy: Some(id.to_string()),
                 message: format!("policy could not be evaluated: {}", error.inner()),
@@ -170,6 +171,7 @@ impl Engine {
                     Effect::Forbid => (ReasonKind::Forbid, "forbidden"),
                 };
                 Reason {
+                    approval: None,
                     kind,
                     policy: Some(id.to_string()),
                     message: p
@@ -184,7 +186,32 @@ impl Engine {
 
         let allowed = response.decision() == cedar_policy::Decision::Allow && !forbid_failed;
         if allowed {
-            return self.verdict(Decision::Allow, determining);
+            // An ordinary permit wins over one that needs an approval; when every satisfied
+            // permit needs one, the request waits for it.
+            let asks = |r: &Reason| {
+                r.policy
+                    .as_deref()
+                    .and_then(|id| self.set.approval_rule(id))
+            };
+            if !determining.iter().all(|r| asks(r).is_some()) {
+                return self.verdict(Decision::Allow, determining);
+            }
+            let reasons = determining
+                .into_iter()
+                .filter_map(|r| {
+                    let rule = asks(&r)?;
+                    let message = format!(
+                        "{}: needs the approval of {} of group `{}`",
+                        r.message, rule.needed, rule.group
+                    );
+                    Some(Reason {
+                        kind: ReasonKind::Approval,
+                        message,
+                        ..r
+                    })
+                })
+                .collect();
+            return self.verdict(Decision::ApprovalRequired, reasons);
         }
         let mut reasons: Vec<Reason> = determining
             .into_iter()
@@ -192,6 +219,7 @@ impl Engine {
             .collect();
         if reasons.is_empty() && !forbid_failed {
             reasons.push(Reason {
+                approval: None,
                 kind: ReasonKind::DefaultDeny,
                 policy: None,
                 message: format!(
@@ -218,6 +246,7 @@ impl Engine {
         self.verdict(
             Decision::Deny,
             vec![Reason {
+                approval: None,
                 kind: ReasonKind::Error,
                 policy,
                 message: format!("{message}; denied (fail closed)"),
@@ -474,6 +503,40 @@ mod tests {
         assert!(probe("reader", "mcp.time.now"));
         assert!(!probe("reader", "mcp.time.later"));
         assert!(!probe("reader", "mcp.shell.exec"));
+    }
+
+    #[test]
+    fn a_permit_marked_approval_asks_for_one_and_loses_to_forbids_and_plain_permits() {
+        let e = engine(
+            "@id(\"prod-delete\") @approval(\"sre-oncall\") @approvals_needed(\"2\")\n\
+             permit(principal, action == Action::\"db.delete\", resource);\n\
+             @id(\"owner\") permit(principal == Agent::\"owner\", action == Action::\"db.delete\", resource);\n\
+             @id(\"frozen\") forbid(principal, action == Action::\"db.delete\", resource) when { context has frozen };",
+        );
+        let v = ask(&e, "a", "db.delete", json!({}));
+        assert_eq!(v.decision, Decision::ApprovalRequired);
+        assert_eq!(v.reasons.len(), 1);
+        assert_eq!(v.reasons[0].kind, ReasonKind::Approval);
+        assert_eq!(v.reasons[0].policy.as_deref(), Some("prod-delete"));
+        assert!(
+            v.reasons[0].message.contains("2 of group `sre-oncall`"),
+            "{v:?}"
+        );
+        let rule = e.policies().approval_rule("prod-delete").unwrap();
+        assert_eq!(
+            (rule.group.as_str(), rule.ttl_secs, rule.needed),
+            ("sre-oncall", 900, 2)
+        );
+        assert!(e.policies().approval_rule("owner").is_none());
+        // An ordinary permit that is satisfied wins; a forbid wins over both.
+        assert_eq!(
+            ask(&e, "owner", "db.delete", json!({})).decision,
+            Decision::Allow
+        );
+        let v = ask(&e, "a", "db.delete", json!({"frozen": true}));
+        assert_eq!(v.decision, Decision::Deny);
+        assert_eq!(v.reasons[0].policy.as_deref(), Some("frozen"));
+        assert_eq!(ask(&e, "a", "db.read", json!({})).decision, Decision::Deny);
     }
 
     #[test]

@@ -19,4 +19,6 @@ pub use contract::{
     ReferenceRequest, ValidRequest, Verdict,
 };
 pub use engine::Engine;
-pub use policy::{FileInfo, FileKind, LoadedSet, PolicyError, SourceFile, ValidationCache};
+pub use policy::{
+    ApprovalRule, FileInfo, FileKind, LoadedSet, PolicyError, SourceFile, ValidationCache,
+};

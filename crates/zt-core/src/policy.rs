@@ -167,6 +167,108 @@ pub(crate) struct LoadedPolicy {
     pub(crate) policy: cedar_policy::Policy,
     pub(crate) effect: Effect,
     pub(crate) reason: Option<String>,
+    /// Set on a permit that permits only with a person's approval.
+    pub(crate) approval: Option<ApprovalRule>,
+}
+
+/// The annotation that makes a permit permit only with an approval, naming the group of
+/// approvers who may give it (`on_behalf_of`: the person the session acts for).
+pub const APPROVAL_ANNOTATION: &str = "approval";
+/// How long an approval may be waited for and used: `30s`, `15m`, `2h`, `1d` (default 15m).
+pub const APPROVAL_TTL_ANNOTATION: &str = "approval_ttl";
+/// How many distinct approvers must approve (default 1, at most 5).
+pub const APPROVALS_NEEDED_ANNOTATION: &str = "approvals_needed";
+
+/// What a permit marked `@approval` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalRule {
+    /// The approver group; `on_behalf_of` names the session's own person.
+    pub group: String,
+    /// Seconds from the request until the approval expires (unanswered or unused).
+    pub ttl_secs: u64,
+    /// Distinct approvers needed.
+    pub needed: u32,
+}
+
+/// The longest an approval may be waited for: 7 days.
+pub const MAX_APPROVAL_TTL_SECS: u64 = 7 * 24 * 3600;
+const DEFAULT_APPROVAL_TTL_SECS: u64 = 15 * 60;
+
+impl ApprovalRule {
+    /// Reads a policy's approval annotations; `Ok(None)` when it has none.
+    fn of(policy: &cedar_policy::Policy) -> Result<Option<Self>, String> {
+        let group = policy.annotation(APPROVAL_ANNOTATION);
+        let ttl = policy.annotation(APPROVAL_TTL_ANNOTATION);
+        let needed = policy.annotation(APPROVALS_NEEDED_ANNOTATION);
+        let Some(group) = group else {
+            return match (ttl, needed) {
+                (None, None) => Ok(None),
+                _ => Err(format!(
+                    "`@{APPROVAL_TTL_ANNOTATION}` and `@{APPROVALS_NEEDED_ANNOTATION}` need `@{APPROVAL_ANNOTATION}(\"<group>\")`"
+                )),
+            };
+        };
+        if policy.effect() != Effect::Permit {
+            return Err(format!(
+                "`@{APPROVAL_ANNOTATION}` is for permit policies: a forbid cannot be approved away"
+            ));
+        }
+        let group_ok = (1..=64).contains(&group.len())
+            && group
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !group_ok {
+            return Err(format!(
+                "`@{APPROVAL_ANNOTATION}(\"{}\")`: a group is 1 to 64 letters, digits, `.`, `_` or `-`",
+                group.escape_debug()
+            ));
+        }
+        let ttl_secs = match ttl {
+            None => DEFAULT_APPROVAL_TTL_SECS,
+            Some(text) => parse_duration(text)
+                .filter(|secs| (1..=MAX_APPROVAL_TTL_SECS).contains(secs))
+                .ok_or_else(|| {
+                    format!(
+                        "`@{APPROVAL_TTL_ANNOTATION}(\"{}\")`: a duration such as `30s`, `15m`, `2h` or `1d`, at most 7 days",
+                        text.escape_debug()
+                    )
+                })?,
+        };
+        let needed = match needed {
+            None => 1,
+            Some(text) => text
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=5).contains(n))
+                .ok_or_else(|| {
+                    format!(
+                        "`@{APPROVALS_NEEDED_ANNOTATION}(\"{}\")`: a number from 1 to 5",
+                        text.escape_debug()
+                    )
+                })?,
+        };
+        Ok(Some(Self {
+            group: group.to_owned(),
+            ttl_secs,
+            needed,
+        }))
+    }
+}
+
+/// `<digits><s|m|h|d>` in seconds.
+fn parse_duration(text: &str) -> Option<u64> {
+    let unit = match text.chars().last()? {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    let digits = text.get(..text.len() - 1)?;
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(unit)
 }
 
 /// A policy set that parsed and validated: the input of the engine.
@@ -578,10 +680,21 @@ fn parse_policy_file(
             ));
             continue;
         }
+        let approval = match ApprovalRule::of(policy) {
+            Ok(approval) => approval,
+            Err(e) => {
+                errors.push(PolicyError::whole_file(
+                    &file.path,
+                    format!("policy `{id}`: {e}"),
+                ));
+                continue;
+            }
+        };
         origin.insert(id.clone(), (file.path.clone(), *index));
         policies.push(LoadedPolicy {
             effect: policy.effect(),
             reason: policy.annotation(REASON_ANNOTATION).map(str::to_owned),
+            approval,
             policy: policy.new_id(id),
         });
     }
@@ -644,6 +757,12 @@ impl LoadedSet {
     /// Looks up a loaded policy by its public id.
     pub(crate) fn policy(&self, id: &PolicyId) -> Option<&LoadedPolicy> {
         self.by_id.get(id).and_then(|&i| self.policies.get(i))
+    }
+
+    /// The approval a policy asks for, if it is a permit marked `@approval`.
+    pub fn approval_rule(&self, id: &str) -> Option<&ApprovalRule> {
+        self.policy(&PolicyId::new(id))
+            .and_then(|p| p.approval.as_ref())
     }
 
     /// Every policy id, in load order.
@@ -818,6 +937,58 @@ mod tests {
         .unwrap();
         let ids: Vec<_> = set.policy_ids().collect();
         assert_eq!(ids, ["first", "dir/a.cedar#1"]);
+    }
+
+    #[test]
+    fn approval_annotations_are_checked() {
+        let set = load(&[file(
+            "a.cedar",
+            "@id(\"p\") @approval(\"sre\") @approval_ttl(\"2h\") permit(principal, action, resource);",
+        )])
+        .unwrap();
+        let rule = set.approval_rule("p").unwrap();
+        assert_eq!((rule.ttl_secs, rule.needed), (7200, 1));
+        for (policy, expected) in [
+            (
+                "@approval(\"sre\") forbid(principal, action, resource);",
+                "for permit policies",
+            ),
+            (
+                "@approval(\"\") permit(principal, action, resource);",
+                "a group is",
+            ),
+            (
+                "@approval(\"a b\") permit(principal, action, resource);",
+                "a group is",
+            ),
+            (
+                "@approval(\"g\") @approval_ttl(\"15\") permit(principal, action, resource);",
+                "a duration",
+            ),
+            (
+                "@approval(\"g\") @approval_ttl(\"8d\") permit(principal, action, resource);",
+                "at most 7 days",
+            ),
+            (
+                "@approval(\"g\") @approval_ttl(\"0s\") permit(principal, action, resource);",
+                "a duration",
+            ),
+            (
+                "@approval(\"g\") @approvals_needed(\"0\") permit(principal, action, resource);",
+                "from 1 to 5",
+            ),
+            (
+                "@approval(\"g\") @approvals_needed(\"six\") permit(principal, action, resource);",
+                "from 1 to 5",
+            ),
+            (
+                "@approvals_needed(\"2\") permit(principal, action, resource);",
+                "need `@approval",
+            ),
+        ] {
+            let errs = load(&[file("a.cedar", policy)]).unwrap_err();
+            assert!(errs[0].message.contains(expected), "{policy}: {errs:?}");
+        }
     }
 
     #[test]

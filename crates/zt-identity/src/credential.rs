@@ -27,7 +27,7 @@ pub enum Role {
     Broker,
     /// Reads evidence.
     Auditor,
-    /// Reserved for human approvals: grants nothing yet.
+    /// A person who answers approvals for the groups the configuration names them in.
     Approver,
     /// An enforcement point: asks for decisions on behalf of agents.
     Pep,
@@ -114,6 +114,10 @@ pub enum Permission {
     ReadEvidence,
     /// Ask for decisions.
     Decide,
+    /// Read approvals: who asked for what, and who answered.
+    ReadApprovals,
+    /// Approve or deny an approval (for the groups one belongs to).
+    Approve,
 }
 
 impl Permission {
@@ -122,8 +126,10 @@ impl Permission {
         match self {
             Permission::Administer => &[Role::Admin],
             Permission::StartSessions => &[Role::Broker],
-            Permission::ReadEvidence => &[Role::Auditor, Role::Admin],
+            Permission::ReadEvidence => &[Role::Auditor, Role::Admin, Role::Approver],
             Permission::Decide => &[Role::Pep],
+            Permission::ReadApprovals => &[Role::Approver, Role::Auditor, Role::Admin],
+            Permission::Approve => &[Role::Approver],
         }
     }
 }
@@ -487,6 +493,10 @@ mod tests {
             (Role::Auditor, Permission::ReadEvidence),
             (Role::Broker, Permission::StartSessions),
             (Role::Pep, Permission::Decide),
+            (Role::Approver, Permission::Approve),
+            (Role::Approver, Permission::ReadApprovals),
+            (Role::Approver, Permission::ReadEvidence),
+            (Role::Auditor, Permission::ReadApprovals),
         ] {
             assert!(
                 caller(role).authorize(granted).is_ok(),
@@ -501,6 +511,10 @@ mod tests {
             (Role::Pep, Permission::Administer),
             (Role::Pep, Permission::ReadEvidence),
             (Role::Broker, Permission::Decide),
+            (Role::Auditor, Permission::Approve),
+            (Role::Admin, Permission::Approve),
+            (Role::Pep, Permission::Approve),
+            (Role::Pep, Permission::ReadApprovals),
         ] {
             let refused = caller(role).authorize(denied);
             assert!(matches!(refused, Err(AuthError::WrongRole { .. })));
@@ -509,7 +523,6 @@ mod tests {
         for permission in [
             Permission::Administer,
             Permission::StartSessions,
-            Permission::ReadEvidence,
             Permission::Decide,
         ] {
             assert!(caller(Role::Approver).authorize(permission).is_err());

@@ -66,12 +66,14 @@ impl Decider {
     }
 
     /// Decides `request`, for the agent session of `session_token` if there is one, as the
-    /// next step of `plan` if there is one. Never fails open: what cannot be decided is denied.
+    /// next step of `plan` if there is one, presenting `approval` if there is one. Never fails
+    /// open: what cannot be decided is denied.
     pub async fn decide(
         &self,
         request: DecisionRequest,
         session_token: Option<&str>,
         plan: Option<&str>,
+        approval: Option<&str>,
     ) -> Outcome {
         match self {
             Self::InProcess(app) => {
@@ -82,13 +84,16 @@ impl Decider {
                         "the agent session token is refused: {reason}; denied"
                     )));
                 }
-                match app.decide(request, "mcp", session_token, plan).await {
+                match app
+                    .decide(request, "mcp", session_token, plan, approval)
+                    .await
+                {
                     Ok(response) => Outcome::Decided(response),
                     Err(errors) => Outcome::Invalid(errors),
                 }
             }
             Self::Remote { base, client } => {
-                remote(client, base, &request, session_token, plan).await
+                remote(client, base, &request, session_token, plan, approval).await
             }
         }
     }
@@ -169,6 +174,7 @@ async fn remote(
     request: &DecisionRequest,
     session_token: Option<&str>,
     plan: Option<&str>,
+    approval: Option<&str>,
 ) -> Outcome {
     let url = format!("{base}/v1/decide");
     let deny = |why: String| {
@@ -183,6 +189,9 @@ async fn remote(
     }
     if let Some(plan) = plan {
         asked = asked.header(zt_server::plans::STEP_HEADER, format!("{plan}/next"));
+    }
+    if let Some(approval) = approval {
+        asked = asked.header(zt_server::approvals::APPROVAL_HEADER, approval);
     }
     let response = match asked.send().await {
         Ok(response) => response,
@@ -227,11 +236,13 @@ pub fn denied(message: String) -> DecisionResponse {
         decision: Decision::Deny,
         decision_id: String::new(),
         reasons: vec![Reason {
+            approval: None,
             kind: ReasonKind::Error,
             policy: None,
             message,
         }],
         policy_version: String::new(),
+        approval: None,
         evidence: None,
         time_ms: 0,
     }

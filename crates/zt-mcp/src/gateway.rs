@@ -85,6 +85,51 @@ pub struct Policy {
     pub decider: Decider,
     pub tools_list: ToolsList,
     pub decide_resource_reads: bool,
+    /// The approvals calls wait for, by the call (caller, tool, arguments): the same call made
+    /// again presents its approval.
+    pub approvals: Arc<Waiting>,
+}
+
+/// The approval each waiting call was answered with, so that the call repeated presents it.
+#[derive(Debug, Default)]
+pub struct Waiting(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+/// Most calls remembered as waiting; past it the oldest half is forgotten (those calls then
+/// ask again, and are named the same open approval).
+const MAX_WAITING: usize = 4096;
+
+impl Waiting {
+    /// The key of a call: who, which tool, which arguments (canonical JSON), hashed.
+    fn key(caller: &Caller, tool: &str, arguments: &Map<String, Value>) -> String {
+        use sha2::Digest as _;
+        let text = zt_evidence::canonical::to_string(&json!([
+            caller.actor,
+            caller.session_token,
+            tool,
+            arguments
+        ]));
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        self.0.lock().ok()?.get(key).cloned()
+    }
+
+    /// Remembers (`Some`) or forgets (`None`) the approval a call waits for.
+    fn set(&self, key: String, approval: Option<String>) {
+        let Ok(mut map) = self.0.lock() else { return };
+        match approval {
+            Some(id) => {
+                if map.len() >= MAX_WAITING {
+                    map.clear();
+                }
+                map.insert(key, id);
+            }
+            None => {
+                map.remove(&key);
+            }
+        }
+    }
 }
 
 /// The MCP server the client talks to, for one upstream. Cheap to clone: one per session.
@@ -265,7 +310,13 @@ fn refusal(
     decided: &zt_server::api::DecisionResponse,
 ) -> (String, Value) {
     let why: Vec<&str> = decided.reasons.iter().map(|r| r.message.as_str()).collect();
-    let mut text = format!("denied by policy: {action} on {resource}");
+    let mut text = match &decided.approval {
+        Some(ticket) => format!(
+            "waits for a person's approval ({} of group `{}`; approval {}, status at {}): make the same call again once it is approved: {action} on {resource}",
+            ticket.needed, ticket.group, ticket.id, ticket.status_url
+        ),
+        None => format!("denied by policy: {action} on {resource}"),
+    };
     if !why.is_empty() {
         text.push_str(": ");
         text.push_str(&why.join("; "));
@@ -330,6 +381,8 @@ impl ServerHandler for Gateway {
             decision_request.action.clone(),
             decision_request.resource.clone(),
         );
+        let waiting = Waiting::key(&caller, &request.name, arguments);
+        let approval = self.policy.approvals.get(&waiting);
         let decided = match self
             .policy
             .decider
@@ -337,6 +390,7 @@ impl ServerHandler for Gateway {
                 decision_request,
                 caller.session_token.as_deref(),
                 caller.plan.as_deref(),
+                approval.as_deref(),
             )
             .await
         {
@@ -349,6 +403,12 @@ impl ServerHandler for Gateway {
             }
         };
         tracing::info!(server = %self.upstream.name, tool = %request.name, %resource, decision = %decided.decision, decision_id = %decided.decision_id, "tools/call decided");
+        // A call that waits for an approval presents it when it is made again; an approval
+        // used, or refused, is forgotten.
+        let waits_for = decided.approval.as_ref().map(|ticket| ticket.id.clone());
+        if waits_for.is_some() || approval.is_some() {
+            self.policy.approvals.set(waiting, waits_for);
+        }
         if decided.decision == Decision::Allow {
             return self
                 .upstream
@@ -433,6 +493,7 @@ impl ServerHandler for Gateway {
                     decision_request,
                     caller.session_token.as_deref(),
                     caller.plan.as_deref(),
+                    None,
                 )
                 .await
             {

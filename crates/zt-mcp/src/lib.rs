@@ -183,6 +183,7 @@ pub async fn decider(config: &GatewayConfig) -> Result<decide::Decider, GatewayE
         policies_from_store: false,
         workloads: zt_server::workloads::WorkloadSettings::default(),
         delegation: zt_server::delegation::DelegationSettings::default(),
+        approvals: zt_server::approvals::ApprovalSettings::default(),
     };
     let app = zt_server::App::start(&server).await?;
     Ok(decide::Decider::InProcess(Arc::new(app)))
@@ -276,6 +277,7 @@ pub async fn run(
         decider: decider.clone(),
         tools_list: config.tools_list,
         decide_resource_reads: config.decide_resource_reads,
+        approvals: Default::default(),
     });
     let mut upstreams = Vec::with_capacity(config.servers.len());
     for server in &config.servers {

@@ -53,8 +53,10 @@ pub struct AppState {
     pub issuers: crate::delegation::Issuers,
     /// Accepted plans read so far.
     pub plans: crate::plans::Plans,
-    /// Delegated uses spent and plan steps marked, batched.
+    /// Delegated uses spent, plan steps and approvals marked, batched.
     pub uses: crate::uses::Uses,
+    /// Approver groups.
+    pub approvals: crate::approvals::ApprovalSettings,
 }
 
 /// The answer to a decision request.
@@ -66,6 +68,10 @@ pub struct DecisionResponse {
     pub reasons: Vec<Reason>,
     /// `sha256:<hex>` of the policy set that decided.
     pub policy_version: String,
+    /// With `approval_required`: the approval the request waits for. Repeat the request with
+    /// the header `ZT-Approval: <id>` once it is approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Box<crate::approvals::ApprovalTicket>>,
     /// Where the decision's record is in the evidence log. Absent only when the record could
     /// not be made durable, and then the decision is `deny`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -132,7 +138,11 @@ pub struct Health {
         crate::identity::revoke_delegation,
         crate::plans::submit,
         crate::plans::show,
-        crate::plans::revoke
+        crate::plans::revoke,
+        crate::approvals::list,
+        crate::approvals::show,
+        crate::approvals::approve,
+        crate::approvals::deny_approval
     ),
     components(schemas(
         EvidenceLogs,
@@ -167,6 +177,11 @@ pub struct Health {
         crate::reference::ReferenceHealth,
         crate::sessions::AgentInfo,
         crate::sessions::SessionStart,
+        crate::approvals::ApprovalTicket,
+        crate::approvals::ApprovalView,
+        crate::approvals::AnswerView,
+        crate::approvals::ApprovalList,
+        crate::approvals::AnswerBody,
         crate::plans::PlanSubmission,
         crate::plans::StepSpec,
         crate::plans::PlanAnswer,
@@ -221,6 +236,7 @@ pub fn router(state: Arc<AppState>, admin_apart: bool) -> Router {
         .merge(crate::authzen::routes())
         .merge(crate::identity::routes())
         .merge(crate::plans::routes())
+        .merge(crate::approvals::routes())
         .merge(crate::reference::routes());
     let routes = if admin_apart {
         routes
@@ -269,6 +285,10 @@ pub(crate) struct Origin {
     /// The plan step the caller presents, and the session presenting it
     /// ([`crate::plans::bound`]).
     pub step: Option<(crate::plans::StepRef, Option<String>)>,
+    /// The caller's live session, whose id and lineage an approval is bound to.
+    pub session: Option<Arc<zt_identity::session::AccessClaims>>,
+    /// The approval the caller presents (`ZT-Approval`), for a request that needs one.
+    pub approval: Option<String>,
 }
 
 impl Origin {
@@ -279,6 +299,8 @@ impl Origin {
             caller,
             delegated: None,
             step: None,
+            session: None,
+            approval: None,
         }
     }
 }
@@ -298,8 +320,17 @@ pub(crate) async fn answer(
     let mut pending = Vec::with_capacity(decided.len());
     for (request, mut verdict) in decided {
         let decision_id = Uuid::now_v7().to_string();
-        // The bounds that write (a delegated use spent, a plan step used) write last, and only
-        // for what every other bound let through.
+        // A request that needs a person's approval names the one it waits for, or presents
+        // one that holds for exactly it.
+        let mut approval = None;
+        let mut using = None;
+        if verdict.decision == Decision::ApprovalRequired {
+            let asked =
+                crate::approvals::ask(app, &origin, request, verdict, &decision_id, time_ms).await;
+            (verdict, approval, using) = (asked.verdict, asked.ticket, asked.using);
+        }
+        // The bounds that write (a delegated use spent, a plan step used, an approval used)
+        // write last, and only for what every other bound let through.
         if let Some((step, session)) = &origin.step {
             verdict = crate::plans::check(app, step, session.as_deref(), request, verdict).await;
         }
@@ -308,6 +339,9 @@ pub(crate) async fn answer(
         }
         if let Some((step, _)) = &origin.step {
             verdict = crate::plans::mark(app, step, verdict, &decision_id).await;
+        }
+        if let Some(using) = &using {
+            verdict = crate::approvals::mark(app, using, verdict, &decision_id).await;
         }
         pending.push(PendingRecord {
             time_ms,
@@ -324,6 +358,7 @@ pub(crate) async fn answer(
             decision_id,
             reasons: verdict.reasons,
             policy_version: verdict.policy_version,
+            approval,
             evidence: None,
             time_ms,
         });
@@ -360,7 +395,9 @@ pub(crate) async fn answer(
             tracing::error!(error = %e, "decisions denied: their evidence could not be recorded");
             for response in &mut responses {
                 response.decision = Decision::Deny;
+                response.approval = None;
                 response.reasons = vec![Reason {
+                    approval: None,
                     kind: ReasonKind::Error,
                     policy: None,
                     message: "the decision could not be recorded as evidence; denied (fail closed)"

@@ -252,6 +252,8 @@ pub struct Decider {
     pub step: Option<crate::plans::StepRef>,
     /// The Transaction Token it carries (`Txn-Token`), verified.
     pub transaction: Option<Arc<zt_identity::session::TxnClaims>>,
+    /// The approval it presents (`ZT-Approval`), for a request that needs one.
+    pub approval: Option<String>,
 }
 
 /// The header that carries a Transaction Token.
@@ -352,6 +354,8 @@ impl Decider {
                         .map(|s| s.claims.session.session_id.clone()),
                 )
             }),
+            session: self.session.as_ref().map(|s| Arc::clone(&s.claims)),
+            approval: self.approval.clone(),
             ..crate::api::Origin::now(endpoint, self.record())
         }
     }
@@ -552,6 +556,23 @@ impl FromRequestParts<Arc<AppState>> for Decider {
                 }
             }
         };
+        let approval = match parts.headers.get(crate::approvals::APPROVAL_HEADER) {
+            None => None,
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .ok()
+                    .map(str::trim)
+                    .filter(|id| uuid::Uuid::parse_str(id).is_ok())
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        Problem::invalid(
+                            "the `ZT-Approval` header is an approval id (a UUID)",
+                            Vec::new(),
+                        )
+                    })?,
+            ),
+        };
         if let Some(token) = bearer_jwt(&parts.headers) {
             // The agent session itself asks.
             if agent_token.is_some() {
@@ -565,6 +586,7 @@ impl FromRequestParts<Arc<AppState>> for Decider {
                 session: Some(live_session(app, token, peer).await?),
                 step,
                 transaction,
+                approval,
             });
         }
         // Open callers need no credential, and one sent is not read: only an agent session
@@ -588,6 +610,7 @@ impl FromRequestParts<Arc<AppState>> for Decider {
             session,
             step,
             transaction,
+            approval,
         })
     }
 }
@@ -637,6 +660,59 @@ macro_rules! extractor {
 }
 extractor!(Admin, Permission::Administer, authorize);
 extractor!(Reader, Permission::ReadEvidence, unless_open);
+extractor!(Approver, Permission::Approve, authorize);
+
+/// A person who answers approvals: an approver credential, even when callers are open.
+#[derive(Debug)]
+pub struct Approver(pub Caller);
+
+/// Who may read approvals: an approver, auditor or admin (anyone when callers are open), or an
+/// agent session, its own approvals only (with its own token, or an enforcement point passing
+/// it in `ZT-Agent-Token`).
+#[derive(Debug)]
+pub enum ApprovalReader {
+    Operator(Option<Caller>),
+    Session(String),
+}
+
+impl ApprovalReader {
+    pub fn is_operator(&self) -> bool {
+        matches!(self, Self::Operator(_))
+    }
+
+    /// The session whose approvals alone this reader sees, if it is one.
+    pub fn session(&self) -> Option<&str> {
+        match self {
+            Self::Operator(_) => None,
+            Self::Session(id) => Some(id),
+        }
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for ApprovalReader {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        if bearer_jwt(&parts.headers).is_some() || parts.headers.contains_key(AGENT_TOKEN_HEADER) {
+            let decider = Decider::from_request_parts(parts, app).await?;
+            return decider
+                .session
+                .map(|s| Self::Session(s.claims.session.session_id.clone()))
+                .ok_or_else(|| Problem::invalid("no agent session token", Vec::new()));
+        }
+        app.callers
+            .unless_open(
+                &parts.headers,
+                parts.extensions.get::<Peer>(),
+                Permission::ReadApprovals,
+            )
+            .await
+            .map(Self::Operator)
+    }
+}
 
 /// A caller as an evidence record names it (with its SPIFFE ID when it presented an SVID).
 pub fn record_caller(caller: &Caller) -> serde_json::Value {

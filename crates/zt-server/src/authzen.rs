@@ -57,14 +57,21 @@ pub struct AuthzenDecision {
 
 impl From<DecisionResponse> for AuthzenDecision {
     fn from(answered: DecisionResponse) -> Self {
+        let mut context = json!({
+            "decision_id": answered.decision_id,
+            "reasons": answered.reasons,
+            "policy_version": answered.policy_version,
+            "evidence": answered.evidence,
+        });
+        // AuthZEN has two outcomes: a request that waits for an approval is `false`, with the
+        // approval to wait for in the context.
+        if let (Some(ticket), Some(members)) = (answered.approval, context.as_object_mut()) {
+            members.insert("approval_required".into(), true.into());
+            members.insert("approval".into(), json!(ticket));
+        }
         Self {
             decision: answered.decision == Decision::Allow,
-            context: Some(json!({
-                "decision_id": answered.decision_id,
-                "reasons": answered.reasons,
-                "policy_version": answered.policy_version,
-                "evidence": answered.evidence,
-            })),
+            context: Some(context),
         }
     }
 }

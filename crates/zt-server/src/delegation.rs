@@ -891,6 +891,7 @@ pub(crate) async fn bound(
     let deny = |message: String, kind: ReasonKind| Verdict {
         decision: Decision::Deny,
         reasons: vec![Reason {
+            approval: None,
             kind,
             policy: None,
             message,

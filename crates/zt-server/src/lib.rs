@@ -4,6 +4,7 @@
 //! core stays pure.
 
 pub mod api;
+pub mod approvals;
 pub mod auth;
 pub mod authzen;
 pub mod body;
@@ -123,6 +124,8 @@ pub struct Config {
     pub workloads: workloads::WorkloadSettings,
     /// Delegation limits and trusted external issuers (`[delegation]`).
     pub delegation: delegation::DelegationSettings,
+    /// Approver groups (`[approvals]`).
+    pub approvals: approvals::ApprovalSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -342,6 +345,7 @@ impl App {
                 sessions,
                 workloads,
                 delegation: config.delegation.clone(),
+                approvals: config.approvals.clone(),
                 issuers,
                 plans: plans::Plans::default(),
                 uses: uses::Uses::start(store.clone()),
@@ -407,14 +411,17 @@ impl App {
     /// `session_token`, the request is bound to that agent session (its actor, and
     /// `context.session`), which must be live; the caller verified it with
     /// [`App::session_agent`] or learns here that it no longer is. With `plan`, the decision
-    /// uses that plan's next step (as `ZT-Plan-Step: <plan>/next` would).
+    /// uses that plan's next step (as `ZT-Plan-Step: <plan>/next` would); with `approval`, it
+    /// presents that approval (as `ZT-Approval` would).
     pub async fn decide(
         &self,
         mut request: zt_core::DecisionRequest,
         endpoint: &'static str,
         session_token: Option<&str>,
         plan: Option<&str>,
+        approval: Option<&str>,
     ) -> Result<api::DecisionResponse, Vec<zt_core::FieldError>> {
+        let approval = approval.map(str::to_owned);
         let step = match plan {
             None => None,
             Some(plan) => {
@@ -448,6 +455,7 @@ impl App {
             session,
             step,
             transaction: None,
+            approval,
         };
         decider.bind(&mut request, "").map_err(|e| vec![e])?;
         let origin = decider.origin(endpoint);

@@ -509,6 +509,7 @@ fn denied(verdict: &Verdict, message: String, kind: ReasonKind) -> Verdict {
     Verdict {
         decision: Decision::Deny,
         reasons: vec![Reason {
+            approval: None,
             kind,
             policy: None,
             message,

@@ -79,6 +79,11 @@ pub struct ActionAnswer {
     /// This server's evidence receipt (sequence number, hash, checkpoint size).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Receipt>,
+    /// When the action waits for a person's approval (`decision` is then `deny`, as this
+    /// contract has two outcomes): `{"approval": {id, status, status_url, ...}}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub context: Option<serde_json::Value>,
 }
 
 /// Decide one action (the ZT-Infra reference contract).
@@ -120,8 +125,8 @@ pub(crate) async fn actions(
             },
         })
     });
-    if audit.is_none() {
-        // No signed audit, no allow.
+    if audit.is_none() || decision == Decision::ApprovalRequired {
+        // No signed audit, no allow; an approval to wait for is not an allow either.
         decision = Decision::Deny;
     }
     let reason = answered
@@ -130,9 +135,10 @@ pub(crate) async fn actions(
         .map(|r| r.message.as_str())
         .collect::<Vec<_>>()
         .join("; ");
-    let status = match decision {
-        Decision::Allow => StatusCode::OK,
-        Decision::Deny => StatusCode::FORBIDDEN,
+    let status = if decision == Decision::Allow {
+        StatusCode::OK
+    } else {
+        StatusCode::FORBIDDEN
     };
     let body = ActionAnswer {
         ok: decision == Decision::Allow,
@@ -144,6 +150,9 @@ pub(crate) async fn actions(
         audit,
         decision_id: answered.decision_id,
         evidence: answered.evidence,
+        context: answered
+            .approval
+            .map(|ticket| serde_json::json!({ "approval": ticket })),
     };
     Ok((status, Json(body)).into_response())
 }

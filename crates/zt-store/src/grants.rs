@@ -50,6 +50,14 @@ pub enum UseOp {
         decision_id: String,
         now_ms: i64,
     },
+    /// Use an approval for a request of `digest` from `session`.
+    Approval {
+        id: String,
+        digest: String,
+        session: String,
+        decision_id: String,
+        now_ms: i64,
+    },
 }
 
 /// Marks a plan step used, only if unused, its plan not revoked, and (ordered) every earlier
@@ -97,6 +105,15 @@ impl Store {
                                     } => tx.prepare_cached(STEP_SQLITE)?.execute(
                                         rusqlite::params![now_ms, decision_id, plan, index],
                                     )?,
+                                    UseOp::Approval {
+                                        id,
+                                        digest,
+                                        session,
+                                        decision_id,
+                                        now_ms,
+                                    } => tx.prepare_cached(crate::approvals::USE_SQLITE)?.execute(
+                                        rusqlite::params![now_ms, decision_id, id, digest, session],
+                                    )?,
                                 };
                             done.push(changed == 1);
                         }
@@ -134,6 +151,21 @@ impl Store {
                             .bind(decision_id)
                             .bind(plan)
                             .bind(index)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected(),
+                        UseOp::Approval {
+                            id,
+                            digest,
+                            session,
+                            decision_id,
+                            now_ms,
+                        } => sqlx::query(crate::approvals::USE_PG)
+                            .bind(now_ms)
+                            .bind(decision_id)
+                            .bind(id)
+                            .bind(digest)
+                            .bind(session)
                             .execute(&mut *tx)
                             .await?
                             .rows_affected(),

@@ -23,6 +23,7 @@ use sqlx::{Executor, Row};
 
 mod agents;
 mod appender;
+mod approvals;
 pub mod changes;
 mod credentials;
 mod evidence;
@@ -30,6 +31,7 @@ mod grants;
 mod plans;
 mod policy_versions;
 pub use agents::{StoredAgent, StoredSession};
+pub use approvals::{Answered, ApprovalAnswer, ApprovalRefusal, StoredApproval};
 pub use credentials::{CredentialInfo, Revoked};
 pub use evidence::{LogId, StoredCheckpoint, StoredLog, StoredRecord, WriterLock};
 pub use grants::{Spend, StoredGrant, UseOp};
@@ -337,6 +339,37 @@ const MIGRATIONS: &[&[&str]] = &[
         used_at_ms BIGINT,
         decision_id TEXT,
         PRIMARY KEY (plan, idx)
+    )",
+    ],
+    &[
+        "CREATE TABLE zt_approvals (
+        id TEXT NOT NULL PRIMARY KEY,
+        digest TEXT NOT NULL,
+        session TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        on_behalf_of TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        approver_group TEXT NOT NULL,
+        needed BIGINT NOT NULL,
+        excluded TEXT NOT NULL,
+        request TEXT NOT NULL,
+        decision_id TEXT NOT NULL,
+        created_at_ms BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        answered_at_ms BIGINT,
+        used_at_ms BIGINT,
+        used_by TEXT
+    )",
+        "CREATE INDEX zt_approvals_digest ON zt_approvals (digest, session)",
+        "CREATE INDEX zt_approvals_created ON zt_approvals (created_at_ms)",
+        "CREATE TABLE zt_approval_answers (
+        approval TEXT NOT NULL,
+        approver TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        PRIMARY KEY (approval, approver)
     )",
     ],
 ];

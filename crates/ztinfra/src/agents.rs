@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
@@ -85,29 +85,16 @@ impl Service {
                 file.display()
             )
         })?;
-        let url = format!("{}{path}", self.server.trim_end_matches('/'));
-        let client = self
-            .tls
-            .client(&self.server, Duration::from_secs(10))
-            .map_err(|e| anyhow::anyhow!(e))?;
-        let mut request = client.request(method, &url).bearer_auth(token.trim());
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {url} (is `ztinfra serve` running there?)"))?;
-        let status = response.status();
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let detail = answer
-                .get("detail")
-                .and_then(Value::as_str)
-                .unwrap_or("no detail");
-            bail!("{url} answered {status}: {detail}");
-        }
-        Ok(answer)
+        crate::client::call_json(
+            &self.tls,
+            &self.server,
+            &token,
+            method,
+            path,
+            body,
+            Duration::from_secs(10),
+        )
+        .await
     }
 }
 

@@ -1,5 +1,5 @@
-//! The HTTP client of the commands that talk to a running service (`decide`, `agents`), over
-//! TLS when the service's URL is `https://`.
+//! The HTTP client of the commands that talk to a running service (`decide`, `agents`,
+//! `approvals`), over TLS when the service's URL is `https://`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,4 +44,40 @@ impl TlsArgs {
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))
     }
+}
+
+/// Calls `server` + `path` with a bearer `token` and an optional JSON body, waiting at most
+/// `timeout`; the JSON answer, or an error naming the problem the service answered with.
+pub async fn call_json(
+    tls: &TlsArgs,
+    server: &str,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+    timeout: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context as _;
+    let url = format!("{}{path}", server.trim_end_matches('/'));
+    let client = tls
+        .client(server, timeout)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let mut request = client.request(method, &url).bearer_auth(token.trim());
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url} (is `ztinfra serve` running there?)"))?;
+    let status = response.status();
+    let answer: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        let detail = answer
+            .get("detail")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("no detail");
+        anyhow::bail!("{url} answered {status}: {detail}");
+    }
+    Ok(answer)
 }

@@ -31,7 +31,7 @@ const DEMO_FILES: &[(&str, &str)] = &[
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"            # relative paths: from the config file's directory\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  no_watch = false                # or: watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n  header_timeout_secs = 10\n  body_timeout_secs = 10\n  max_connections = 1024\n  max_pending_body_bytes = 67108864\n  allowed_hosts = [\"pdp.internal\"]\n  allowed_origins = [\"https://console.example.com\"]\n  callers = \"authenticated\"        # or \"open\" (the default with demo = true)\n  allow_open_callers_on_network = false\n  admin_listen = \"127.0.0.1:8182\"   # policy reload, entity edits, agents, revocation: only here\n  join = \"replica-b\"              # a replica joining a shared store: its name\n  policies_from_store = false     # true: the set pushed with `ztinfra policy push`\n  trust_domain = \"ztinfra.local\"\n  session_ttl_secs = 900\n  max_session_ttl_secs = 3600\n  tls_cert = \"server.crt\"          # TLS 1.3 on every listener; clients may present X.509-SVIDs\n  tls_key = \"server.key\"\n  tls_client_auth = \"optional\"     # or \"required\"\n\n  [workloads]                     # SPIFFE workload identity (README, \"Workload identity\")\n  audience = \"ztinfra\"            # what a JWT-SVID's aud must contain\n  [[workloads.trust_domains]]\n  name = \"example.org\"\n  bundle = \"example.org.bundle.json\"   # SPIFFE bundle (JSON) or PEM CA certificates; re-read on change\n  [[workloads.agents]]\n  spiffe_id = \"spiffe://example.org/agents/*\"   # exact, or a prefix ending /*\n  agent = \"triage-bot\"\n  may_claim = [\"model\", \"workflow\"]\n  [[workloads.callers]]\n  spiffe_id = \"spiffe://example.org/gateway\"\n  name = \"gateway\"\n  role = \"pep\"                   # pep, admin, auditor or broker\n\n  [delegation]                    # token exchange (README, \"Least agency\")\n  max_depth = 4                   # most delegations from the origin\n  default_ttl_secs = 900\n  [[delegation.issuers]]          # a person's tokens from this OpenID issuer may be delegated\n  issuer = \"https://idp.example.com\"\n  jwks_uri = \"https://idp.example.com/jwks\"   # or jwks_file = \"idp.jwks.json\" (re-read on change)\n  audiences = [\"ztinfra-console\"]  # its tokens' aud must hold one\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
+    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"            # relative paths: from the config file's directory\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  no_watch = false                # or: watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n  header_timeout_secs = 10\n  body_timeout_secs = 10\n  max_connections = 1024\n  max_pending_body_bytes = 67108864\n  allowed_hosts = [\"pdp.internal\"]\n  allowed_origins = [\"https://console.example.com\"]\n  callers = \"authenticated\"        # or \"open\" (the default with demo = true)\n  allow_open_callers_on_network = false\n  admin_listen = \"127.0.0.1:8182\"   # policy reload, entity edits, agents, revocation: only here\n  join = \"replica-b\"              # a replica joining a shared store: its name\n  policies_from_store = false     # true: the set pushed with `ztinfra policy push`\n  trust_domain = \"ztinfra.local\"\n  session_ttl_secs = 900\n  max_session_ttl_secs = 3600\n  tls_cert = \"server.crt\"          # TLS 1.3 on every listener; clients may present X.509-SVIDs\n  tls_key = \"server.key\"\n  tls_client_auth = \"optional\"     # or \"required\"\n\n  [workloads]                     # SPIFFE workload identity (README, \"Workload identity\")\n  audience = \"ztinfra\"            # what a JWT-SVID's aud must contain\n  [[workloads.trust_domains]]\n  name = \"example.org\"\n  bundle = \"example.org.bundle.json\"   # SPIFFE bundle (JSON) or PEM CA certificates; re-read on change\n  [[workloads.agents]]\n  spiffe_id = \"spiffe://example.org/agents/*\"   # exact, or a prefix ending /*\n  agent = \"triage-bot\"\n  may_claim = [\"model\", \"workflow\"]\n  [[workloads.callers]]\n  spiffe_id = \"spiffe://example.org/gateway\"\n  name = \"gateway\"\n  role = \"pep\"                   # pep, admin, auditor or broker\n\n  [delegation]                    # token exchange (README, \"Least agency\")\n  max_depth = 4                   # most delegations from the origin\n  default_ttl_secs = 900\n  [[delegation.issuers]]          # a person's tokens from this OpenID issuer may be delegated\n  issuer = \"https://idp.example.com\"\n  jwks_uri = \"https://idp.example.com/jwks\"   # or jwks_file = \"idp.jwks.json\" (re-read on change)\n  audiences = [\"ztinfra-console\"]  # its tokens' aud must hold one\n\n  [approvals.groups.sre-oncall]   # approvers for policies marked @approval(\"sre-oncall\") (README, \"Human approval\")\n  members = [\"alice\", \"bob\"]     # names of approver credentials\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
 )]
 pub struct ServeArgs {
     /// Address to listen on, IP:PORT; a bare PORT or localhost:PORT means 127.0.0.1:PORT
@@ -226,6 +226,7 @@ struct FileConfig {
     tls_client_auth: Option<ClientAuth>,
     workloads: Option<WorkloadsConfig>,
     delegation: Option<zt_server::delegation::DelegationSettings>,
+    approvals: Option<zt_server::approvals::ApprovalSettings>,
 }
 
 /// Resolved settings.
@@ -457,6 +458,10 @@ impl Settings {
             bail!("`tls_client_auth` needs `tls_cert` and `tls_key`");
         }
         let delegation = file.delegation.unwrap_or_default();
+        let approvals = file.approvals.unwrap_or_default();
+        approvals
+            .check()
+            .map_err(|e| anyhow::anyhow!("invalid `[approvals]` settings: {e}"))?;
         let workload_file = file.workloads.unwrap_or_default();
         let workloads = zt_server::workloads::WorkloadSettings {
             audience: workload_file.audience,
@@ -514,6 +519,7 @@ impl Settings {
                 policies_from_store,
                 workloads,
                 delegation,
+                approvals,
             },
             log_format: args
                 .log_format

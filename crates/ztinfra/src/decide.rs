@@ -1,5 +1,6 @@
 //! `ztinfra decide`: ask a running service, for scripts. Exit code 0 on allow, 1 on deny, 2 on
-//! any error (which a guarded step must treat as deny).
+//! any error (which a guarded step must treat as deny), 3 when the action waits for a person's
+//! approval (not an allow either: ask again with `--approval <id>` once it is approved).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,6 +33,9 @@ pub struct DecideArgs {
     /// of the machine may see in the process list).
     #[arg(long, conflicts_with = "token")]
     token_file: Option<std::path::PathBuf>,
+    /// Present this approval (the id an earlier `approval_required` answer named).
+    #[arg(long)]
+    approval: Option<String>,
     /// Print the service's JSON answer instead of a summary.
     #[arg(long)]
     json: bool,
@@ -45,6 +49,7 @@ pub struct DecideArgs {
 const ALLOW: u8 = 0;
 const DENY: u8 = 1;
 const ERROR: u8 = 2;
+const APPROVAL_REQUIRED: u8 = 3;
 
 pub fn run(args: DecideArgs) -> ExitCode {
     match ask(&args) {
@@ -95,6 +100,9 @@ fn ask(args: &DecideArgs) -> Result<u8, String> {
         if let Some(token) = &token {
             request = request.bearer_auth(token);
         }
+        if let Some(approval) = &args.approval {
+            request = request.header(zt_server::approvals::APPROVAL_HEADER, approval.trim());
+        }
         let response = request
             .send()
             .await
@@ -138,6 +146,18 @@ fn ask(args: &DecideArgs) -> Result<u8, String> {
     match decision {
         "allow" => Ok(ALLOW),
         "deny" => Ok(DENY),
+        "approval_required" => {
+            if let Some(approval) = answer.get("approval") {
+                eprintln!(
+                    "waits for approval {} ({} of group `{}`); ask again with --approval {} once it is approved",
+                    text_field(approval, "id").unwrap_or("?"),
+                    approval.get("needed").and_then(Value::as_i64).unwrap_or(1),
+                    text_field(approval, "group").unwrap_or("?"),
+                    text_field(approval, "id").unwrap_or("?"),
+                );
+            }
+            Ok(APPROVAL_REQUIRED)
+        }
         other => Err(format!("unexpected decision `{other}`")),
     }
 }

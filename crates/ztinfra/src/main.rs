@@ -1,6 +1,7 @@
 //! `ztinfra`: the ZT-Infra command line.
 
 mod agents;
+mod approvals;
 mod ca;
 mod client;
 mod config;
@@ -36,7 +37,7 @@ struct Cli {
 enum Command {
     /// Run the decision service.
     Serve(Box<config::ServeArgs>),
-    /// Ask a running service for a decision. Exit code: 0 allow, 1 deny, 2 error.
+    /// Ask a running service for a decision. Exit code: 0 allow, 1 deny, 2 error, 3 approval required.
     Decide(decide::DecideArgs),
     /// Work with policy sets offline.
     #[command(subcommand)]
@@ -50,6 +51,9 @@ enum Command {
     /// Register, list and disable agents (through a running service, with an admin credential).
     #[command(subcommand)]
     Agents(agents::AgentsCommand),
+    /// List, show, approve and deny approvals (with an approver's credential).
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCommand),
     /// Manage this replica's evidence signing key.
     #[command(subcommand)]
     Keys(evidence::KeysCommand),
@@ -115,6 +119,7 @@ fn main() -> ExitCode {
         Command::Replicas(command) => evidence::run_replicas(command),
         Command::Credentials(command) => credentials::run(command),
         Command::Agents(command) => agents::run(command),
+        Command::Approvals(command) => approvals::run(command),
         Command::Ca(command) => ca::run(command),
         Command::McpGateway(args) => {
             // Standard output is the MCP channel in stdio mode: logs go to standard error.

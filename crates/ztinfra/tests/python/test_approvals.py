@@ -1,0 +1,284 @@
+"""Human approval: a permit marked `@approval` makes a decision `approval_required`; people of
+the named group answer it; the agent's repeated request with the approval is allowed once, for
+exactly that request and session, and every other use is a deny with its own reason. The
+examples/approvals policies and group settings, a real `ztinfra serve` process.
+"""
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+
+import pytest
+from ztclient import ROOT, ZTINFRA, call
+
+EXAMPLE = ROOT / "examples/approvals"
+DROP = {"action": "db.tables.drop", "resource": "db://prod/orders", "context": {"ticket": "OPS-42"}}
+
+
+class Service:
+    def __init__(self, base, data, policies):
+        self.base, self.data, self.policies = base, data, policies
+        self.admin = (data / "admin.token").read_text().strip()
+        self.broker = self.credential("launcher", "broker")
+        self.auditor = self.credential("audit", "auditor")
+        # alice and bob answer for sre-oncall; carol, dave and frank for security; mallory for
+        # nobody; `ops-bot` is named like the agent (a party to its own requests).
+        self.people = {name: self.credential(name, "approver")
+                       for name in ("alice", "bob", "carol", "dave", "frank", "mallory", "ops-bot")}
+        status, body = call("POST", f"{base}/v1/agents", self.admin, {"name": "ops-bot", "owner": "platform"})
+        assert status == 201, body
+
+    def credential(self, name, role):
+        return subprocess.run(
+            [ZTINFRA, "credentials", "add", name, "--role", role, "--data-dir", self.data],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+
+    def session(self, on_behalf_of="frank"):
+        status, body = call("POST", f"{self.base}/v1/sessions", self.broker,
+                            {"agent": "ops-bot", "on_behalf_of": on_behalf_of})
+        assert status == 201, body
+        return body["access_token"]
+
+    def decide(self, token, request, approval=None, path="/v1/decide"):
+        headers = {"content-type": "application/json", "authorization": f"Bearer {token}"}
+        if approval is not None:
+            headers["zt-approval"] = approval
+        req = urllib.request.Request(f"{self.base}{path}", data=json.dumps(request).encode(),
+                                     headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def answer(self, who, approval, verdict="approve", reason="checked the ticket"):
+        body = None if reason is None else {"reason": reason}
+        return call("POST", f"{self.base}/v1/approvals/{approval}/{verdict}", self.people[who], body)
+
+    def record(self, seq):
+        status, body = call("GET", f"{self.base}/v1/evidence/{seq}", self.auditor)
+        assert status == 200, body
+        return body["record"]
+
+
+@pytest.fixture
+def service(tmp_path):
+    policies = tmp_path / "policies"
+    shutil.copytree(EXAMPLE, policies, ignore=shutil.ignore_patterns("*.toml", ".zt", ".gitignore"))
+    # A short-lived approval, to see one expire.
+    (policies / "quick.cedar").write_text(
+        '@id("restart-quickly") @approval("sre-oncall") @approval_ttl("2s")\n'
+        'permit (principal == Agent::"ops-bot", action == Action::"svc.restart", resource);\n'
+    )
+    config = tmp_path / "ztinfra.toml"
+    config.write_text((EXAMPLE / "ztinfra.toml").read_text()
+                      .replace('data_dir = ".zt"', f'data_dir = "{tmp_path / "data"}"')
+                      .replace('policies = "."', f'policies = "{policies}"')
+                      .replace('"carol", "dave", "erin"', '"carol", "dave", "frank"')
+                      .replace('"alice", "bob"', '"alice", "bob", "ops-bot"'))
+    server = subprocess.Popen(
+        [ZTINFRA, "serve", "--config", config, "--listen", "127.0.0.1:0", "--no-watch"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        line = server.stdout.readline()
+        assert line.startswith("ztinfra listening on "), line
+        yield Service(line.removeprefix("ztinfra listening on ").strip(), tmp_path / "data", policies)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def reason(answer):
+    assert answer["decision"] == "deny", answer
+    return answer["reasons"][0]["message"]
+
+
+def test_an_approved_action_is_allowed_once_for_exactly_its_request(service):
+    token = service.session()
+    status, asked = service.decide(token, DROP)
+    assert status == 200 and asked["decision"] == "approval_required", asked
+    ticket = asked["approval"]
+    aid = ticket["id"]
+    assert (ticket["status"], ticket["group"], ticket["needed"]) == ("pending", "sre-oncall", 1)
+    assert asked["reasons"][0] == {**asked["reasons"][0], "kind": "approval", "policy": "drop-needs-sre", "approval": aid}
+    # Asking again names the same approval; presenting it before it is answered still waits.
+    assert service.decide(token, DROP)[1]["approval"]["id"] == aid
+    assert service.decide(token, DROP, aid)[1]["decision"] == "approval_required"
+
+    # What the approver sees: the request as decided, with the session the service bound.
+    status, shown = call("GET", f"{service.base}/v1/approvals/{aid}", service.people["alice"])
+    assert status == 200 and shown["status"] == "pending", shown
+    assert shown["request"]["context"]["session"]["on_behalf_of"] == "frank"
+    assert shown["request"]["context"]["ticket"] == "OPS-42" and shown["policy"] == "drop-needs-sre"
+
+    # Who may not answer: outside the group, the agent itself, an auditor, no reason.
+    status, body = service.answer("mallory", aid)
+    assert status == 403 and "not an approver of group `sre-oncall`" in body["detail"], body
+    status, body = service.answer("ops-bot", aid)
+    assert status == 403 and "a party to the request" in body["detail"], body
+    status, body = call("POST", f"{service.base}/v1/approvals/{aid}/approve", service.auditor, {"reason": "x"})
+    assert status == 403, body
+    status, body = service.answer("alice", aid, reason=" ")
+    assert status == 400 and "reason" in body["detail"], body
+
+    # The agent waits for the answer (long poll) while alice approves.
+    waited = {}
+    waiter = threading.Thread(target=lambda: waited.update(
+        zip(("status", "body"), call("GET", f"{service.base}/v1/approvals/{aid}?wait=20s", token))))
+    waiter.start()
+    time.sleep(0.5)
+    status, approved = service.answer("alice", aid, reason="OPS-42: orders archived")
+    assert status == 200 and approved["status"] == "approved", approved
+    waiter.join(timeout=15)
+    assert waited["status"] == 200 and waited["body"]["status"] == "approved", waited
+    status, body = service.answer("bob", aid)
+    assert status == 409 and "approved already" in body["detail"], body
+    status, body = service.answer("alice", aid, "deny")
+    assert status == 409, body
+
+    # Another session, changed context: each denied with its reason, the approval kept.
+    other = service.session()
+    assert "another session" in reason(service.decide(other, DROP, aid)[1])
+    changed = {**DROP, "context": {"ticket": "OPS-43"}}
+    assert "another request" in reason(service.decide(token, changed, aid)[1])
+    # The retry: allowed once; the next one is denied naming the decision that used it.
+    status, allowed = service.decide(token, DROP, aid)
+    assert allowed["decision"] == "allow", allowed
+    assert allowed["reasons"][0]["approval"] == aid and "approved by alice" in allowed["reasons"][0]["message"]
+    again = reason(service.decide(token, DROP, aid)[1])
+    assert "used already" in again and allowed["decision_id"] in again
+
+    # The evidence links the request, the answer and the use by the approval id.
+    asking = service.record(asked["evidence"]["seq"])
+    assert asking["decision"] == "approval_required" and asking["reasons"][0]["approval"] == aid
+    used = service.record(allowed["evidence"]["seq"])
+    assert used["decision"] == "allow" and used["reasons"][0]["approval"] == aid
+    answers = [service.record(seq) for seq in range(asked["evidence"]["seq"], allowed["evidence"]["seq"])]
+    approvals = [r for r in answers if r.get("kind") == "approval.approve"]
+    assert len(approvals) == 1 and approvals[0]["request"]["approval"] == aid, answers
+    assert approvals[0]["caller"]["name"] == "alice" and approvals[0]["request"]["reason"] == "OPS-42: orders archived"
+    status, shown = call("GET", f"{service.base}/v1/approvals/{aid}", service.auditor)
+    assert shown["used_by"] == allowed["decision_id"] and shown["answers"][0]["approver"] == "alice"
+
+
+def test_four_eyes_denials_expiry_forbids_and_policy_changes(service):
+    token = service.session(on_behalf_of="frank")
+    iam = {"action": "iam.roles.attach", "resource": "role/admin", "context": {"user": "svc-ci"}}
+    aid = service.decide(token, iam)[1]["approval"]["id"]
+    # Four eyes: the person the session acts for may not approve; one person counts once.
+    status, body = service.answer("frank", aid)
+    assert status == 403 and "a party" in body["detail"], body
+    status, first = service.answer("carol", aid)
+    assert status == 200 and first["status"] == "pending" and first["approvals"] == 1, first
+    assert service.answer("carol", aid)[0] == 409
+    assert service.decide(token, iam, aid)[1]["decision"] == "approval_required"
+    status, second = service.answer("dave", aid)
+    assert second["status"] == "approved" and second["approvals"] == 2, second
+    assert service.decide(token, iam, aid)[1]["decision"] == "allow"
+
+    # A denial closes it: the retry is denied, and a later approval is refused.
+    other = {**iam, "resource": "role/owner"}
+    did = service.decide(token, other)[1]["approval"]["id"]
+    assert service.answer("carol", did, "deny", "no owner roles for CI")[0] == 200
+    assert "was denied" in reason(service.decide(token, other, did)[1])
+    status, body = service.answer("dave", did)
+    assert status == 409 and "denied already" in body["detail"], body
+    status, listed = call("GET", f"{service.base}/v1/approvals?status=denied", service.auditor)
+    assert [a["id"] for a in listed["approvals"]] == [did], listed
+
+    # Expired: neither answered nor used.
+    restart = {"action": "svc.restart", "resource": "svc://api"}
+    eid = service.decide(token, restart)[1]["approval"]["id"]
+    time.sleep(2.5)
+    status, body = service.answer("alice", eid)
+    assert status == 409 and "expired" in body["detail"], body
+    assert "expired" in reason(service.decide(token, restart, eid)[1])
+    status, listed = call("GET", f"{service.base}/v1/approvals?status=expired", service.people["bob"])
+    assert eid in [a["id"] for a in listed["approvals"]], listed
+
+    # A forbid wins, approval or not.
+    audit = {"action": "db.tables.drop", "resource": "db://prod/audit_log"}
+    status, answer = service.decide(token, audit)
+    assert answer["decision"] == "deny" and answer["reasons"][0]["policy"] == "never-the-audit-tables"
+
+    # The retry is decided by the policies active then: a forbid added meanwhile denies, and an
+    # approval for a policy that no longer asks does not count.
+    drop = {"action": "db.tables.drop", "resource": "db://prod/sessions"}
+    aid = service.decide(token, drop)[1]["approval"]["id"]
+    assert service.answer("bob", aid)[0] == 200
+    freeze = service.policies / "freeze.cedar"
+    freeze.write_text('@id("change-freeze") forbid (principal, action == Action::"db.tables.drop", resource);\n')
+    assert call("POST", f"{service.base}/v1/policies/reload", service.admin)[0] == 200
+    answer = service.decide(token, drop, aid)[1]
+    assert answer["decision"] == "deny" and answer["reasons"][0]["policy"] == "change-freeze", answer
+    freeze.unlink()
+    text = (service.policies / "policies.cedar").read_text()
+    (service.policies / "policies.cedar").write_text(text.replace('"drop-needs-sre"', '"drop-needs-two"')
+                                                     .replace('@approval_ttl("15m")', '@approval_ttl("15m") @approvals_needed("2")'))
+    assert call("POST", f"{service.base}/v1/policies/reload", service.admin)[0] == 200
+    assert "does not ask" in reason(service.decide(token, drop, aid)[1])
+
+
+def test_bad_input_and_the_other_interfaces(service):
+    token = service.session()
+    # Malformed and unknown ids.
+    status, body = call("GET", f"{service.base}/v1/approvals/not-an-id", service.auditor)
+    assert status == 400 and "not an approval id" in body["detail"], body
+    unknown = "01a23adf-05a7-75a3-95a7-72f8cb35b151"
+    assert call("GET", f"{service.base}/v1/approvals/{unknown}", service.auditor)[0] == 404
+    assert service.answer("alice", unknown)[0] == 404
+    assert "not known" in reason(service.decide(token, DROP, unknown)[1])
+    status, body = service.decide(token, DROP, "nope")
+    assert status == 400 and "ZT-Approval" in body["detail"], body
+    for query in ("status=later", "limit=0", "limit=x", "color=red"):
+        status, body = call("GET", f"{service.base}/v1/approvals?{query}", service.auditor)
+        assert status == 400, (query, body)
+    aid = service.decide(token, DROP)[1]["approval"]["id"]
+    status, body = call("GET", f"{service.base}/v1/approvals/{aid}?wait=2h", service.auditor)
+    assert status == 400 and "wait" in body["detail"], body
+    status, body = service.answer("alice", aid, reason=None)
+    assert status in (400, 415, 422), body
+    # No credential, a pep, another session: nothing to see.
+    assert call("GET", f"{service.base}/v1/approvals")[0] == 401
+    assert call("GET", f"{service.base}/v1/approvals", token)[0] == 403
+    assert call("GET", f"{service.base}/v1/approvals/{aid}", service.session())[0] == 404
+
+    # AuthZEN and the reference contract have two outcomes: false / 403, with the approval.
+    evaluation = {"subject": {"type": "Agent", "id": "ops-bot"}, "action": {"name": "db.tables.drop"},
+                  "resource": {"type": "Resource", "id": "db://prod/orders"}, "context": {"ticket": "OPS-42"}}
+    status, answer = service.decide(token, evaluation, path="/access/v1/evaluation")
+    assert status == 200 and answer["decision"] is False, answer
+    assert answer["context"]["approval_required"] is True and answer["context"]["approval"]["id"], answer
+    status, answer = service.decide(token, DROP, path="/actions")
+    assert status == 403 and answer["decision"] == "deny" and answer["ok"] is False, answer
+    assert answer["context"]["approval"]["status"] == "pending", answer
+
+
+def test_the_command_line_answers_and_decide_exits_3(service):
+    env = {"ZTINFRA_SERVER": service.base, "PATH": "/usr/bin:/bin"}
+    pep = service.credential("gate", "pep")
+    ask = [ZTINFRA, "decide", "--actor", "ops-bot", "--action", "db.tables.drop", "--resource", "db://prod/users",
+           "--token", pep]
+    waiting = subprocess.run(ask, capture_output=True, text=True, env=env)
+    assert waiting.returncode == 3, waiting
+    assert "waits for approval" in waiting.stderr
+    aid = waiting.stderr.split("--approval ")[1].split()[0]
+    alice = service.data / "alice.token"
+    alice.write_text(service.people["alice"])
+    listed = subprocess.run([ZTINFRA, "approvals", "list", "--token-file", alice], capture_output=True, text=True, env=env)
+    assert listed.returncode == 0 and aid in listed.stdout and "db://prod/users" in listed.stdout, listed
+    shown = subprocess.run([ZTINFRA, "approvals", "show", aid, "--token-file", alice], capture_output=True, text=True, env=env)
+    assert "asked by:     policy `drop-needs-sre`" in shown.stdout, shown
+    approved = subprocess.run([ZTINFRA, "approvals", "approve", aid, "--reason", "users table is a copy",
+                               "--token-file", alice], capture_output=True, text=True, env=env)
+    assert approved.returncode == 0 and "approved now" in approved.stderr, approved
+    again = subprocess.run([ZTINFRA, "approvals", "deny", aid, "--reason", "x", "--token-file", alice],
+                           capture_output=True, text=True, env=env)
+    assert again.returncode == 2 and "409" in again.stderr, again
+    assert subprocess.run(ask + ["--approval", aid], capture_output=True, env=env).returncode == 0
+    assert subprocess.run(ask + ["--approval", aid], capture_output=True, env=env).returncode == 1
