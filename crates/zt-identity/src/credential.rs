@@ -284,6 +284,12 @@ impl UnverifiedCredential {
         }
     }
 
+    /// A credential presented earlier and remembered by its digest only (a console sign-in:
+    /// the session's cookie stands for it, and it is verified again on every use).
+    pub fn from_digest(digest: TokenDigest) -> Self {
+        Self { digest }
+    }
+
     /// The digest to look the credential up by.
     pub fn digest(&self) -> TokenDigest {
         self.digest

@@ -55,8 +55,10 @@ pub struct AppState {
     pub plans: crate::plans::Plans,
     /// Delegated uses spent, plan steps and approvals marked, batched.
     pub uses: crate::uses::Uses,
-    /// Approver groups.
+    /// Approver groups, and the console's sign-in lifetime.
     pub approvals: crate::approvals::ApprovalSettings,
+    /// Whether the listeners speak TLS (the console cookie is then `Secure`).
+    pub tls: bool,
 }
 
 /// The answer to a decision request.
@@ -119,6 +121,7 @@ pub struct Health {
         evidence_checkpoint,
         evidence_keys,
         evidence_logs,
+        evidence_search,
         entities,
         replace_entities,
         upsert_entities,
@@ -225,6 +228,7 @@ pub fn router(state: Arc<AppState>, admin_apart: bool) -> Router {
         .route("/v1/evidence/checkpoint", get(evidence_checkpoint))
         .route("/v1/evidence/keys", get(evidence_keys))
         .route("/v1/evidence/logs", get(evidence_logs))
+        .route("/v1/evidence", get(evidence_search))
         .route("/v1/evidence/consistency", get(evidence_consistency))
         .route("/v1/evidence/{seq}", get(evidence_record))
         .route("/v1/evidence/{seq}/proof", get(evidence_proof))
@@ -237,6 +241,7 @@ pub fn router(state: Arc<AppState>, admin_apart: bool) -> Router {
         .merge(crate::identity::routes())
         .merge(crate::plans::routes())
         .merge(crate::approvals::routes())
+        .merge(crate::console::routes())
         .merge(crate::reference::routes());
     let routes = if admin_apart {
         routes
@@ -869,6 +874,187 @@ async fn evidence_keys(
         .await
         .map(Json)
         .map_err(evidence_problem)
+}
+
+/// A record as a search lists it: what it is about, not all of it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RecordSummary {
+    pub seq: u64,
+    pub time_ms: i64,
+    /// `decision` for a decision on a request, else the act (`session.start`, `approval.approve`).
+    pub kind: String,
+    pub decision: String,
+    pub actor: String,
+    pub action: String,
+    pub resource: String,
+    /// The approval the record is linked to, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RecordSearch {
+    pub log: String,
+    /// Newest first.
+    pub records: Vec<RecordSummary>,
+    /// Where to continue (`?before=`), when records older than these were not searched yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<u64>,
+}
+
+/// Most records one search reads.
+const MAX_SCANNED: u64 = 10_000;
+
+impl RecordSummary {
+    fn of(seq: u64, record: &serde_json::Value) -> Self {
+        let text = |v: Option<&serde_json::Value>| {
+            v.map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                .unwrap_or_default()
+        };
+        let request = record.get("request");
+        let field = |name: &str, inner: &str| {
+            let value = request.and_then(|r| r.get(name));
+            match value {
+                Some(serde_json::Value::Object(o)) => text(o.get(inner)),
+                other => text(other),
+            }
+        };
+        let actor = match request.and_then(|r| r.get("actor")) {
+            Some(actor) => text(Some(actor)),
+            None => field("subject", "id"),
+        };
+        Self {
+            seq,
+            time_ms: record
+                .get("time_ms")
+                .and_then(serde_json::Value::as_i64)
+                .unwrap_or(0),
+            kind: record
+                .get("kind")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("decision")
+                .to_owned(),
+            decision: text(record.get("decision")),
+            actor,
+            action: field("action", "name"),
+            resource: field("resource", "id"),
+            approval: record
+                .get("reasons")
+                .and_then(serde_json::Value::as_array)
+                .into_iter()
+                .flatten()
+                .find_map(|r| r.get("approval").and_then(serde_json::Value::as_str))
+                .or_else(|| {
+                    request
+                        .and_then(|r| r.get("approval"))
+                        .and_then(serde_json::Value::as_str)
+                })
+                .map(str::to_owned),
+        }
+    }
+}
+
+/// Recent records, newest first, filtered (readers): by `actor`, `action` (exact, or a
+/// dotted prefix ending `.*`), `decision`, `kind` and time (`since`, `until`: milliseconds
+/// since the Unix epoch). At most 10,000 records are read per call; `next_before` continues.
+#[utoipa::path(
+    get, path = "/v1/evidence",
+    security(("bearer" = [])),
+    params(
+        ("actor" = Option<String>, Query, description = "the acting agent (or AuthZEN subject id)"),
+        ("action" = Option<String>, Query, description = "an action, or a prefix ending `.*`"),
+        ("decision" = Option<String>, Query, description = "allow, deny or approval_required"),
+        ("kind" = Option<String>, Query, description = "`decision`, or an act such as `approval.approve`"),
+        ("since" = Option<i64>, Query, description = "milliseconds since the Unix epoch"),
+        ("until" = Option<i64>, Query, description = "milliseconds since the Unix epoch"),
+        ("before" = Option<u64>, Query, description = "only records before this sequence number"),
+        ("limit" = Option<u64>, Query, description = "1 to 200 (default 50)"),
+        ("log" = Option<String>, Query, description = LOG_PARAM_DOC),
+    ),
+    responses((status = 200, body = RecordSearch), (status = 400, body = Problem, content_type = "application/problem+json"))
+)]
+async fn evidence_search(
+    State(app): State<Arc<AppState>>,
+    _: Reader,
+    params: Params,
+) -> Result<Json<RecordSearch>, Problem> {
+    const KNOWN: [&str; 9] = [
+        "actor", "action", "decision", "kind", "since", "until", "before", "limit", "log",
+    ];
+    if let Some(unknown) = params.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(Problem::invalid(
+            format!(
+                "`{}` is not a search parameter: one of {}",
+                unknown.escape_debug(),
+                KNOWN.join(", ")
+            ),
+            Vec::new(),
+        ));
+    }
+    let time = |name: &str| {
+        parse_number(name, params.get(name).map(String::as_str))
+            .map(|t| t.map(|t| i64::try_from(t).unwrap_or(i64::MAX)))
+    };
+    let (since, until) = (time("since")?, time("until")?);
+    let limit = parse_number("limit", params.get("limit").map(String::as_str))?.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(Problem::invalid("`limit` is from 1 to 200", Vec::new()));
+    }
+    let wanted = |name: &str| {
+        params
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    };
+    let action = wanted("action");
+    let matches = |s: &RecordSummary| {
+        wanted("actor").is_none_or(|a| s.actor == a)
+            && wanted("decision").is_none_or(|d| s.decision == d)
+            && wanted("kind").is_none_or(|k| s.kind == k)
+            && action.is_none_or(|a| match a.strip_suffix(".*") {
+                Some(prefix) => s
+                    .action
+                    .strip_prefix(prefix)
+                    .is_some_and(|r| r.starts_with('.')),
+                None => s.action == a,
+            })
+            && since.is_none_or(|t| s.time_ms >= t)
+            && until.is_none_or(|t| s.time_ms <= t)
+    };
+    let log = log_view(&app, &params).await?;
+    let end = log.checkpoint().tree_size;
+    let before = parse_number("before", params.get("before").map(String::as_str))?
+        .unwrap_or(end)
+        .min(end);
+    let floor = before.saturating_sub(MAX_SCANNED);
+    let limit = usize::try_from(limit).unwrap_or(50);
+    let mut records = Vec::new();
+    // `to`: every record from it up to `before` has been read.
+    let mut to = before;
+    while to > floor && records.len() < limit {
+        let from = to.saturating_sub(500).max(floor);
+        let page = log.records(from, to).await.map_err(evidence_problem)?;
+        for stored in page.iter().rev() {
+            if records.len() == limit {
+                break;
+            }
+            to = stored.seq;
+            if let Ok(record) = serde_json::from_str::<serde_json::Value>(&stored.body) {
+                let summary = RecordSummary::of(stored.seq, &record);
+                if matches(&summary) {
+                    records.push(summary);
+                }
+            }
+        }
+        if page.is_empty() {
+            to = from;
+        }
+    }
+    Ok(Json(RecordSearch {
+        log: log.origin().to_owned(),
+        records,
+        next_before: (to > 0).then_some(to),
+    }))
 }
 
 /// Every evidence log of the store: one per replica, each with its own origin and keys.

@@ -43,18 +43,37 @@ pub const ON_BEHALF_OF: &str = "on_behalf_of";
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// `[approvals]` in the config file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalSettings {
     /// The approver groups by name, as policies name them in `@approval`.
     #[serde(default)]
     pub groups: BTreeMap<String, GroupSettings>,
+    /// How long a console sign-in lasts (default 8 hours).
+    #[serde(default = "default_console_ttl")]
+    pub console_session_ttl_secs: u64,
+}
+
+fn default_console_ttl() -> u64 {
+    8 * 3600
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        Self {
+            groups: BTreeMap::new(),
+            console_session_ttl_secs: default_console_ttl(),
+        }
+    }
 }
 
 impl ApprovalSettings {
     /// Group names as `@approval` takes them (and not `on_behalf_of`, which is the session's
     /// person), members named as credentials are.
     pub fn check(&self) -> Result<(), String> {
+        if !(1..=7 * 24 * 3600).contains(&self.console_session_ttl_secs) {
+            return Err("`console_session_ttl_secs` is from 1 s to 7 days".into());
+        }
         for (name, group) in &self.groups {
             let well_formed = (1..=64).contains(&name.len())
                 && name
@@ -524,11 +543,23 @@ fn unavailable(e: zt_store::StoreError) -> Problem {
 pub struct ListQuery {
     status: Option<String>,
     limit: Option<String>,
+    wait: Option<String>,
+    known: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ApprovalList {
     pub approvals: Vec<ApprovalView>,
+    /// Changes when the list does: give it back as `known` with `wait` to wait for a change.
+    pub fingerprint: String,
+}
+
+fn fingerprint(approvals: &[ApprovalView]) -> String {
+    let mut hasher = sha2::Sha256::new();
+    for a in approvals {
+        hasher.update(format!("{}/{}/{};", a.id, a.status, a.approvals).as_bytes());
+    }
+    hex::encode(hasher.finalize())
 }
 
 /// Approvals, newest first (approvers, auditors and admins).
@@ -538,6 +569,8 @@ pub struct ApprovalList {
     params(
         ("status" = Option<String>, Query, description = "pending, approved, denied or expired"),
         ("limit" = Option<String>, Query, description = "at most this many (1 to 1000, default 100)"),
+        ("wait" = Option<String>, Query, description = "with `known`: wait (at most 60 s) until the list differs from it"),
+        ("known" = Option<String>, Query, description = "the `fingerprint` of the list last read"),
     ),
     responses((status = 200, body = ApprovalList), (status = 400, body = Problem, content_type = "application/problem+json"))
 )]
@@ -575,24 +608,51 @@ pub(crate) async fn list(
             .filter(|n| (1..=1000).contains(n))
             .ok_or_else(|| Problem::invalid("`limit` is a number from 1 to 1000", Vec::new()))?,
     };
-    let now_ms = crate::now_ms();
-    let found = app
-        .store
-        .approvals(status, now_ms, limit)
-        .await
-        .map_err(unavailable)?;
-    let mut approvals = Vec::with_capacity(found.len());
-    for approval in found {
-        let answers = app
+    let wait = match query.wait.as_deref() {
+        None => Duration::ZERO,
+        Some(text) => parse_wait(text).ok_or_else(bad_wait)?,
+    };
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        let now_ms = crate::now_ms();
+        let found = app
             .store
-            .approval(&approval.id)
+            .approvals(status, now_ms, limit)
             .await
-            .map_err(unavailable)?
-            .map(|(_, answers)| answers)
-            .unwrap_or_default();
-        approvals.push(view(approval, &answers, now_ms));
+            .map_err(unavailable)?;
+        let mut approvals = Vec::with_capacity(found.len());
+        for approval in found {
+            let answers = app
+                .store
+                .approval(&approval.id)
+                .await
+                .map_err(unavailable)?
+                .map(|(_, answers)| answers)
+                .unwrap_or_default();
+            approvals.push(view(approval, &answers, now_ms));
+        }
+        let fingerprint = fingerprint(&approvals);
+        if query.known.as_deref() != Some(fingerprint.as_str()) || !waiting(&app, until) {
+            return Ok(Json(ApprovalList {
+                approvals,
+                fingerprint,
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Ok(Json(ApprovalList { approvals }))
+}
+
+/// Whether a long poll waits on: its time is not up, and the service is not shutting down
+/// (which waits for requests in flight).
+fn waiting(app: &AppState, until: tokio::time::Instant) -> bool {
+    tokio::time::Instant::now() < until && app.ready.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn bad_wait() -> Problem {
+    Problem::invalid(
+        "`wait` is a duration such as `30s` or `1m`, at most 60 s",
+        Vec::new(),
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -646,12 +706,7 @@ pub(crate) async fn show(
     let Query(query) = query.map_err(|e| Problem::invalid(e.body_text(), Vec::new()))?;
     let wait = match query.wait.as_deref() {
         None => Duration::ZERO,
-        Some(text) => parse_wait(text).ok_or_else(|| {
-            Problem::invalid(
-                "`wait` is a duration such as `30s` or `1m`, at most 60 s",
-                Vec::new(),
-            )
-        })?,
+        Some(text) => parse_wait(text).ok_or_else(bad_wait)?,
     };
     let until = tokio::time::Instant::now() + wait;
     loop {
@@ -668,7 +723,7 @@ pub(crate) async fn show(
             // Another session's approval is not this caller's to see.
             return Err(Problem::not_found(format!("there is no approval `{id}`")));
         }
-        if approval.status_at(now_ms) != "pending" || tokio::time::Instant::now() >= until {
+        if approval.status_at(now_ms) != "pending" || !waiting(&app, until) {
             return Ok(Json(view(approval, &answers, now_ms)));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -880,6 +935,7 @@ mod tests {
                 },
             )]
             .into(),
+            ..ApprovalSettings::default()
         };
         let approval = StoredApproval {
             id: "a".into(),

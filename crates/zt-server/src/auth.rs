@@ -64,6 +64,54 @@ pub struct Callers {
     store: Store,
     workloads: Arc<crate::workloads::Workloads>,
     cache: Mutex<HashMap<TokenDigest, (Option<CredentialRecord>, Instant)>>,
+    /// Console sign-ins, by the digest of their cookie.
+    consoles: Mutex<HashMap<TokenDigest, ConsoleSession>>,
+}
+
+/// The cookie of a console sign-in.
+pub const CONSOLE_COOKIE: &str = "zt_console";
+/// The header every console request carries: the CSRF token given at sign-in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// Most console sign-ins held at once (past it, the expired ones are dropped, then the
+/// sign-in is refused).
+const MAX_CONSOLES: usize = 10_000;
+
+/// A console sign-in: the credential it stands for (by digest: verified again on every
+/// request, so that revoking the credential ends it), its CSRF token, its end.
+#[derive(Debug, Clone)]
+struct ConsoleSession {
+    credential: TokenDigest,
+    csrf: String,
+    expires: Instant,
+}
+
+/// A new console sign-in: its cookie value and CSRF token (each 32 random bytes), and who.
+#[derive(Debug)]
+pub struct SignedIn {
+    pub caller: Caller,
+    pub cookie: String,
+    pub csrf: String,
+}
+
+/// The console cookie of a request, if it carries one.
+pub fn console_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == CONSOLE_COOKIE)
+        .map(|(_, value)| value.trim())
+}
+
+/// Equal, in time that does not depend on where two texts differ.
+fn same_text(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// Why a caller is not let in: a refusal, or a store that could not say.
@@ -84,6 +132,77 @@ impl Callers {
             store,
             workloads,
             cache: Mutex::new(HashMap::new()),
+            consoles: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Signs a person in to the console with their credential: one whose role reads
+    /// approvals (approver, auditor, admin). The cookie stands for the credential until `ttl`
+    /// passes, the person signs out, or the credential is revoked.
+    pub async fn sign_in(&self, token: &str, ttl: Duration) -> Result<SignedIn, Refusal> {
+        let presented =
+            UnverifiedCredential::from_authorization(format!("Bearer {}", token.trim()).as_bytes())
+                .map_err(Refusal::Auth)?;
+        let digest = presented.digest();
+        let stored = self.lookup(digest).await.map_err(Refusal::Store)?;
+        let caller = presented.verify(stored.as_ref()).map_err(Refusal::Auth)?;
+        caller
+            .authorize(Permission::ReadApprovals)
+            .map_err(Refusal::Auth)?;
+        let (cookie, csrf) = (new_secret(), new_secret());
+        let session = ConsoleSession {
+            credential: digest,
+            csrf: csrf.token().to_owned(),
+            expires: Instant::now() + ttl,
+        };
+        let mut consoles = self
+            .consoles
+            .lock()
+            .map_err(|_| Refusal::Auth(AuthError::Malformed("console sign-ins are unavailable")))?;
+        if consoles.len() >= MAX_CONSOLES {
+            let now = Instant::now();
+            consoles.retain(|_, s| s.expires > now);
+            if consoles.len() >= MAX_CONSOLES {
+                return Err(Refusal::Auth(AuthError::Malformed(
+                    "too many console sign-ins: try again later",
+                )));
+            }
+        }
+        consoles.insert(cookie.digest(), session);
+        Ok(SignedIn {
+            caller,
+            cookie: cookie.token().to_owned(),
+            csrf: csrf.token().to_owned(),
+        })
+    }
+
+    /// The live console sign-in of a cookie value: its credential's digest and CSRF token.
+    fn console(&self, cookie: &str) -> Option<(TokenDigest, String)> {
+        let mut consoles = self.consoles.lock().ok()?;
+        let key = TokenDigest::of(cookie);
+        let session = consoles.get(&key)?.clone();
+        if session.expires <= Instant::now() {
+            consoles.remove(&key);
+            return None;
+        }
+        Some((session.credential, session.csrf))
+    }
+
+    /// Who a console cookie signs in, and its CSRF token (for the console page to read back
+    /// after a reload); `None` when it is unknown, expired or signed out.
+    pub async fn console_caller(&self, cookie: &str) -> Option<(Caller, String)> {
+        let (credential, csrf) = self.console(cookie)?;
+        let stored = self.lookup(credential).await.ok()?;
+        let caller = UnverifiedCredential::from_digest(credential)
+            .verify(stored.as_ref())
+            .ok()?;
+        Some((caller, csrf))
+    }
+
+    /// Ends a console sign-in.
+    pub fn sign_out(&self, cookie: &str) {
+        if let Ok(mut consoles) = self.consoles.lock() {
+            consoles.remove(&TokenDigest::of(cookie));
         }
     }
 
@@ -98,6 +217,29 @@ impl Callers {
         headers: &HeaderMap,
         peer: Option<&Peer>,
     ) -> Result<Caller, Refusal> {
+        if let (None, Some(cookie)) = (headers.get(header::AUTHORIZATION), console_cookie(headers))
+        {
+            // A console sign-in: its cookie, and the CSRF token it was given beside it, on
+            // every request (a page of another site can send the cookie, not the header).
+            let (credential, csrf) =
+                self.console(cookie)
+                    .ok_or(Refusal::Auth(AuthError::Malformed(
+                        "the console sign-in expired or was ended: sign in again",
+                    )))?;
+            let sent = headers
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if !same_text(sent, &csrf) {
+                return Err(Refusal::Auth(AuthError::Malformed(
+                    "a console request carries the `X-CSRF-Token` given at sign-in",
+                )));
+            }
+            let stored = self.lookup(credential).await.map_err(Refusal::Store)?;
+            return UnverifiedCredential::from_digest(credential)
+                .verify(stored.as_ref())
+                .map_err(Refusal::Auth);
+        }
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             let svid = peer
                 .and_then(|p| p.0.as_deref())

@@ -617,6 +617,20 @@ impl LogView {
         Ok(stored)
     }
 
+    /// The durable records `from..to` (at most 1,000), as stored: for browsing. Each is checked
+    /// against its hash and the tree only when read by itself ([`LogView::record`]).
+    pub async fn records(&self, from: u64, to: u64) -> Result<Vec<StoredRecord>, EvidenceError> {
+        let to = to.min(self.checkpoint().tree_size);
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .shared
+            .store
+            .evidence_records(self.shared.log, from, to, 1000)
+            .await?)
+    }
+
     /// The inclusion proof of record `seq` in the tree of `size` records (the latest checkpoint's
     /// size by default). Only durable sizes are served.
     pub async fn inclusion(

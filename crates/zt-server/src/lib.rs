@@ -9,6 +9,7 @@ pub mod auth;
 pub mod authzen;
 pub mod body;
 pub mod conn;
+pub mod console;
 pub mod delegation;
 pub mod evidence;
 pub mod identity;
@@ -346,6 +347,7 @@ impl App {
                 workloads,
                 delegation: config.delegation.clone(),
                 approvals: config.approvals.clone(),
+                tls: config.workloads.tls.is_some(),
                 issuers,
                 plans: plans::Plans::default(),
                 uses: uses::Uses::start(store.clone()),

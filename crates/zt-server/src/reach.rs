@@ -131,10 +131,18 @@ pub async fn check(State(reach): State<Arc<Reach>>, request: Request, next: Next
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
+    // A page of the service's own (the console) sends its own origin: the `Host` it was
+    // served from, which passed the check above.
+    let own = |origin: &str| {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| host.is_some_and(|h| h.eq_ignore_ascii_case(authority)))
+    };
     let origin_refused = !safe
         && headers
             .get(header::ORIGIN)
-            .is_some_and(|o| !o.to_str().is_ok_and(|o| reach.origin_allowed(o)));
+            .is_some_and(|o| !o.to_str().is_ok_and(|o| reach.origin_allowed(o) || own(o)));
     if origin_refused {
         metrics::counter!("ztinfra_requests_refused_total", "reason" => "origin").increment(1);
         return Problem::new(

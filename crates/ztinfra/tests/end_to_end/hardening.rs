@@ -311,6 +311,27 @@ fn a_web_page_cannot_reach_the_api_through_dns_rebinding() {
         ),
         200
     );
+    // The service's own pages (the console) send the origin they were served from: the `Host`.
+    assert_eq!(
+        raw_status(
+            &server,
+            "POST",
+            "/v1/entities",
+            &format!("Host: localhost:9\r\nOrigin: http://localhost:9\r\n{admin}"),
+            edit
+        ),
+        200
+    );
+    assert_eq!(
+        raw_status(
+            &server,
+            "POST",
+            "/v1/entities",
+            &format!("Host: localhost:9\r\nOrigin: http://localhost:10\r\n{admin}"),
+            edit
+        ),
+        403
+    );
     assert_eq!(
         raw_status(
             &server,

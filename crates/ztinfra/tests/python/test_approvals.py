@@ -4,6 +4,7 @@ exactly that request and session, and every other use is a deny with its own rea
 examples/approvals policies and group settings, a real `ztinfra serve` process.
 """
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -65,8 +66,9 @@ class Service:
         return body["record"]
 
 
-@pytest.fixture
-def service(tmp_path):
+@contextlib.contextmanager
+def start(tmp_path, extra=""):
+    """`ztinfra serve` on the example's policies and groups (with `extra` config appended)."""
     policies = tmp_path / "policies"
     shutil.copytree(EXAMPLE, policies, ignore=shutil.ignore_patterns("*.toml", ".zt", ".gitignore"))
     # A short-lived approval, to see one expire.
@@ -79,7 +81,7 @@ def service(tmp_path):
                       .replace('data_dir = ".zt"', f'data_dir = "{tmp_path / "data"}"')
                       .replace('policies = "."', f'policies = "{policies}"')
                       .replace('"carol", "dave", "erin"', '"carol", "dave", "frank"')
-                      .replace('"alice", "bob"', '"alice", "bob", "ops-bot"'))
+                      .replace('"alice", "bob"', '"alice", "bob", "ops-bot"') + extra)
     server = subprocess.Popen(
         [ZTINFRA, "serve", "--config", config, "--listen", "127.0.0.1:0", "--no-watch"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -91,6 +93,12 @@ def service(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture
+def service(tmp_path):
+    with start(tmp_path) as service:
+        yield service
 
 
 def reason(answer):
