@@ -249,12 +249,17 @@ pub fn denied(message: String) -> DecisionResponse {
 }
 
 /// The decision as the client sees it in `structuredContent`.
+/// With `approval_required`, `approval` names the approval the call waits for.
 pub fn to_json(response: &DecisionResponse) -> Value {
-    json!({
+    let mut value = json!({
         "decision": response.decision,
         "decision_id": (!response.decision_id.is_empty()).then_some(&response.decision_id),
         "reasons": response.reasons,
         "policy_version": (!response.policy_version.is_empty()).then_some(&response.policy_version),
         "evidence": response.evidence,
-    })
+    });
+    if let (Some(ticket), Some(members)) = (&response.approval, value.as_object_mut()) {
+        members.insert("approval".into(), json!(ticket));
+    }
+    value
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -466,6 +467,69 @@ async def test_an_agent_executes_a_plan_through_the_gateway_step_by_step(tmp_pat
     # The two submission decisions and the two executions, each naming the plan and its step.
     assert [r["request"]["context"]["plan"]["step"] for r in allowed] == [0, 1, 0, 1]
     assert {r["request"]["context"]["plan"]["id"] for r in allowed} == {plan["plan"]}
+
+
+async def test_a_call_that_needs_approval_runs_when_the_same_call_is_made_again_approved(tmp_path):
+    root = tmp_path / "files"
+    (root / "release").mkdir(parents=True)
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    (policies / "release.cedar").write_text(
+        '@id("releases-need-sre") @approval("sre-oncall")\n'
+        'permit(principal == Agent::"demo-agent", action == Action::"mcp.fs.write_file", resource)\n'
+        'when { context has mcp && context.mcp has fields && context.mcp.fields has path'
+        ' && context.mcp.fields.path like "*/release/*" };\n'
+    )
+    port = free_port()
+    pdp = tmp_path / "pdp"
+    settings = tmp_path / "ztinfra.toml"
+    settings.write_text(f'data_dir = "{pdp}"\npolicies = "{policies}"\n'
+                        '[approvals.groups.sre-oncall]\nmembers = ["alice"]\n')
+    serve = [ZTINFRA, "serve", "--config", settings, "--listen", f"127.0.0.1:{port}", "--no-watch"]
+
+    def cli(*args: str) -> str:
+        return subprocess.run([ZTINFRA, *args, "--data-dir", pdp], check=True, capture_output=True, text=True).stdout.strip()
+
+    (tmp_path / "gateway.token").write_text(cli("credentials", "add", "mcp-gateway", "--role", "pep"))
+    broker = cli("credentials", "add", "launcher", "--role", "broker")
+    alice = cli("credentials", "add", "alice", "--role", "approver")
+    base = f"http://127.0.0.1:{port}"
+    config = fs_config(tmp_path, root, decide_url=base, decide_token_file=str(tmp_path / "gateway.token"))
+    release = {"path": str(root / "release" / "v2.txt"), "content": "ship it"}
+    with running(serve, port):
+        admin = (pdp / "admin.token").read_text().strip()
+        assert api("POST", f"{base}/v1/agents", admin, {"name": "demo-agent", "owner": "team-sre"})[0] == 201
+        session = api("POST", f"{base}/v1/sessions", broker, {"agent": "demo-agent", "on_behalf_of": "bob"})[1]
+        params = StdioServerParameters(
+            command=str(ZTINFRA), args=["mcp-gateway", "--config", str(config)],
+            env={**os.environ, "ZTINFRA_SESSION_TOKEN": session["access_token"]},
+        )
+        async with Client(params) as client:
+            waiting = await client.call_tool("write_file", release)
+            assert waiting.is_error and "waits for a person's approval" in text_of(waiting), text_of(waiting)
+            ticket = waiting.structured_content["approval"]
+            assert waiting.structured_content["decision"] == "approval_required"
+            assert ticket["status"] == "pending" and ticket["status_url"] == f"/v1/approvals/{ticket['id']}"
+            assert not (root / "release" / "v2.txt").exists()
+            # Made again before anyone answers: it still waits, for the same approval.
+            again = await client.call_tool("write_file", release)
+            assert again.is_error and again.structured_content["approval"]["id"] == ticket["id"]
+            status, approved = api("POST", f"{base}/v1/approvals/{ticket['id']}/approve", alice,
+                                   {"reason": "release v2 signed off"})
+            assert status == 200 and approved["status"] == "approved", approved
+            # Other arguments are another request: they wait for an approval of their own.
+            other = await client.call_tool("write_file", {**release, "content": "something else"})
+            assert other.is_error and other.structured_content["approval"]["id"] != ticket["id"]
+            ok = await client.call_tool("write_file", release)
+            assert not ok.is_error, text_of(ok)
+            assert (root / "release" / "v2.txt").read_text() == "ship it"
+            # Used once: the same call once more waits for a new approval.
+            once_more = await client.call_tool("write_file", release)
+            assert once_more.is_error and once_more.structured_content["approval"]["id"] != ticket["id"]
+    records = export_and_verify(pdp)
+    linked = [r for r in records if ticket["id"] in json.dumps(r)]
+    assert [r.get("kind", r["decision"]) for r in linked] == [
+        "approval_required", "approval_required", "approval.approve", "allow"], linked
 
 
 def mint_svid(keys: Path, spiffe_id: str, out: Path) -> tuple[Path, Path]:
