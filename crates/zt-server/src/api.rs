@@ -294,6 +294,9 @@ pub(crate) struct Origin {
     pub session: Option<Arc<zt_identity::session::AccessClaims>>,
     /// The approval the caller presents (`ZT-Approval`), for a request that needs one.
     pub approval: Option<String>,
+    /// The plan being submitted, when these are its steps' decisions: its id and each step's
+    /// executor session (a step that needs an approval asks for one bound to the step).
+    pub submitting: Option<Arc<(String, Vec<String>)>>,
 }
 
 impl Origin {
@@ -306,6 +309,7 @@ impl Origin {
             step: None,
             session: None,
             approval: None,
+            submitting: None,
         }
     }
 }
@@ -323,15 +327,22 @@ pub(crate) async fn answer(
     let time_ms = now_ms();
     let mut responses: Vec<DecisionResponse> = Vec::with_capacity(decided.len());
     let mut pending = Vec::with_capacity(decided.len());
-    for (request, mut verdict) in decided {
+    for (index, (request, mut verdict)) in decided.into_iter().enumerate() {
         let decision_id = Uuid::now_v7().to_string();
         // A request that needs a person's approval names the one it waits for, or presents
         // one that holds for exactly it.
         let mut approval = None;
         let mut using = None;
         if verdict.decision == Decision::ApprovalRequired {
-            let asked =
-                crate::approvals::ask(app, &origin, request, verdict, &decision_id, time_ms).await;
+            let asked = crate::approvals::ask(
+                app,
+                &origin,
+                (index, request),
+                verdict,
+                &decision_id,
+                time_ms,
+            )
+            .await;
             (verdict, approval, using) = (asked.verdict, asked.ticket, asked.using);
         }
         // The bounds that write (a delegated use spent, a plan step used, an approval used)

@@ -162,23 +162,54 @@ fn status_url(id: &str) -> String {
     format!("/v1/approvals/{id}")
 }
 
-/// Takes a verdict of `approval_required`: with an approval presented, allows it if the
-/// approval holds for exactly this request (to be used by [`mark`]); without one, names the
-/// approval it waits for, asking for a new one unless one is open for the same request.
-pub(crate) async fn ask(
-    app: &AppState,
-    origin: &Origin,
-    request: &ValidRequest,
-    verdict: Verdict,
-    decision_id: &str,
-    now_ms: i64,
-) -> Asked {
+/// `sha256:<hex>` of what a plan step's approval is bound to: the step (whose capability
+/// binds the action, resource, arguments and executor already).
+pub fn step_digest(plan: &str, index: usize) -> String {
+    let text = zt_evidence::canonical::to_string(&json!({"plan": plan, "step": index}));
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    )
+}
+
+/// What an approval of this decision is bound to: a plan step and its executor (when the
+/// request presents a step, or is a step of a plan being submitted), or else the exact
+/// request and its session. `true` for a step, whose approval is used without being
+/// presented: the step capability is the request.
+fn binding(origin: &Origin, index: usize, request: &ValidRequest) -> (String, String, bool) {
+    if let Some((step, session)) = &origin.step {
+        return (
+            step_digest(&step.plan, step.index),
+            session.clone().unwrap_or_default(),
+            true,
+        );
+    }
+    if let Some(submitting) = &origin.submitting {
+        let (plan, executors) = &**submitting;
+        let executor = executors.get(index).cloned().unwrap_or_default();
+        return (step_digest(plan, index), executor, true);
+    }
     let session = origin
         .session
         .as_ref()
         .map(|c| c.session.session_id.clone())
         .unwrap_or_default();
-    let digest = digest(request, &session);
+    (digest(request, &session), session, false)
+}
+
+/// Takes a verdict of `approval_required`: with an approval presented (or, for a plan step,
+/// approved for the step), allows it if the approval holds for exactly this request (to be
+/// used by [`mark`]); without one, names the approval it waits for, asking for a new one
+/// unless one is open for the same request.
+pub(crate) async fn ask(
+    app: &AppState,
+    origin: &Origin,
+    (index, request): (usize, &ValidRequest),
+    verdict: Verdict,
+    decision_id: &str,
+    now_ms: i64,
+) -> Asked {
+    let (digest, session, step) = binding(origin, index, request);
     let asking: Vec<&str> = verdict
         .reasons
         .iter()
@@ -204,7 +235,18 @@ pub(crate) async fn ask(
         }
     };
 
-    if let Some(id) = &origin.approval {
+    // A plan step presents the approval asked for it by being the step: once answered (or
+    // used, or expired), that approval decides; while pending, the step waits for it.
+    let presented = match &origin.approval {
+        Some(id) => Some(id.clone()),
+        None if step => match app.store.latest_approval(&digest, &session).await {
+            Ok(Some(latest)) if latest.status_at(now_ms) != "pending" => Some(latest.id),
+            Ok(_) => None,
+            Err(e) => return store_failed(e),
+        },
+        None => None,
+    };
+    if let Some(id) = &presented {
         let found = match app.store.approval(id).await {
             Ok(found) => found,
             Err(e) => return store_failed(e),

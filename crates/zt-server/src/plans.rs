@@ -105,6 +105,10 @@ pub struct StepOutcome {
     pub decision: Decision,
     pub decision_id: String,
     pub reasons: Vec<Reason>,
+    /// With `approval_required`: the approval the step waits for (its executor then uses the
+    /// step once it is approved, without presenting the approval).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Box<crate::approvals::ApprovalTicket>>,
 }
 
 /// The answer to a submission.
@@ -112,8 +116,10 @@ pub struct StepOutcome {
 pub struct PlanAnswer {
     /// SHA-256 (hex) of the plan's canonical JSON.
     pub plan: String,
-    /// `accepted` (every step allowed: its steps are capabilities now) or `rejected` (the
-    /// steps denied are named, with their reasons; nothing can be executed under it).
+    /// `accepted` (every step allowed: its steps are capabilities now), `pending_approval`
+    /// (accepted, but some steps wait for a person's approval: each is a capability once
+    /// approved) or `rejected` (the steps denied are named, with their reasons; nothing can be
+    /// executed under it).
     pub status: &'static str,
     pub steps: Vec<StepOutcome>,
     pub expires_at: i64,
@@ -331,13 +337,16 @@ pub(crate) async fn submit(
     let caller = json!({"kind": "session", "name": planner.claims.sub, "session": planner.claims.session.session_id});
     let engine = app.policies.engine();
     let decided = requests.iter().map(|r| (r, engine.decide(r))).collect();
-    let answers = crate::api::answer(
-        &app,
-        crate::api::Origin::now("plans", Some(caller.clone())),
-        decided,
-        None,
-    )
-    .await;
+    let executors = plan
+        .steps
+        .iter()
+        .map(|s| s.executor.clone().unwrap_or_default())
+        .collect();
+    let origin = crate::api::Origin {
+        submitting: Some(Arc::new((id.clone(), executors))),
+        ..crate::api::Origin::now("plans", Some(caller.clone()))
+    };
+    let answers = crate::api::answer(&app, origin, decided, None).await;
     let outcomes: Vec<StepOutcome> = plan
         .steps
         .iter()
@@ -351,9 +360,15 @@ pub(crate) async fn submit(
             decision: answer.decision,
             decision_id: answer.decision_id,
             reasons: answer.reasons,
+            approval: answer.approval,
         })
         .collect();
-    let accepted = outcomes.iter().all(|o| o.decision == Decision::Allow);
+    let accepted = outcomes
+        .iter()
+        .all(|o| matches!(o.decision, Decision::Allow | Decision::ApprovalRequired));
+    let waiting = outcomes
+        .iter()
+        .any(|o| o.decision == Decision::ApprovalRequired);
     if accepted {
         let stored = app
             .store
@@ -381,12 +396,16 @@ pub(crate) async fn submit(
             ));
         }
     }
-    let status = if accepted { "accepted" } else { "rejected" };
+    let status = match (accepted, waiting) {
+        (false, _) => "rejected",
+        (true, true) => "pending_approval",
+        (true, false) => "accepted",
+    };
     let record = json!({
         "plan": id,
         "status": status,
         "canonical": canonical,
-        "steps": outcomes.iter().map(|o| json!({"index": o.index, "decision": o.decision, "decision_id": o.decision_id})).collect::<Vec<_>>(),
+        "steps": outcomes.iter().map(|o| json!({"index": o.index, "decision": o.decision, "decision_id": o.decision_id, "approval": o.approval.as_ref().map(|t| &t.id)})).collect::<Vec<_>>(),
     });
     let evidence = crate::api::record_act(
         &app,

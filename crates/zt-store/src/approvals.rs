@@ -267,6 +267,38 @@ impl Store {
         })
     }
 
+    /// The newest approval for a request digest and session, whatever became of it.
+    pub async fn latest_approval(
+        &self,
+        digest: &str,
+        session: &str,
+    ) -> Result<Option<StoredApproval>, StoreError> {
+        Ok(match &self.backend {
+            Backend::Sqlite(pool, _) => sqlx::query(
+                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
+                 WHERE digest = ? AND session = ? ORDER BY created_at_ms DESC, id DESC LIMIT 1",
+            )
+            .bind(digest)
+            .bind(session)
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(approval_from_sqlite)
+            .transpose()?,
+            Backend::Postgres(pool) => sqlx::query(
+                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
+                 WHERE digest = $1 AND session = $2 ORDER BY created_at_ms DESC, id DESC LIMIT 1",
+            )
+            .bind(digest)
+            .bind(session)
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(approval_from_pg)
+            .transpose()?,
+        })
+    }
+
     /// The newest approvals (at most `limit`) whose status at `now_ms` is `status`, or all.
     pub async fn approvals(
         &self,
@@ -570,6 +602,22 @@ mod tests {
         assert!(
             store
                 .open_approval("sha256:aa", "s1", 50)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let latest = store
+            .latest_approval("sha256:aa", "s1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (latest.id.as_str(), latest.used_by.as_deref()),
+            ("a1", Some("use-41"))
+        );
+        assert!(
+            store
+                .latest_approval("sha256:aa", "s9")
                 .await
                 .unwrap()
                 .is_none()

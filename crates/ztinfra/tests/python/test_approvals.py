@@ -290,3 +290,43 @@ def test_the_command_line_answers_and_decide_exits_3(service):
     assert again.returncode == 2 and "409" in again.stderr, again
     assert subprocess.run(ask + ["--approval", aid], capture_output=True, env=env).returncode == 0
     assert subprocess.run(ask + ["--approval", aid], capture_output=True, env=env).returncode == 1
+
+
+def test_a_plan_step_that_needs_approval_waits_for_it_then_runs_once(service):
+    status, body = call("POST", f"{service.base}/v1/agents", service.admin, {"name": "planner", "owner": "platform"})
+    assert status == 201, body
+    status, planner = call("POST", f"{service.base}/v1/sessions", service.broker, {"agent": "planner", "on_behalf_of": "frank"})
+    status, started = call("POST", f"{service.base}/v1/sessions", service.broker, {"agent": "ops-bot", "on_behalf_of": "frank"})
+    assert status == 201, started
+    executor, session_id = started["access_token"], started["session_id"]
+    plan = {"executor": session_id, "steps": [
+        {"action": "db.tables.read", "resource": "db://prod/orders"},
+        {"action": "db.tables.drop", "resource": "db://prod/orders"},
+    ]}
+    status, submitted = call("POST", f"{service.base}/v1/plans", planner["access_token"], plan)
+    assert status == 201 and submitted["status"] == "pending_approval", submitted
+    assert [s["decision"] for s in submitted["steps"]] == ["allow", "approval_required"]
+    ticket = submitted["steps"][1]["approval"]
+    pid = submitted["plan"]
+
+    def step(n, resource="db://prod/orders", action=None):
+        body = {"action": action or plan["steps"][n]["action"], "resource": resource}
+        req = urllib.request.Request(f"{service.base}/v1/decide", data=json.dumps(body).encode(), method="POST",
+                                     headers={"content-type": "application/json", "authorization": f"Bearer {executor}",
+                                              "zt-plan-step": f"{pid}/{n}"})
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return json.loads(response.read())
+
+    assert step(0)["decision"] == "allow"
+    # The step waits for the approval asked at submission (the same one, not a new one).
+    waiting = step(1)
+    assert waiting["decision"] == "approval_required" and waiting["approval"]["id"] == ticket["id"], waiting
+    status, shown = call("GET", f"{service.base}/v1/approvals/{ticket['id']}", service.auditor)
+    assert shown["session"] == session_id and shown["request"]["context"]["plan"] == {"id": pid, "step": 1}
+    assert service.answer("bob", ticket["id"], reason="the drop in plan " + pid[:8])[0] == 200
+    # Approved: the step is the capability, used once, without presenting the approval.
+    done = step(1)
+    assert done["decision"] == "allow" and done["reasons"][0]["approval"] == ticket["id"], done
+    replay = step(1)
+    assert replay["decision"] == "deny", replay
+    assert "used already" in replay["reasons"][0]["message"], replay
