@@ -105,6 +105,14 @@ pub struct AccessClaims {
         skip_serializing_if = "Option::is_none"
     )]
     pub delegation: Option<crate::delegation::DelegationClaim>,
+    /// On a token issued for an approved CIBA request: the approval it carries. Such a token
+    /// is good for exactly the approved action, once.
+    #[serde(
+        rename = "urn:ztinfra:approval",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub approval: Option<String>,
 }
 
 impl AccessClaims {
@@ -493,6 +501,7 @@ mod tests {
 
     fn claims(now: i64) -> AccessClaims {
         AccessClaims {
+            approval: None,
             iss: "http://127.0.0.1:8181".into(),
             sub: spiffe_id("ztinfra.local", "triage-bot", "0011"),
             aud: "ztinfra".into(),

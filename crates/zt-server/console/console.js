@@ -155,6 +155,7 @@ function card(approval) {
     facts.append(el('dt', name));
     facts.append(el('dd', value === undefined || value === '' ? '—' : value, mono ? 'mono' : ''));
   };
+  if (approval.note) fact('Message from the agent', approval.note);
   fact('Approval', approval.id, true);
   fact('Agent', approval.actor);
   fact('Session', approval.session, true);

@@ -59,6 +59,8 @@ pub struct AppState {
     pub approvals: crate::approvals::ApprovalSettings,
     /// Whether the listeners speak TLS (the console cookie is then `Secure`).
     pub tls: bool,
+    /// When each CIBA request was last polled.
+    pub ciba: crate::ciba::Polls,
 }
 
 /// The answer to a decision request.
@@ -297,6 +299,12 @@ pub(crate) struct Origin {
     /// The plan being submitted, when these are its steps' decisions: its id and each step's
     /// executor session (a step that needs an approval asks for one bound to the step).
     pub submitting: Option<Arc<(String, Vec<String>)>>,
+    /// What the agent asks approvers to see with an approval it asks for (a CIBA
+    /// `binding_message`).
+    pub note: Option<String>,
+    /// The approval the caller's token carries (a CIBA token): every decision made with it
+    /// must be exactly that approval's action, allowed by it, once.
+    pub approval_token: Option<String>,
 }
 
 impl Origin {
@@ -310,6 +318,8 @@ impl Origin {
             session: None,
             approval: None,
             submitting: None,
+            note: None,
+            approval_token: None,
         }
     }
 }
@@ -358,6 +368,9 @@ pub(crate) async fn answer(
         }
         if let Some(using) = &using {
             verdict = crate::approvals::mark(app, using, verdict, &decision_id).await;
+        }
+        if let Some(bound) = &origin.approval_token {
+            verdict = crate::approvals::token_bound(bound, using.as_ref(), verdict);
         }
         pending.push(PendingRecord {
             time_ms,

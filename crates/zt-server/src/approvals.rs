@@ -356,6 +356,7 @@ pub(crate) async fn ask(
                 excluded: serde_json::to_string(&excluded(request, claims, &rule))
                     .unwrap_or_default(),
                 request: request.record().to_string(),
+                note: origin.note.clone().unwrap_or_default(),
                 decision_id: decision_id.to_owned(),
                 created_at_ms: now_ms,
                 expires_at_ms: now_ms.saturating_add(
@@ -496,6 +497,31 @@ pub(crate) async fn mark(
     }
 }
 
+/// Keeps a decision made with a token that carries an approval (a CIBA token) only if it is
+/// exactly that approval's action, allowed by it now: such a token is good for nothing else.
+pub(crate) fn token_bound(bound: &str, using: Option<&Using>, verdict: Verdict) -> Verdict {
+    if verdict.decision == Decision::Allow && using.is_some_and(|u| u.id == bound) {
+        return verdict;
+    }
+    if verdict.decision == Decision::Deny
+        && verdict
+            .reasons
+            .iter()
+            .any(|r| r.approval.as_deref() == Some(bound))
+    {
+        // Denied already for a reason about this approval (used, another request, ...).
+        return verdict;
+    }
+    deny(
+        &verdict,
+        format!(
+            "this token carries approval `{bound}`: it is good only for exactly the approved action, once"
+        ),
+        ReasonKind::Approval,
+        Some(bound),
+    )
+}
+
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/approvals", get(list))
@@ -524,6 +550,9 @@ pub struct ApprovalView {
     /// The request as decided (and recorded), with the context the service bound.
     #[schema(value_type = Object)]
     pub request: Value,
+    /// What the agent asked approvers to see (a CIBA `binding_message`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub note: String,
     pub digest: String,
     /// The decision that asked for it, and the one that used it.
     pub decision_id: String,
@@ -559,6 +588,7 @@ fn view(approval: StoredApproval, answers: &[ApprovalAnswer], now_ms: i64) -> Ap
             })
             .collect(),
         request: serde_json::from_str(&approval.request).unwrap_or(Value::Null),
+        note: approval.note,
         created_at: approval.created_at_ms / 1000,
         expires_at: approval.expires_at_ms / 1000,
         used_at: approval.used_at_ms.map(|t| t / 1000),
@@ -990,6 +1020,7 @@ mod tests {
             needed: 1,
             excluded: "[\"bot\", \"s\"]".into(),
             request: "{}".into(),
+            note: String::new(),
             decision_id: "d0".into(),
             created_at_ms: 0,
             expires_at_ms: 1,

@@ -497,7 +497,15 @@ impl Decider {
                 )
             }),
             session: self.session.as_ref().map(|s| Arc::clone(&s.claims)),
-            approval: self.approval.clone(),
+            approval: self.approval.clone().or_else(|| {
+                self.session
+                    .as_ref()
+                    .and_then(|s| s.claims.approval.clone())
+            }),
+            approval_token: self
+                .session
+                .as_ref()
+                .and_then(|s| s.claims.approval.clone()),
             ..crate::api::Origin::now(endpoint, self.record())
         }
     }

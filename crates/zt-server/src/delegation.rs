@@ -467,6 +467,7 @@ pub(crate) async fn exchange(
     }
 
     let claims = AccessClaims {
+        approval: None,
         iss: app.sessions.issuer().to_owned(),
         sub: subject.origin.sub.clone(),
         aud: app.sessions.audience().to_owned(),

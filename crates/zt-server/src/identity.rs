@@ -25,6 +25,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/agents", get(agents))
         .route("/v1/sessions", post(start_session))
         .route("/oauth2/token", post(token))
+        .route(crate::ciba::PATH, post(crate::ciba::backchannel))
         .route("/v1/bundle", get(bundle))
         .route("/oauth2/revoke", post(revoke_token))
         .route("/oauth2/introspect", post(introspect))
@@ -534,7 +535,10 @@ pub(crate) async fn metadata(State(app): State<Arc<AppState>>) -> Json<Value> {
         "token_endpoint_auth_methods_supported": ["tls_client_auth", "none"],
         "tls_client_certificate_bound_access_tokens": true,
         "response_types_supported": [],
-        "grant_types_supported": [TOKEN_EXCHANGE, "client_credentials"],
+        "grant_types_supported": [TOKEN_EXCHANGE, "client_credentials", crate::ciba::GRANT],
+        "backchannel_authentication_endpoint": format!("{issuer}{}", crate::ciba::PATH),
+        "backchannel_token_delivery_modes_supported": ["poll"],
+        "backchannel_user_code_parameter_supported": false,
         "authorization_details_types_supported": [zt_identity::delegation::DETAIL_TYPE],
         "ztinfra_bundle_endpoint": format!("{issuer}/v1/bundle"),
         "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
@@ -570,6 +574,9 @@ pub(crate) struct TokenRequest {
     pub resource: Option<String>,
     #[serde(default)]
     pub actor_token: Option<String>,
+    /// The CIBA grant: the backchannel request polled for.
+    #[serde(default)]
+    auth_req_id: Option<String>,
     #[serde(default)]
     pub actor_token_type: Option<String>,
     /// Delegation: action names handed on, on any resource.
@@ -655,6 +662,7 @@ pub(crate) fn oauth_problem(problem: Problem, error: &'static str) -> Response {
 pub(crate) async fn token(
     State(app): State<Arc<AppState>>,
     peer: Option<Extension<Peer>>,
+    headers: axum::http::HeaderMap,
     form: Result<Form<TokenRequest>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     let form = match form {
@@ -671,6 +679,15 @@ pub(crate) async fn token(
         }
     };
     let peer_ext = peer;
+    if form.grant_type == crate::ciba::GRANT {
+        return crate::ciba::token(
+            &app,
+            &headers,
+            peer_ext.as_ref().map(|Extension(p)| p),
+            form.auth_req_id.as_deref(),
+        )
+        .await;
+    }
     let peer = peer_ext.clone().and_then(|Extension(p)| p.0);
     let bad = |detail: String| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", detail);
     if let Some(audience) = &form.audience

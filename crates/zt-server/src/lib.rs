@@ -8,6 +8,7 @@ pub mod approvals;
 pub mod auth;
 pub mod authzen;
 pub mod body;
+pub mod ciba;
 pub mod conn;
 pub mod console;
 pub mod delegation;
@@ -348,6 +349,7 @@ impl App {
                 delegation: config.delegation.clone(),
                 approvals: config.approvals.clone(),
                 tls: config.workloads.tls.is_some(),
+                ciba: ciba::Polls::default(),
                 issuers,
                 plans: plans::Plans::default(),
                 uses: uses::Uses::start(store.clone()),

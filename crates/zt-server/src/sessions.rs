@@ -904,6 +904,7 @@ impl Sessions {
         let mut attempts = 0;
         let token = loop {
             let claims = AccessClaims {
+                approval: None,
                 iss: self.issuer.clone(),
                 sub: spiffe.clone(),
                 aud: self.settings.audience.clone(),

@@ -29,6 +29,8 @@ pub struct StoredApproval {
     pub excluded: String,
     /// JSON of the request as decided.
     pub request: String,
+    /// What the agent asks the approver to see (a CIBA `binding_message`), or empty.
+    pub note: String,
     /// The decision that asked for it.
     pub decision_id: String,
     pub created_at_ms: i64,
@@ -113,6 +115,7 @@ macro_rules! approval_from {
                 needed: row.try_get("needed")?,
                 excluded: row.try_get("excluded")?,
                 request: row.try_get("request")?,
+                note: row.try_get("note")?,
                 decision_id: row.try_get("decision_id")?,
                 created_at_ms: row.try_get("created_at_ms")?,
                 expires_at_ms: row.try_get("expires_at_ms")?,
@@ -152,6 +155,7 @@ impl Store {
                     .bind(a.needed)
                     .bind(&a.excluded)
                     .bind(&a.request)
+                    .bind(&a.note)
                     .bind(&a.decision_id)
                     .bind(a.created_at_ms)
                     .bind(a.expires_at_ms)
@@ -163,13 +167,13 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(pool, _) => add!(
                 pool,
-                "INSERT INTO zt_approvals (id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, decision_id, created_at_ms, expires_at_ms, status)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')"
+                "INSERT INTO zt_approvals (id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')"
             ),
             Backend::Postgres(pool) => add!(
                 pool,
-                "INSERT INTO zt_approvals (id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, decision_id, created_at_ms, expires_at_ms, status)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'pending')"
+                "INSERT INTO zt_approvals (id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'pending')"
             ),
         };
         Ok(())
@@ -184,7 +188,7 @@ impl Store {
         let (approval, answers): (Option<StoredApproval>, Vec<AnswerRow>) = match &self.backend {
             Backend::Sqlite(pool, _) => {
                 let row = sqlx::query(
-                    "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals WHERE id = ?",
+                    "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals WHERE id = ?",
                 )
                 .bind(id)
                 .fetch_optional(pool)
@@ -199,7 +203,7 @@ impl Store {
             }
             Backend::Postgres(pool) => {
                 let row = sqlx::query(
-                    "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals WHERE id = $1",
+                    "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals WHERE id = $1",
                 )
                 .bind(id)
                 .fetch_optional(pool)
@@ -237,7 +241,7 @@ impl Store {
     ) -> Result<Option<StoredApproval>, StoreError> {
         Ok(match &self.backend {
             Backend::Sqlite(pool, _) => sqlx::query(
-                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
+                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
                  WHERE digest = ? AND session = ? AND expires_at_ms > ?
                    AND (status = 'pending' OR (status = 'approved' AND used_at_ms IS NULL))
                  ORDER BY created_at_ms DESC LIMIT 1",
@@ -251,7 +255,7 @@ impl Store {
             .map(approval_from_sqlite)
             .transpose()?,
             Backend::Postgres(pool) => sqlx::query(
-                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
+                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
                  WHERE digest = $1 AND session = $2 AND expires_at_ms > $3
                    AND (status = 'pending' OR (status = 'approved' AND used_at_ms IS NULL))
                  ORDER BY created_at_ms DESC LIMIT 1",
@@ -275,7 +279,7 @@ impl Store {
     ) -> Result<Option<StoredApproval>, StoreError> {
         Ok(match &self.backend {
             Backend::Sqlite(pool, _) => sqlx::query(
-                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
+                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
                  WHERE digest = ? AND session = ? ORDER BY created_at_ms DESC, id DESC LIMIT 1",
             )
             .bind(digest)
@@ -286,7 +290,7 @@ impl Store {
             .map(approval_from_sqlite)
             .transpose()?,
             Backend::Postgres(pool) => sqlx::query(
-                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
+                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
                  WHERE digest = $1 AND session = $2 ORDER BY created_at_ms DESC, id DESC LIMIT 1",
             )
             .bind(digest)
@@ -319,7 +323,7 @@ impl Store {
         let limit = limit.clamp(1, 1000);
         Ok(match &self.backend {
             Backend::Sqlite(pool, _) => sqlx::query(
-                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
+                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
                  WHERE ?1 = 'all'
                     OR (?1 = 'pending' AND status = 'pending' AND expires_at_ms > ?2)
                     OR (?1 = 'approved' AND status = 'approved' AND (used_at_ms IS NOT NULL OR expires_at_ms > ?2))
@@ -337,7 +341,7 @@ impl Store {
             .map(approval_from_sqlite)
             .collect::<Result<_, _>>()?,
             Backend::Postgres(pool) => sqlx::query(
-                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
+                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
                  WHERE $1 = 'all'
                     OR ($1 = 'pending' AND status = 'pending' AND expires_at_ms > $2)
                     OR ($1 = 'approved' AND status = 'approved' AND (used_at_ms IS NOT NULL OR expires_at_ms > $2))
@@ -424,7 +428,7 @@ impl Store {
                 pool,
                 approval_from_sqlite,
                 "UPDATE zt_approvals SET status = status WHERE id = ?",
-                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals WHERE id = ?",
+                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals WHERE id = ?",
                 "INSERT INTO zt_approval_answers (approval, approver, verdict, reason, at_ms) VALUES (?, ?, ?, ?, ?)
                  ON CONFLICT (approval, approver) DO NOTHING",
                 "SELECT COUNT(*) FROM zt_approval_answers WHERE approval = ? AND verdict = 'approve'",
@@ -434,7 +438,7 @@ impl Store {
                 pool,
                 approval_from_pg,
                 "UPDATE zt_approvals SET status = status WHERE id = $1",
-                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals WHERE id = $1",
+                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals WHERE id = $1",
                 "INSERT INTO zt_approval_answers (approval, approver, verdict, reason, at_ms) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (approval, approver) DO NOTHING",
                 "SELECT COUNT(*) FROM zt_approval_answers WHERE approval = $1 AND verdict = 'approve'",
@@ -488,6 +492,7 @@ mod tests {
             needed,
             excluded: "[]".into(),
             request: "{}".into(),
+            note: String::new(),
             decision_id: "d0".into(),
             created_at_ms: 10,
             expires_at_ms: 1000,

@@ -353,6 +353,7 @@ const MIGRATIONS: &[&[&str]] = &[
         needed BIGINT NOT NULL,
         excluded TEXT NOT NULL,
         request TEXT NOT NULL,
+        note TEXT NOT NULL,
         decision_id TEXT NOT NULL,
         created_at_ms BIGINT NOT NULL,
         expires_at_ms BIGINT NOT NULL,

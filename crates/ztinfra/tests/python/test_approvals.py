@@ -330,3 +330,87 @@ def test_a_plan_step_that_needs_approval_waits_for_it_then_runs_once(service):
     replay = step(1)
     assert replay["decision"] == "deny", replay
     assert "used already" in replay["reasons"][0]["message"], replay
+
+
+CIBA = "urn:openid:params:grant-type:ciba"
+
+
+def test_ciba_poll_mode_with_authlib(service):
+    from authlib.integrations.httpx_client import OAuth2Client
+    from authlib.common.errors import AuthlibBaseError
+
+    status, metadata = call("GET", f"{service.base}/.well-known/oauth-authorization-server")
+    assert CIBA in metadata["grant_types_supported"] and metadata["backchannel_token_delivery_modes_supported"] == ["poll"]
+    endpoint, token_endpoint = metadata["backchannel_authentication_endpoint"], metadata["token_endpoint"]
+    token = service.session()
+
+    def client(bearer=token):
+        return OAuth2Client(client_id="ops-bot", token_endpoint_auth_method="none",
+                            headers={"authorization": f"Bearer {bearer}"} if bearer else None)
+
+    def detail(action, resource, context=None):
+        return json.dumps([{"type": "ztinfra_action", "actions": [action], "locations": [resource],
+                            **({"context": context} if context is not None else {})}])
+
+    def ask(action="db.tables.drop", resource="db://prod/orders", context=None, bearer=token, **extra):
+        with client(bearer) as c:
+            answer = c.request("POST", endpoint, withhold_token=True, data={
+                "scope": "openid", "authorization_details": detail(action, resource, context), **extra})
+            return answer.status_code, answer.json()
+
+    def poll(auth_req_id, bearer=token):
+        with client(bearer) as c:
+            try:
+                return c.fetch_token(token_endpoint, grant_type=CIBA, auth_req_id=auth_req_id)
+            except AuthlibBaseError as e:
+                return e.error
+
+    status, asked = ask(context={"ticket": "OPS-42"}, binding_message="drop orders, ticket OPS-42")
+    assert status == 200 and asked["interval"] == 2 and 0 < asked["expires_in"] <= 900, asked
+    rid = asked["auth_req_id"]
+    assert poll(rid) == "authorization_pending"
+    assert poll(rid) == "slow_down"
+    # The approver sees the binding message with the request.
+    status, shown = call("GET", f"{service.base}/v1/approvals/{rid}", service.people["alice"])
+    assert shown["note"] == "drop orders, ticket OPS-42" and shown["request"]["context"]["ticket"] == "OPS-42"
+    assert service.answer("alice", rid, reason="matches OPS-42")[0] == 200
+    time.sleep(2.1)
+    issued = poll(rid)
+    assert issued["token_type"] == "Bearer" and issued["authorization_details"][0]["actions"] == ["db.tables.drop"], issued
+    approval_token = issued["access_token"]
+
+    # The token is good for exactly that action, once, without presenting anything else.
+    other = service.decide(approval_token, {**DROP, "resource": "db://prod/carts"})[1]
+    assert other["decision"] == "deny" and "another request" in other["reasons"][0]["message"], other
+    read = service.decide(approval_token, {"action": "db.tables.read", "resource": "db://prod/orders"})[1]
+    assert read["decision"] == "deny" and "carries approval" in read["reasons"][0]["message"], read
+    status, allowed = service.decide(approval_token, DROP)
+    assert allowed["decision"] == "allow" and allowed["reasons"][0]["approval"] == rid, allowed
+    assert "used already" in reason(service.decide(approval_token, DROP)[1])
+    time.sleep(2.1)
+    assert poll(rid) == "invalid_grant"
+
+    # Denied, expired, and requests that are not the client's.
+    status, other = ask(resource="db://prod/carts")
+    assert service.answer("bob", other["auth_req_id"], "deny", "not today")[0] == 200
+    assert poll(other["auth_req_id"]) == "access_denied"
+    status, quick = ask(action="svc.restart", resource="svc://api")
+    time.sleep(2.5)
+    assert poll(quick["auth_req_id"]) == "expired_token"
+    status, mine = ask(resource="db://prod/users")
+    assert poll(mine["auth_req_id"], bearer=service.session()) == "invalid_grant"
+    assert poll("01a23adf-05a7-75a3-95a7-72f8cb35b151") == "invalid_grant"
+    assert poll(mine["auth_req_id"], bearer=None) == "invalid_client"
+
+    # What is not a backchannel request.
+    status, body = ask(bearer=None)
+    assert status == 401 and body["error"] == "invalid_client", body
+    status, body = ask(action="db.tables.read")
+    assert status == 400 and "without a person's approval" in body["error_description"], body
+    status, body = ask(resource="db://prod/audit_log")
+    assert status == 403 and body["error"] == "access_denied", body
+    status, body = ask(binding_message="x" * 300)
+    assert status == 400 and body["error"] == "invalid_binding_message", body
+    with client() as c:
+        answer = c.request("POST", endpoint, withhold_token=True, data={"authorization_details": json.dumps([{"type": "other"}])})
+        assert answer.status_code == 400 and answer.json()["error"] == "invalid_request", answer.json()
