@@ -61,6 +61,8 @@ pub struct AppState {
     pub tls: bool,
     /// When each CIBA request was last polled.
     pub ciba: crate::ciba::Polls,
+    /// The approver groups' webhooks.
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 /// The answer to a decision request.

@@ -92,6 +92,21 @@ impl ApprovalSettings {
                 zt_identity::CredentialName::parse(member)
                     .map_err(|e| format!("group `{name}`: {e}"))?;
             }
+            match (&group.webhook, &group.webhook_secret_file) {
+                (None, None) => {}
+                (Some(url), Some(_)) => {
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                        return Err(format!(
+                            "group `{name}`: `webhook` is an http:// or https:// URL"
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "group `{name}`: `webhook` and `webhook_secret_file` go together"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -103,6 +118,12 @@ impl ApprovalSettings {
 pub struct GroupSettings {
     /// The names of the approver credentials that answer for it.
     pub members: Vec<String>,
+    /// Where each new approval of the group is posted ([`crate::webhooks`]).
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// The file holding the secret that signs those posts (at least 32 bytes).
+    #[serde(default)]
+    pub webhook_secret_file: Option<std::path::PathBuf>,
 }
 
 /// What a decision that waits for an approval answers with.
@@ -371,6 +392,12 @@ pub(crate) async fn ask(
                 return store_failed(e);
             }
             metrics::counter!("ztinfra_approvals_asked_total").increment(1);
+            let mut shown = view(approval.clone(), &[], now_ms);
+            if let Some(base) = &app.public_url {
+                shown.status_url = format!("{}{}", base.trim_end_matches('/'), shown.status_url);
+            }
+            app.webhooks
+                .approval_requested(&approval.group, json!(shown));
             approval
         }
     };
@@ -554,6 +581,8 @@ pub struct ApprovalView {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub note: String,
     pub digest: String,
+    /// Where it is read (`?wait=30s` to wait for an answer).
+    pub status_url: String,
     /// The decision that asked for it, and the one that used it.
     pub decision_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -592,6 +621,7 @@ fn view(approval: StoredApproval, answers: &[ApprovalAnswer], now_ms: i64) -> Ap
         created_at: approval.created_at_ms / 1000,
         expires_at: approval.expires_at_ms / 1000,
         used_at: approval.used_at_ms.map(|t| t / 1000),
+        status_url: status_url(&approval.id),
         id: approval.id,
         actor: approval.actor,
         session: approval.session,
@@ -1004,6 +1034,8 @@ mod tests {
                 "sre".to_owned(),
                 GroupSettings {
                     members: vec!["alice".into(), "bot".into()],
+                    webhook: None,
+                    webhook_secret_file: None,
                 },
             )]
             .into(),

@@ -23,6 +23,7 @@ pub mod reference;
 pub mod sessions;
 pub mod telemetry;
 pub mod uses;
+pub mod webhooks;
 pub mod workloads;
 
 use std::net::SocketAddr;
@@ -161,6 +162,8 @@ pub enum ServerError {
     Workloads(#[from] workloads::WorkloadError),
     #[error("invalid `[delegation]` settings: {0}")]
     Delegation(String),
+    #[error("invalid `[approvals]` settings: {0}")]
+    Approvals(String),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -226,6 +229,9 @@ impl App {
     ) -> Result<Self, ServerError> {
         let issuers =
             delegation::Issuers::new(&config.delegation).map_err(ServerError::Delegation)?;
+        config.approvals.check().map_err(ServerError::Approvals)?;
+        let webhooks =
+            webhooks::Webhooks::start(&config.approvals).map_err(ServerError::Approvals)?;
         let workloads = Arc::new(workloads::Workloads::load(
             config.workloads.clone(),
             &config.sessions.trust_domain,
@@ -350,6 +356,7 @@ impl App {
                 approvals: config.approvals.clone(),
                 tls: config.workloads.tls.is_some(),
                 ciba: ciba::Polls::default(),
+                webhooks,
                 issuers,
                 plans: plans::Plans::default(),
                 uses: uses::Uses::start(store.clone()),

@@ -5,8 +5,12 @@ examples/approvals policies and group settings, a real `ztinfra serve` process.
 """
 
 import contextlib
+import hashlib
+import hmac
+import http.server
 import json
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -67,8 +71,9 @@ class Service:
 
 
 @contextlib.contextmanager
-def start(tmp_path, extra=""):
-    """`ztinfra serve` on the example's policies and groups (with `extra` config appended)."""
+def start(tmp_path, extra="", edit=lambda text: text):
+    """`ztinfra serve` on the example's policies and groups (with `extra` config appended, and
+    the config text passed through `edit`)."""
     policies = tmp_path / "policies"
     shutil.copytree(EXAMPLE, policies, ignore=shutil.ignore_patterns("*.toml", ".zt", ".gitignore"))
     # A short-lived approval, to see one expire.
@@ -82,6 +87,7 @@ def start(tmp_path, extra=""):
                       .replace('policies = "."', f'policies = "{policies}"')
                       .replace('"carol", "dave", "erin"', '"carol", "dave", "frank"')
                       .replace('"alice", "bob"', '"alice", "bob", "ops-bot"') + extra)
+    config.write_text(edit(config.read_text()))
     server = subprocess.Popen(
         [ZTINFRA, "serve", "--config", config, "--listen", "127.0.0.1:0", "--no-watch"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -414,3 +420,131 @@ def test_ciba_poll_mode_with_authlib(service):
     with client() as c:
         answer = c.request("POST", endpoint, withhold_token=True, data={"authorization_details": json.dumps([{"type": "other"}])})
         assert answer.status_code == 400 and answer.json()["error"] == "invalid_request", answer.json()
+
+
+# A test secret, not a real one.
+WEBHOOK_SECRET = "test-webhook-secret-not-a-real-one-0123456789"
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """A webhook receiver that checks deliveries as the README says: the HMAC-SHA256 signature
+    over `<id>.<timestamp>.<body>`, a timestamp within 5 minutes, and each id once. It fails
+    the first attempt it gets (503), to make the service retry."""
+
+    def __init__(self):
+        self.accepted, self.attempts, self.seen, self.failed_once = [], 0, set(), False
+        super().__init__(("127.0.0.1", 0), ReceiverHandler)
+
+    def check(self, headers, body: bytes):
+        delivery, stamp, signed = (headers.get(h) for h in ("zt-webhook-id", "zt-webhook-timestamp", "zt-webhook-signature"))
+        if not (delivery and stamp and signed):
+            return 400
+        expected = "v1=" + hmac.new(WEBHOOK_SECRET.encode(), f"{delivery}.{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, signed):
+            return 401
+        if abs(time.time() - int(stamp)) > 300:
+            return 401
+        if delivery in self.seen:
+            return 409
+        self.seen.add(delivery)
+        return 200
+
+
+class ReceiverHandler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        receiver = self.server
+        receiver.attempts += 1
+        if not receiver.failed_once:
+            receiver.failed_once = True
+            status = 503
+        else:
+            status = receiver.check(self.headers, body)
+            if status == 200:
+                receiver.accepted.append((dict(self.headers), body))
+        self.send_response(status)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_new_approvals_are_posted_to_the_group_webhook_signed_and_retried(tmp_path):
+    secret = tmp_path / "sre.secret"
+    secret.write_text(WEBHOOK_SECRET)
+    receiver = Receiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    port = receiver.server_address[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+
+    def hooks(text):
+        text = text.replace('members = ["alice", "bob", "ops-bot"]',
+                            f'members = ["alice", "bob", "ops-bot"]\nwebhook = "http://127.0.0.1:{port}/hook"\n'
+                            f'webhook_secret_file = "{secret}"', 1)
+        # The security group's receiver is down: its approvals are asked all the same.
+        return text.replace('members = ["carol", "dave", "frank"]',
+                            f'members = ["carol", "dave", "frank"]\nwebhook = "http://127.0.0.1:{dead}/"\n'
+                            f'webhook_secret_file = "{secret}"', 1)
+
+    try:
+        with start(tmp_path, edit=hooks) as service:
+            token = service.session()
+            iam = service.decide(token, {"action": "iam.roles.attach", "resource": "role/admin"})[1]
+            assert iam["decision"] == "approval_required", iam
+            asked = service.decide(token, DROP)[1]
+            aid = asked["approval"]["id"]
+            deadline = time.monotonic() + 15
+            while not receiver.accepted and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert receiver.accepted, f"nothing delivered after {receiver.attempts} attempts"
+            headers, body = receiver.accepted[0]
+            assert receiver.attempts == 2  # the first failed (503) and was retried
+            sent = json.loads(body)
+            assert sent["type"] == "approval.requested" and sent["approval"]["id"] == aid
+            assert sent["approval"]["group"] == "sre-oncall" and sent["approval"]["request"]["action"] == "db.tables.drop"
+            assert sent["approval"]["status_url"] == f"/v1/approvals/{aid}"
+            assert WEBHOOK_SECRET not in body.decode()
+
+            # On the receiver: a forged signature, a replay, and an old timestamp are refused.
+            def post(extra_headers, data=body):
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/hook", data=data, method="POST",
+                                                 headers={"content-type": "application/json", **extra_headers})
+                try:
+                    with urllib.request.urlopen(request, timeout=5) as response:
+                        return response.status
+                except urllib.error.HTTPError as e:
+                    return e.code
+
+            names = ("zt-webhook-id", "zt-webhook-timestamp", "zt-webhook-signature")
+            original = {name: headers.get(name) or headers.get(name.title()) for name in names}
+            assert post(original) == 409
+            forged = {**original, "zt-webhook-signature": "v1=" + "0" * 64}
+            assert post(forged) == 401
+            assert post(original, data=body.replace(b"db.tables.drop", b"db.tables.read")) == 401
+            old = str(int(time.time()) - 3600)
+            stale = {"zt-webhook-id": "fresh-id", "zt-webhook-timestamp": old,
+                     "zt-webhook-signature": "v1=" + hmac.new(WEBHOOK_SECRET.encode(), f"fresh-id.{old}.".encode() + body,
+                                                            hashlib.sha256).hexdigest()}
+            assert post(stale) == 401
+            # The approval itself is unchanged by any of it.
+            assert call("GET", f"{service.base}/v1/approvals/{aid}", service.auditor)[1]["status"] == "pending"
+    finally:
+        receiver.shutdown()
+
+
+def test_bad_webhook_settings_stop_the_start(tmp_path):
+    short = tmp_path / "short.secret"
+    short.write_text("too short")
+    for setting, expected in [
+        (f'webhook = "http://127.0.0.1:9/"\nwebhook_secret_file = "{short}"', "shorter than 32 bytes"),
+        ('webhook = "http://127.0.0.1:9/"', "go together"),
+        (f'webhook = "ftp://x/"\nwebhook_secret_file = "{short}"', "http:// or https://"),
+    ]:
+        config = tmp_path / "bad.toml"
+        config.write_text(f'data_dir = "{tmp_path / "data"}"\npolicies = "{EXAMPLE}"\n'
+                          f'[approvals.groups.sre-oncall]\nmembers = ["alice"]\n{setting}\n')
+        done = subprocess.run([ZTINFRA, "serve", "--config", config, "--listen", "127.0.0.1:0"],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode != 0 and expected in done.stderr, (setting, done.stderr)
