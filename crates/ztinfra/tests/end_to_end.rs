@@ -163,6 +163,7 @@ fn client() -> http::sync::Client {
 }
 
 mod end_to_end {
+    mod approvals;
     mod authzen;
     mod delegation;
     mod evidence;

@@ -548,3 +548,13 @@ def test_bad_webhook_settings_stop_the_start(tmp_path):
         done = subprocess.run([ZTINFRA, "serve", "--config", config, "--listen", "127.0.0.1:0"],
                               capture_output=True, text=True, timeout=30)
         assert done.returncode != 0 and expected in done.stderr, (setting, done.stderr)
+
+
+def test_policy_check_runs_approval_tests_and_refuses_bad_annotations(tmp_path):
+    checked = subprocess.run([ZTINFRA, "policy", "check", EXAMPLE], capture_output=True, text=True)
+    assert checked.returncode == 0 and "4 passed, 0 failed" in checked.stdout, checked.stdout + checked.stderr
+    policies = tmp_path / "bad"
+    shutil.copytree(EXAMPLE, policies, ignore=shutil.ignore_patterns("*.toml", ".zt", ".gitignore"))
+    (policies / "bad.cedar").write_text('@id("x") @approval("sre") forbid (principal, action, resource);\n')
+    refused = subprocess.run([ZTINFRA, "policy", "check", policies], capture_output=True, text=True)
+    assert refused.returncode == 1 and "a forbid cannot be approved away" in refused.stdout + refused.stderr, refused
