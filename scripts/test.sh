@@ -16,8 +16,9 @@ cargo test --workspace --all-targets --locked
 # The MCP gateway end to end, against parts this project did not write: the official Python MCP
 # SDK as the client and real MCP servers from PyPI and npm, at the versions pinned in
 # crates/zt-mcp/tests/peers; agent session tokens verified by PyJWT, and workload identity
-# against curl, openssl, httpx and the SPIFFE library (crates/ztinfra/tests/python). They install
-# into target/mcp-venv and that folder's node_modules.
+# against curl, openssl, httpx and the SPIFFE library, and the approvals console in Debian's
+# Chromium through Selenium (crates/ztinfra/tests/python). They install into target/mcp-venv and
+# that folder's node_modules.
 # The gateway under test is the binary `cargo test` built above (target/debug/ztinfra).
 peers=crates/zt-mcp/tests/peers
 if [ ! -x target/mcp-venv/bin/python ]; then
