@@ -710,11 +710,7 @@ pub(crate) async fn list(
             .filter(|n| (1..=1000).contains(n))
             .ok_or_else(|| Problem::invalid("`limit` is a number from 1 to 1000", Vec::new()))?,
     };
-    let wait = match query.wait.as_deref() {
-        None => Duration::ZERO,
-        Some(text) => parse_wait(text).ok_or_else(bad_wait)?,
-    };
-    let until = tokio::time::Instant::now() + wait;
+    let until = deadline(query.wait.as_deref())?;
     loop {
         let now_ms = crate::now_ms();
         let found = app
@@ -750,11 +746,18 @@ fn waiting(app: &AppState, until: tokio::time::Instant) -> bool {
     tokio::time::Instant::now() < until && app.ready.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-fn bad_wait() -> Problem {
-    Problem::invalid(
-        "`wait` is a duration such as `30s` or `1m`, at most 60 s",
-        Vec::new(),
-    )
+/// Until when a long poll with `?wait=` waits (now without one).
+fn deadline(wait: Option<&str>) -> Result<tokio::time::Instant, Problem> {
+    let wait = match wait {
+        None => Duration::ZERO,
+        Some(text) => parse_wait(text).ok_or_else(|| {
+            Problem::invalid(
+                "`wait` is a duration such as `30s` or `1m`, at most 60 s",
+                Vec::new(),
+            )
+        })?,
+    };
+    Ok(tokio::time::Instant::now() + wait)
 }
 
 #[derive(Debug, Deserialize)]
@@ -806,11 +809,7 @@ pub(crate) async fn show(
 ) -> Result<Json<ApprovalView>, Problem> {
     check_id(&id)?;
     let Query(query) = query.map_err(|e| Problem::invalid(e.body_text(), Vec::new()))?;
-    let wait = match query.wait.as_deref() {
-        None => Duration::ZERO,
-        Some(text) => parse_wait(text).ok_or_else(bad_wait)?,
-    };
-    let until = tokio::time::Instant::now() + wait;
+    let until = deadline(query.wait.as_deref())?;
     loop {
         let now_ms = crate::now_ms();
         let (approval, answers) = app
