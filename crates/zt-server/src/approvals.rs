@@ -421,7 +421,7 @@ pub(crate) async fn ask(
     }
 }
 
-/// Who may not answer a request's approval: its agent, its session and the sessions above it,
+/// Who may not answer a request's approval: its agent, its session and its parent session,
 /// every party of its delegation chain, and, for four eyes, the person it acts for.
 fn excluded(
     request: &ValidRequest,
@@ -434,13 +434,6 @@ fn excluded(
         out.push(session.agent.clone());
         out.push(session.session_id.clone());
         out.extend(session.parent.clone());
-        if let Ok(Value::Object(lineage)) = serde_json::to_value(&session.lineage) {
-            for value in lineage.values() {
-                if let Value::String(s) = value {
-                    out.push(s.clone());
-                }
-            }
-        }
         if rule.needed >= 2
             && rule.group != ON_BEHALF_OF
             && let Some(person) = &session.on_behalf_of
@@ -917,7 +910,7 @@ pub fn may_answer(
     let excluded: Vec<String> = serde_json::from_str(&approval.excluded).unwrap_or_default();
     if excluded.iter().any(|e| e == approver) {
         return Err(format!(
-            "`{approver}` is a party to the request (its agent, a session of its lineage, its delegation chain, or, for four eyes, the person it acts for) and may not answer it"
+            "`{approver}` is a party to the request (its agent, its session or their parent, its delegation chain, or, for four eyes, the person it acts for) and may not answer it"
         ));
     }
     Ok(())
