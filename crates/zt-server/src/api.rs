@@ -341,6 +341,11 @@ pub(crate) async fn answer(
     let mut pending = Vec::with_capacity(decided.len());
     for (index, (request, mut verdict)) in decided.into_iter().enumerate() {
         let decision_id = Uuid::now_v7().to_string();
+        // A plan step presented must be exactly the step, whatever the policies said (this
+        // writes nothing), before any approval is asked for it.
+        if let Some((step, session)) = &origin.step {
+            verdict = crate::plans::check(app, step, session.as_deref(), request, verdict).await;
+        }
         // A request that needs a person's approval names the one it waits for, or presents
         // one that holds for exactly it.
         let mut approval = None;
@@ -359,9 +364,6 @@ pub(crate) async fn answer(
         }
         // The bounds that write (a delegated use spent, a plan step used, an approval used)
         // write last, and only for what every other bound let through.
-        if let Some((step, session)) = &origin.step {
-            verdict = crate::plans::check(app, step, session.as_deref(), request, verdict).await;
-        }
         if let Some(claims) = &origin.delegated {
             verdict = crate::delegation::bound(app, claims, request, verdict).await;
         }
@@ -373,6 +375,9 @@ pub(crate) async fn answer(
         }
         if let Some(bound) = &origin.approval_token {
             verdict = crate::approvals::token_bound(bound, using.as_ref(), verdict);
+        }
+        if verdict.decision != Decision::ApprovalRequired {
+            approval = None;
         }
         pending.push(PendingRecord {
             time_ms,

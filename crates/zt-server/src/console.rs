@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::AppState;
-use crate::auth::{CONSOLE_COOKIE, Refusal, console_cookie, refusal_problem};
+use crate::auth::{CONSOLE_COOKIE, console_cookie, refusal_problem};
 use crate::body::JsonBody;
 use crate::problem::Problem;
 
@@ -102,13 +102,7 @@ async fn sign_in(
         .callers
         .sign_in(&body.token, Duration::from_secs(ttl))
         .await
-        .map_err(|refusal| match refusal {
-            Refusal::Auth(e) => {
-                tracing::warn!(error = %e, "console sign-in refused");
-                refusal_problem(Refusal::Auth(e))
-            }
-            other => refusal_problem(other),
-        })?;
+        .map_err(refusal_problem)?;
     tracing::info!(who = %signed.caller.name(), role = %signed.caller.role(), "console sign-in");
     let mut response = (
         StatusCode::CREATED,

@@ -315,15 +315,23 @@ def test_a_plan_step_that_needs_approval_waits_for_it_then_runs_once(service):
     ticket = submitted["steps"][1]["approval"]
     pid = submitted["plan"]
 
-    def step(n, resource="db://prod/orders", action=None):
+    def step(n, resource="db://prod/orders", action=None, token=executor):
         body = {"action": action or plan["steps"][n]["action"], "resource": resource}
         req = urllib.request.Request(f"{service.base}/v1/decide", data=json.dumps(body).encode(), method="POST",
-                                     headers={"content-type": "application/json", "authorization": f"Bearer {executor}",
+                                     headers={"content-type": "application/json", "authorization": f"Bearer {token}",
                                               "zt-plan-step": f"{pid}/{n}"})
         with urllib.request.urlopen(req, timeout=10) as response:
             return json.loads(response.read())
 
     assert step(0)["decision"] == "allow"
+    # Another session, or another resource, presenting the step is refused as a plan matter:
+    # no approval is asked for what is not exactly the step.
+    pending = len(call("GET", f"{service.base}/v1/approvals?status=pending", service.auditor)[1]["approvals"])
+    wrong = step(1, token=service.session())
+    assert wrong["decision"] == "deny" and wrong["reasons"][0]["kind"] == "plan" and "approval" not in wrong, wrong
+    wrong = step(1, resource="db://prod/users")
+    assert wrong["decision"] == "deny" and wrong["reasons"][0]["kind"] == "plan" and "approval" not in wrong, wrong
+    assert len(call("GET", f"{service.base}/v1/approvals?status=pending", service.auditor)[1]["approvals"]) == pending
     # The step waits for the approval asked at submission (the same one, not a new one).
     waiting = step(1)
     assert waiting["decision"] == "approval_required" and waiting["approval"]["id"] == ticket["id"], waiting
