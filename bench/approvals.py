@@ -24,11 +24,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "ztinfra")
-LOADGEN = os.path.join(ROOT, "target", "release", "zt-loadgen")
+# The helpers of the delegation benchmark beside this file: run a command, call the API, drive
+# zt-loadgen.
+from delegation import BIN, call, load, run
+
 POLICIES = """
 @id("reads") permit (principal, action == Action::"db.tables.read", resource);
 @id("drops") @approval("sre") @approval_ttl("1h") permit (principal, action == Action::"db.tables.drop", resource);
@@ -39,40 +39,6 @@ SIZED_FOR = int(os.environ.get("ZTINFRA_BENCH_SIZED_FOR", "15000"))
 # Approved retries are made ahead (an ask and an approval each, a few hundred a second): their
 # runs are 2 s, without warm-up.
 RETRY_SECONDS = 2
-
-
-def run(*args):
-    return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True).stdout
-
-
-def call(base, path, token=None, body=None, headers=None):
-    sent = {"content-type": "application/json", **(headers or {})}
-    if token:
-        sent["authorization"] = f"Bearer {token}"
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(base + path, data=data, headers=sent, method="POST" if data else "GET")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
-def load(addr, tmp, name, seconds, connections, bodies, token, headers=None, warmup=2):
-    body_file = os.path.join(tmp, f"{name}.bodies")
-    with open(body_file, "w") as f:
-        f.write("\n".join(bodies) + "\n")
-    token_file = os.path.join(tmp, f"{name}.token")
-    with open(token_file, "w") as f:
-        f.write(token)
-    args = [LOADGEN, "--addr", addr, "--connections", connections, "--duration", seconds, "--warmup", warmup,
-            "--json", "--bodies", body_file, "--path", "/v1/decide", "--token-file", token_file]
-    if headers:
-        header_file = os.path.join(tmp, f"{name}.headers")
-        with open(header_file, "w") as f:
-            f.write("\n".join(headers) + "\n")
-        args += ["--headers", header_file]
-    result = json.loads(run(*args))
-    if result["errors"]:
-        sys.exit(f"{name}: {result['errors']} requests failed")
-    return result
 
 
 def main():
@@ -137,7 +103,7 @@ def main():
                 for name, load_args in kinds:
                     seconds = RETRY_SECONDS if "retries" in name else args.seconds
                     r = load(addr, tmp, f"r{n}-{len(results)}-{name[:8]}", seconds, args.connections,
-                             token=token, **load_args)
+                             path="/v1/decide", token=token, **load_args)
                     if r["sent"] > len(load_args["bodies"]) and "each" in name:
                         sys.exit(f"{name}: the prepared requests ran out: raise SIZED_FOR")
                     results.setdefault(name, []).append(r)

@@ -39,8 +39,8 @@ def run(*args):
     return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True).stdout
 
 
-def call(base, path, token=None, body=None, form=None):
-    headers = {}
+def call(base, path, token=None, body=None, form=None, headers=None):
+    headers = dict(headers or {})
     data = None
     if body is not None:
         headers["content-type"] = "application/json"
@@ -59,11 +59,11 @@ def exchange_form(subject, actor, details):
             "actor_token": actor, "actor_token_type": ACCESS, "authorization_details": json.dumps(details)}
 
 
-def load(addr, tmp, name, seconds, connections, bodies, path, token=None, form=False, headers=None):
+def load(addr, tmp, name, seconds, connections, bodies, path, token=None, form=False, headers=None, warmup=2):
     body_file = os.path.join(tmp, f"{name}.bodies")
     with open(body_file, "w") as f:
         f.write("\n".join(bodies) + "\n")
-    args = [LOADGEN, "--addr", addr, "--connections", connections, "--duration", seconds, "--warmup", "2",
+    args = [LOADGEN, "--addr", addr, "--connections", connections, "--duration", seconds, "--warmup", warmup,
             "--json", "--bodies", body_file, "--path", path]
     if token:
         token_file = os.path.join(tmp, f"{name}.token")

@@ -158,8 +158,12 @@ pub(crate) struct Using {
 
 /// `sha256:<hex>` of what an approval is bound to: the request as recorded, and its session.
 pub fn digest(request: &ValidRequest, session: &str) -> String {
-    let bound = json!({"request": request.record(), "session": session});
-    let text = zt_evidence::canonical::to_string(&bound);
+    sha256_of(&json!({"request": request.record(), "session": session}))
+}
+
+/// `sha256:<hex>` of a value's RFC 8785 form.
+fn sha256_of(value: &Value) -> String {
+    let text = zt_evidence::canonical::to_string(value);
     format!(
         "sha256:{}",
         hex::encode(sha2::Sha256::digest(text.as_bytes()))
@@ -186,11 +190,7 @@ fn status_url(id: &str) -> String {
 /// `sha256:<hex>` of what a plan step's approval is bound to: the step (whose capability
 /// binds the action, resource, arguments and executor already).
 pub fn step_digest(plan: &str, index: usize) -> String {
-    let text = zt_evidence::canonical::to_string(&json!({"plan": plan, "step": index}));
-    format!(
-        "sha256:{}",
-        hex::encode(sha2::Sha256::digest(text.as_bytes()))
-    )
+    sha256_of(&json!({"plan": plan, "step": index}))
 }
 
 /// What an approval of this decision is bound to: a plan step and its executor (when the
@@ -275,22 +275,7 @@ pub(crate) async fn ask(
         let Some((approval, answers)) = found else {
             return refuse(format!("approval `{id}` is not known"), None);
         };
-        let refusal = if approval.session != session {
-            Some(ApprovalRefusal::OtherSession)
-        } else if approval.digest != digest {
-            Some(ApprovalRefusal::OtherRequest)
-        } else if let Some(decision_id) = &approval.used_by {
-            Some(ApprovalRefusal::Used {
-                decision_id: decision_id.clone(),
-            })
-        } else {
-            match approval.status_at(now_ms) {
-                "approved" => None,
-                "denied" => Some(ApprovalRefusal::Denied),
-                "expired" => Some(ApprovalRefusal::Expired),
-                _ => Some(ApprovalRefusal::Pending),
-            }
-        };
+        let refusal = approval.refusal(&digest, &session, now_ms);
         match refusal {
             // Not answered yet: the request still waits for it (named again below).
             Some(ApprovalRefusal::Pending) => {}
@@ -392,12 +377,15 @@ pub(crate) async fn ask(
                 return store_failed(e);
             }
             metrics::counter!("ztinfra_approvals_asked_total").increment(1);
-            let mut shown = view(approval.clone(), &[], now_ms);
-            if let Some(base) = &app.public_url {
-                shown.status_url = format!("{}{}", base.trim_end_matches('/'), shown.status_url);
+            if app.webhooks.has(&approval.group) {
+                let mut shown = view(approval.clone(), &[], now_ms);
+                if let Some(base) = &app.public_url {
+                    shown.status_url =
+                        format!("{}{}", base.trim_end_matches('/'), shown.status_url);
+                }
+                app.webhooks
+                    .approval_requested(&approval.group, json!(shown));
             }
-            app.webhooks
-                .approval_requested(&approval.group, json!(shown));
             approval
         }
     };

@@ -551,7 +551,7 @@ impl Decider {
 }
 
 /// The bearer token of an `Authorization` header, when it is an access token (a JWT).
-fn bearer_jwt(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer_jwt(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();

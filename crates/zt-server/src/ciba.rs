@@ -274,13 +274,7 @@ pub(crate) async fn token(
 ) -> Response {
     let grant =
         |error: &'static str, detail: String| oauth_error(StatusCode::BAD_REQUEST, error, detail);
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    let Some(bearer) = bearer else {
+    let Some(bearer) = crate::auth::bearer_jwt(headers) else {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",

@@ -111,6 +111,11 @@ impl Webhooks {
         })
     }
 
+    /// Whether `group` has a webhook (a notification is worth making).
+    pub fn has(&self, group: &str) -> bool {
+        self.queue.is_some() && self.hooks.contains_key(group)
+    }
+
     /// Queues the notification of a new approval to its group's webhook, if it has one; never
     /// waits.
     pub fn approval_requested(&self, group: &str, approval: Value) {

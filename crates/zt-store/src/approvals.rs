@@ -56,6 +56,29 @@ impl StoredApproval {
     }
 }
 
+impl StoredApproval {
+    /// Why this approval cannot be used for a request of `digest` from `session` at `now_ms`;
+    /// `None` when it can (approved, unused, unexpired, given for exactly that).
+    pub fn refusal(&self, digest: &str, session: &str, now_ms: i64) -> Option<ApprovalRefusal> {
+        if self.session != session {
+            Some(ApprovalRefusal::OtherSession)
+        } else if self.digest != digest {
+            Some(ApprovalRefusal::OtherRequest)
+        } else if let Some(decision_id) = &self.used_by {
+            Some(ApprovalRefusal::Used {
+                decision_id: decision_id.clone(),
+            })
+        } else {
+            match self.status_at(now_ms) {
+                "approved" => None,
+                "denied" => Some(ApprovalRefusal::Denied),
+                "expired" => Some(ApprovalRefusal::Expired),
+                _ => Some(ApprovalRefusal::Pending),
+            }
+        }
+    }
+}
+
 /// One person's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovalAnswer {
@@ -99,6 +122,17 @@ pub enum ApprovalRefusal {
     Used {
         decision_id: String,
     },
+}
+
+/// A query of whole approvals: the columns [`approval_from_sqlite`] and [`approval_from_pg`]
+/// read, then `$rest` (a literal, so that the query stays a static string).
+macro_rules! select {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals",
+            $rest
+        )
+    };
 }
 
 macro_rules! approval_from {
@@ -187,12 +221,10 @@ impl Store {
         type AnswerRow = (String, String, String, i64);
         let (approval, answers): (Option<StoredApproval>, Vec<AnswerRow>) = match &self.backend {
             Backend::Sqlite(pool, _) => {
-                let row = sqlx::query(
-                    "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals WHERE id = ?",
-                )
-                .bind(id)
-                .fetch_optional(pool)
-                .await?;
+                let row = sqlx::query(select!(" WHERE id = ?"))
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await?;
                 let answers = sqlx::query_as(
                     "SELECT approver, verdict, reason, at_ms FROM zt_approval_answers WHERE approval = ? ORDER BY at_ms, approver",
                 )
@@ -202,12 +234,10 @@ impl Store {
                 (row.as_ref().map(approval_from_sqlite).transpose()?, answers)
             }
             Backend::Postgres(pool) => {
-                let row = sqlx::query(
-                    "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(pool)
-                .await?;
+                let row = sqlx::query(select!(" WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await?;
                 let answers = sqlx::query_as(
                     "SELECT approver, verdict, reason, at_ms FROM zt_approval_answers WHERE approval = $1 ORDER BY at_ms, approver",
                 )
@@ -240,12 +270,11 @@ impl Store {
         now_ms: i64,
     ) -> Result<Option<StoredApproval>, StoreError> {
         Ok(match &self.backend {
-            Backend::Sqlite(pool, _) => sqlx::query(
-                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
-                 WHERE digest = ? AND session = ? AND expires_at_ms > ?
+            Backend::Sqlite(pool, _) => sqlx::query(select!(
+                " WHERE digest = ? AND session = ? AND expires_at_ms > ?
                    AND (status = 'pending' OR (status = 'approved' AND used_at_ms IS NULL))
-                 ORDER BY created_at_ms DESC LIMIT 1",
-            )
+                 ORDER BY created_at_ms DESC LIMIT 1"
+            ))
             .bind(digest)
             .bind(session)
             .bind(now_ms)
@@ -254,12 +283,11 @@ impl Store {
             .as_ref()
             .map(approval_from_sqlite)
             .transpose()?,
-            Backend::Postgres(pool) => sqlx::query(
-                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
-                 WHERE digest = $1 AND session = $2 AND expires_at_ms > $3
+            Backend::Postgres(pool) => sqlx::query(select!(
+                " WHERE digest = $1 AND session = $2 AND expires_at_ms > $3
                    AND (status = 'pending' OR (status = 'approved' AND used_at_ms IS NULL))
-                 ORDER BY created_at_ms DESC LIMIT 1",
-            )
+                 ORDER BY created_at_ms DESC LIMIT 1"
+            ))
             .bind(digest)
             .bind(session)
             .bind(now_ms)
@@ -278,10 +306,9 @@ impl Store {
         session: &str,
     ) -> Result<Option<StoredApproval>, StoreError> {
         Ok(match &self.backend {
-            Backend::Sqlite(pool, _) => sqlx::query(
-                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
-                 WHERE digest = ? AND session = ? ORDER BY created_at_ms DESC, id DESC LIMIT 1",
-            )
+            Backend::Sqlite(pool, _) => sqlx::query(select!(
+                " WHERE digest = ? AND session = ? ORDER BY created_at_ms DESC, id DESC LIMIT 1"
+            ))
             .bind(digest)
             .bind(session)
             .fetch_optional(pool)
@@ -289,10 +316,9 @@ impl Store {
             .as_ref()
             .map(approval_from_sqlite)
             .transpose()?,
-            Backend::Postgres(pool) => sqlx::query(
-                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
-                 WHERE digest = $1 AND session = $2 ORDER BY created_at_ms DESC, id DESC LIMIT 1",
-            )
+            Backend::Postgres(pool) => sqlx::query(select!(
+                " WHERE digest = $1 AND session = $2 ORDER BY created_at_ms DESC, id DESC LIMIT 1"
+            ))
             .bind(digest)
             .bind(session)
             .fetch_optional(pool)
@@ -323,14 +349,14 @@ impl Store {
         let limit = limit.clamp(1, 1000);
         Ok(match &self.backend {
             Backend::Sqlite(pool, _) => sqlx::query(
-                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
-                 WHERE ?1 = 'all'
+                select!(
+                " WHERE ?1 = 'all'
                     OR (?1 = 'pending' AND status = 'pending' AND expires_at_ms > ?2)
                     OR (?1 = 'approved' AND status = 'approved' AND (used_at_ms IS NOT NULL OR expires_at_ms > ?2))
                     OR (?1 = 'denied' AND status = 'denied')
                     OR (?1 = 'expired' AND expires_at_ms <= ?2
                         AND (status = 'pending' OR (status = 'approved' AND used_at_ms IS NULL)))
-                 ORDER BY created_at_ms DESC, id LIMIT ?3",
+                 ORDER BY created_at_ms DESC, id LIMIT ?3"),
             )
             .bind(status)
             .bind(now_ms)
@@ -341,14 +367,14 @@ impl Store {
             .map(approval_from_sqlite)
             .collect::<Result<_, _>>()?,
             Backend::Postgres(pool) => sqlx::query(
-                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals
-                 WHERE $1 = 'all'
+                select!(
+                " WHERE $1 = 'all'
                     OR ($1 = 'pending' AND status = 'pending' AND expires_at_ms > $2)
                     OR ($1 = 'approved' AND status = 'approved' AND (used_at_ms IS NOT NULL OR expires_at_ms > $2))
                     OR ($1 = 'denied' AND status = 'denied')
                     OR ($1 = 'expired' AND expires_at_ms <= $2
                         AND (status = 'pending' OR (status = 'approved' AND used_at_ms IS NULL)))
-                 ORDER BY created_at_ms DESC, id LIMIT $3",
+                 ORDER BY created_at_ms DESC, id LIMIT $3"),
             )
             .bind(status)
             .bind(now_ms)
@@ -428,7 +454,7 @@ impl Store {
                 pool,
                 approval_from_sqlite,
                 "UPDATE zt_approvals SET status = status WHERE id = ?",
-                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals WHERE id = ?",
+                select!(" WHERE id = ?"),
                 "INSERT INTO zt_approval_answers (approval, approver, verdict, reason, at_ms) VALUES (?, ?, ?, ?, ?)
                  ON CONFLICT (approval, approver) DO NOTHING",
                 "SELECT COUNT(*) FROM zt_approval_answers WHERE approval = ? AND verdict = 'approve'",
@@ -438,7 +464,7 @@ impl Store {
                 pool,
                 approval_from_pg,
                 "UPDATE zt_approvals SET status = status WHERE id = $1",
-                "SELECT id, digest, session, actor, on_behalf_of, policy, approver_group, needed, excluded, request, note, decision_id, created_at_ms, expires_at_ms, status, answered_at_ms, used_at_ms, used_by FROM zt_approvals WHERE id = $1",
+                select!(" WHERE id = $1"),
                 "INSERT INTO zt_approval_answers (approval, approver, verdict, reason, at_ms) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (approval, approver) DO NOTHING",
                 "SELECT COUNT(*) FROM zt_approval_answers WHERE approval = $1 AND verdict = 'approve'",
@@ -459,19 +485,9 @@ impl Store {
         let Some((a, _)) = self.approval(id).await? else {
             return Ok(ApprovalRefusal::Unknown);
         };
-        Ok(if a.session != session {
-            ApprovalRefusal::OtherSession
-        } else if a.digest != digest {
-            ApprovalRefusal::OtherRequest
-        } else if let Some(decision_id) = a.used_by {
-            ApprovalRefusal::Used { decision_id }
-        } else if a.status == "denied" {
-            ApprovalRefusal::Denied
-        } else if a.expires_at_ms <= now_ms {
-            ApprovalRefusal::Expired
-        } else {
-            ApprovalRefusal::Pending
-        })
+        // Usable as read now: its use lost a race, and it is as good as not given yet.
+        Ok(a.refusal(digest, session, now_ms)
+            .unwrap_or(ApprovalRefusal::Pending))
     }
 }
 

@@ -58,14 +58,7 @@ pub enum ApprovalsCommand {
 }
 
 pub fn run(command: ApprovalsCommand) -> ExitCode {
-    let result = crate::evidence::runtime().and_then(|rt| rt.block_on(execute(command)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    crate::evidence::run_command(execute(command))
 }
 
 impl Approver {

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use zt_identity::{CredentialName, Role};
 use zt_store::{Revoked, StoreError};
 
-use crate::evidence::{StoreArgs, runtime};
+use crate::evidence::StoreArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum CredentialsCommand {
@@ -38,14 +38,7 @@ pub enum CredentialsCommand {
 }
 
 pub fn run(command: CredentialsCommand) -> ExitCode {
-    let result = runtime().and_then(|rt| rt.block_on(execute(command)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    crate::evidence::run_command(execute(command))
 }
 
 async fn execute(command: CredentialsCommand) -> anyhow::Result<()> {

@@ -226,6 +226,17 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Runs a command's work on a runtime of its own: exit 0, or the error and exit 2.
+pub(crate) fn run_command(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    match runtime().and_then(|rt| rt.block_on(work)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// A progress display on standard error, when it is a terminal: a bar when the number of
 /// records is known, a counter otherwise.
 fn progress(len: Option<u64>, what: &str) -> ProgressBar {
