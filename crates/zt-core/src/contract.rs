@@ -307,6 +307,44 @@ impl ValidRequest {
         self.resource.uid.id().unescaped()
     }
 
+    /// The resource's Cedar type name (`Resource` for the ZT-Infra contract).
+    pub fn resource_type(&self) -> String {
+        self.resource.uid.type_name().to_string()
+    }
+
+    /// A member of the request's context, as recorded.
+    pub fn context_member(&self, name: &str) -> Option<&Value> {
+        self.record.get("context")?.get(name)
+    }
+
+    /// Adds a member the service sets (such as `behaviour`) to the context, both as Cedar
+    /// sees it and as it is recorded. The value must be plain JSON (no `__` escapes, integers
+    /// only); a member already there is an error: what the service sets, the caller cannot send.
+    pub fn add_context(&mut self, name: &str, value: Value) -> Result<(), String> {
+        if self.context_member(name).is_some() {
+            return Err(format!("the context already has `{name}`"));
+        }
+        let converted = plain_value(&value).ok_or_else(|| format!("`{name}` is not plain JSON"))?;
+        self.cedar_context = self
+            .cedar_context
+            .clone()
+            .merge([(name.to_owned(), converted)])
+            .map_err(|e| format!("`{name}` cannot join the context: {e}"))?;
+        let Some(record) = self.record.as_object_mut() else {
+            return Err("the recorded request is not an object".into());
+        };
+        match record
+            .entry("context")
+            .or_insert_with(|| Value::Object(Map::new()))
+        {
+            Value::Object(context) => {
+                context.insert(name.to_owned(), value);
+                Ok(())
+            }
+            _ => Err("the recorded context is not an object".into()),
+        }
+    }
+
     pub(crate) fn principal(&self) -> &Party {
         &self.principal
     }
@@ -606,6 +644,9 @@ pub enum ReasonKind {
     /// (`approval_required`), is allowed with the approval it presents, or is denied because
     /// that approval does not hold for it.
     Approval,
+    /// The agent or session is quarantined (by an operator, or by a forbid marked
+    /// `@quarantine`): every decision is denied until an operator releases it.
+    Quarantine,
 }
 
 /// One reason for a decision.
@@ -622,6 +663,10 @@ pub struct Reason {
     /// its answers and its use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,
+    /// What a satisfied forbid marked `@quarantine` quarantines (`session` or `agent`), or,
+    /// for kind `quarantine`, what was found quarantined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<String>,
 }
 
 /// The engine's answer: a decision, its reasons, and the policy set that made it.

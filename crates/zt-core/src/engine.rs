@@ -155,6 +155,7 @@ impl Engine {
             }
             errors.push(Reason {
                 approval: None,
+                quarantine: None,
                 kind: ReasonKind::Error,
                 policy: Some(id.to_string()),
                 message: format!("policy could not be evaluated: {}", error.inner()),
@@ -172,6 +173,7 @@ impl Engine {
                 };
                 Reason {
                     approval: None,
+                    quarantine: p.quarantine.map(|scope| scope.as_str().to_owned()),
                     kind,
                     policy: Some(id.to_string()),
                     message: p
@@ -220,6 +222,7 @@ impl Engine {
         if reasons.is_empty() && !forbid_failed {
             reasons.push(Reason {
                 approval: None,
+                quarantine: None,
                 kind: ReasonKind::DefaultDeny,
                 policy: None,
                 message: format!(
@@ -247,6 +250,7 @@ impl Engine {
             Decision::Deny,
             vec![Reason {
                 approval: None,
+                quarantine: None,
                 kind: ReasonKind::Error,
                 policy,
                 message: format!("{message}; denied (fail closed)"),
@@ -466,6 +470,35 @@ mod tests {
         .validate(&Limits::default())
         .unwrap();
         engine.decide(&request)
+    }
+
+    /// What the service adds to a context (`behaviour`) is what policies see and what the
+    /// record holds; a forbid marked `@quarantine` says so in its reason.
+    #[test]
+    fn added_context_reaches_policies_and_quarantine_is_named() {
+        let engine = engine(
+            "@id(\"probe\") @quarantine(\"session\") forbid(principal, action, resource) when { context has behaviour && context.behaviour.denies_recent >= 5 && context.behaviour.novel_action };\n\
+             @id(\"any\") permit(principal, action, resource);",
+        );
+        let mut request = DecisionRequest {
+            actor: "a".into(),
+            action: "x.y".into(),
+            resource: "r-1".into(),
+            context: json!({"env": "prod"}).as_object().cloned().unwrap(),
+        }
+        .validate(&Limits::default())
+        .unwrap();
+        assert_eq!(engine.decide(&request).decision, Decision::Allow);
+        let signals = json!({"denies_recent": 7, "novel_action": true});
+        request.add_context("behaviour", signals.clone()).unwrap();
+        assert_eq!(request.context_member("behaviour"), Some(&signals));
+        assert_eq!(request.context_member("env"), Some(&json!("prod")));
+        assert!(request.add_context("behaviour", json!({})).is_err());
+        assert!(request.add_context("x", json!(1.5)).is_err());
+        let verdict = engine.decide(&request);
+        assert_eq!(verdict.decision, Decision::Deny);
+        assert_eq!(verdict.reasons[0].policy.as_deref(), Some("probe"));
+        assert_eq!(verdict.reasons[0].quarantine.as_deref(), Some("session"));
     }
 
     #[test]

@@ -20,5 +20,6 @@ pub use contract::{
 };
 pub use engine::Engine;
 pub use policy::{
-    ApprovalRule, FileInfo, FileKind, LoadedSet, PolicyError, SourceFile, ValidationCache,
+    ApprovalRule, FileInfo, FileKind, LoadedSet, PolicyError, QuarantineScope, SourceFile,
+    ValidationCache,
 };

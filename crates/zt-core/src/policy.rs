@@ -169,6 +169,58 @@ pub(crate) struct LoadedPolicy {
     pub(crate) reason: Option<String>,
     /// Set on a permit that permits only with a person's approval.
     pub(crate) approval: Option<ApprovalRule>,
+    /// Set on a forbid that quarantines what it forbids.
+    pub(crate) quarantine: Option<QuarantineScope>,
+}
+
+/// The annotation that makes a satisfied forbid quarantine the request's session
+/// (`@quarantine("session")`) or its agent (`@quarantine("agent")`): every later decision for
+/// it is denied until an operator releases it.
+pub const QUARANTINE_ANNOTATION: &str = "quarantine";
+
+/// What a quarantine holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QuarantineScope {
+    /// The session that made the request (its agent, when the request has no session).
+    Session,
+    /// Every session of the agent, and the agent as an asserted actor.
+    Agent,
+}
+
+impl QuarantineScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::Agent => "agent",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "session" => Some(Self::Session),
+            "agent" => Some(Self::Agent),
+            _ => None,
+        }
+    }
+
+    /// Reads a policy's `@quarantine` annotation; `Ok(None)` when it has none.
+    fn of(policy: &cedar_policy::Policy) -> Result<Option<Self>, String> {
+        let Some(scope) = policy.annotation(QUARANTINE_ANNOTATION) else {
+            return Ok(None);
+        };
+        if policy.effect() != Effect::Forbid {
+            return Err(format!(
+                "`@{QUARANTINE_ANNOTATION}` is for forbid policies: what quarantines is a deny"
+            ));
+        }
+        Self::parse(scope).map(Some).ok_or_else(|| {
+            format!(
+                "`@{QUARANTINE_ANNOTATION}(\"{}\")`: `session` or `agent`",
+                scope.escape_debug()
+            )
+        })
+    }
 }
 
 /// The annotation that makes a permit permit only with an approval, naming the group of
@@ -680,8 +732,10 @@ fn parse_policy_file(
             ));
             continue;
         }
-        let approval = match ApprovalRule::of(policy) {
-            Ok(approval) => approval,
+        let marks = ApprovalRule::of(policy)
+            .and_then(|approval| Ok((approval, QuarantineScope::of(policy)?)));
+        let (approval, quarantine) = match marks {
+            Ok(marks) => marks,
             Err(e) => {
                 errors.push(PolicyError::whole_file(
                     &file.path,
@@ -695,6 +749,7 @@ fn parse_policy_file(
             effect: policy.effect(),
             reason: policy.annotation(REASON_ANNOTATION).map(str::to_owned),
             approval,
+            quarantine,
             policy: policy.new_id(id),
         });
     }
@@ -937,6 +992,31 @@ mod tests {
         .unwrap();
         let ids: Vec<_> = set.policy_ids().collect();
         assert_eq!(ids, ["first", "dir/a.cedar#1"]);
+    }
+
+    #[test]
+    fn quarantine_annotations_are_checked() {
+        let set = load(&[file(
+            "q.cedar",
+            "@id(\"q\") @quarantine(\"session\") forbid(principal, action, resource) when { context has env };\n@id(\"p\") permit(principal, action, resource);",
+        )])
+        .unwrap();
+        let q = set.policy(&PolicyId::new("q")).unwrap();
+        assert_eq!(q.quarantine, Some(QuarantineScope::Session));
+        assert_eq!(set.policy(&PolicyId::new("p")).unwrap().quarantine, None);
+        for (text, expected) in [
+            (
+                "@quarantine(\"agent\") permit(principal, action, resource);",
+                "is for forbid policies",
+            ),
+            (
+                "@quarantine(\"everyone\") forbid(principal, action, resource);",
+                "`session` or `agent`",
+            ),
+        ] {
+            let errs = load(&[file("q.cedar", text)]).unwrap_err();
+            assert!(errs[0].message.contains(expected), "{text}: {errs:?}");
+        }
     }
 
     #[test]

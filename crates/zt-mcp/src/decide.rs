@@ -237,6 +237,7 @@ pub fn denied(message: String) -> DecisionResponse {
         decision_id: String::new(),
         reasons: vec![Reason {
             approval: None,
+            quarantine: None,
             kind: ReasonKind::Error,
             policy: None,
             message,

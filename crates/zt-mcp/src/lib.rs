@@ -184,6 +184,7 @@ pub async fn decider(config: &GatewayConfig) -> Result<decide::Decider, GatewayE
         workloads: zt_server::workloads::WorkloadSettings::default(),
         delegation: zt_server::delegation::DelegationSettings::default(),
         approvals: zt_server::approvals::ApprovalSettings::default(),
+        behaviour: zt_server::behaviour::BehaviourSettings::default(),
     };
     let app = zt_server::App::start(&server).await?;
     Ok(decide::Decider::InProcess(Arc::new(app)))

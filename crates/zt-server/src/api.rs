@@ -57,6 +57,8 @@ pub struct AppState {
     pub uses: crate::uses::Uses,
     /// Approver groups, and the console's sign-in lifetime.
     pub approvals: crate::approvals::ApprovalSettings,
+    /// What each agent and session has done: `context.behaviour`.
+    pub behaviour: Arc<crate::behaviour::Behaviour>,
     /// Whether the listeners speak TLS (the console cookie is then `Secure`).
     pub tls: bool,
     /// When each CIBA request was last polled.
@@ -149,7 +151,13 @@ pub struct Health {
         crate::approvals::list,
         crate::approvals::show,
         crate::approvals::approve,
-        crate::approvals::deny_approval
+        crate::approvals::deny_approval,
+        crate::behaviour::behaviour,
+        crate::behaviour::quarantines,
+        crate::behaviour::quarantine_agent,
+        crate::behaviour::release_agent,
+        crate::behaviour::quarantine_session,
+        crate::behaviour::release_session
     ),
     components(schemas(
         EvidenceLogs,
@@ -195,7 +203,12 @@ pub struct Health {
         crate::plans::StepOutcome,
         crate::sessions::StartedSession,
         crate::identity::AgentList,
-        crate::identity::Revocation
+        crate::identity::Revocation,
+        crate::behaviour::Signals,
+        crate::behaviour::BehaviourView,
+        crate::behaviour::QuarantineRequest,
+        crate::behaviour::QuarantineList,
+        crate::sessions::Quarantine
     ))
 )]
 struct ApiDoc;
@@ -245,6 +258,7 @@ pub fn router(state: Arc<AppState>, admin_apart: bool) -> Router {
         .merge(crate::identity::routes())
         .merge(crate::plans::routes())
         .merge(crate::approvals::routes())
+        .merge(crate::behaviour::routes())
         .merge(crate::console::routes())
         .merge(crate::reference::routes());
     let routes = if admin_apart {
@@ -268,6 +282,7 @@ fn admin_routes() -> Router<Arc<AppState>> {
         )
         .merge(crate::identity::admin_routes())
         .merge(crate::plans::admin_routes())
+        .merge(crate::behaviour::admin_routes())
 }
 
 /// The admin address's API (`--admin-listen`): the endpoints that change what is allowed, and
@@ -339,8 +354,14 @@ pub(crate) async fn answer(
     let time_ms = now_ms();
     let mut responses: Vec<DecisionResponse> = Vec::with_capacity(decided.len());
     let mut pending = Vec::with_capacity(decided.len());
+    let requests: Vec<&ValidRequest> = decided.iter().map(|(request, _)| *request).collect();
+    let mut quarantines = Vec::new();
     for (index, (request, mut verdict)) in decided.into_iter().enumerate() {
         let decision_id = Uuid::now_v7().to_string();
+        // A quarantined agent or session is denied whatever the policies said.
+        if let Some(held) = crate::behaviour::held(app, &origin, request, &verdict) {
+            verdict = held;
+        }
         // A plan step presented must be exactly the step, whatever the policies said (this
         // writes nothing), before any approval is asked for it.
         if let Some((step, session)) = &origin.step {
@@ -379,6 +400,13 @@ pub(crate) async fn answer(
         if verdict.decision != Decision::ApprovalRequired {
             approval = None;
         }
+        // A forbid marked `@quarantine` holds its session or agent from now on.
+        if let Some(quarantine) =
+            crate::behaviour::asked(&origin, request, &verdict, &decision_id, time_ms)
+        {
+            app.sessions.hold(quarantine.clone());
+            quarantines.push(quarantine);
+        }
         pending.push(PendingRecord {
             time_ms,
             caller: origin.caller.clone(),
@@ -401,7 +429,7 @@ pub(crate) async fn answer(
     }
     if !app.record_evidence {
         drop((pending, announced));
-        count(&origin, &responses);
+        settle(app, &origin, &requests, &responses, quarantines, time_ms).await;
         return responses;
     }
     let recorded = app
@@ -434,6 +462,7 @@ pub(crate) async fn answer(
                 response.approval = None;
                 response.reasons = vec![Reason {
                     approval: None,
+                    quarantine: None,
                     kind: ReasonKind::Error,
                     policy: None,
                     message: "the decision could not be recorded as evidence; denied (fail closed)"
@@ -442,8 +471,32 @@ pub(crate) async fn answer(
             }
         }
     }
-    count(&origin, &responses);
+    settle(app, &origin, &requests, &responses, quarantines, time_ms).await;
     responses
+}
+
+/// What follows answered decisions: the quarantines they imposed stored and recorded, each
+/// counted in the agent's behaviour and in the metrics.
+async fn settle(
+    app: &AppState,
+    origin: &Origin,
+    requests: &[&ValidRequest],
+    responses: &[DecisionResponse],
+    quarantines: Vec<crate::sessions::Quarantine>,
+    time_ms: i64,
+) {
+    for quarantine in quarantines {
+        crate::behaviour::impose(app, quarantine).await;
+    }
+    let session = origin
+        .session
+        .as_ref()
+        .map(|c| c.session.session_id.as_str());
+    for (request, response) in requests.iter().zip(responses) {
+        app.behaviour
+            .observe(request, session, response.decision, time_ms);
+    }
+    count(origin, responses);
 }
 
 /// Records an act of the service itself (`kind`: `session.start`, `session.revoke`) as a
@@ -456,6 +509,26 @@ pub(crate) async fn record_act(
     request: serde_json::Value,
     message: String,
 ) -> Result<Option<Receipt>, String> {
+    record_act_as(
+        app,
+        &Uuid::now_v7().to_string(),
+        kind,
+        caller,
+        request,
+        message,
+    )
+    .await
+}
+
+/// [`record_act`] under a decision id the caller chose (to name the record before it exists).
+pub(crate) async fn record_act_as(
+    app: &AppState,
+    decision_id: &str,
+    kind: &str,
+    caller: Option<serde_json::Value>,
+    request: serde_json::Value,
+    message: String,
+) -> Result<Option<Receipt>, String> {
     if !app.record_evidence {
         return Ok(None);
     }
@@ -463,7 +536,7 @@ pub(crate) async fn record_act(
         time_ms: now_ms(),
         caller,
         kind: Some(kind.to_owned()),
-        decision_id: Uuid::now_v7().to_string(),
+        decision_id: decision_id.to_owned(),
         request,
         decision: Decision::Allow.as_str().to_owned(),
         reasons: serde_json::json!([{"kind": "act", "message": message}]),
@@ -491,9 +564,12 @@ fn count(origin: &Origin, responses: &[DecisionResponse]) {
 pub(crate) async fn answer_one(
     app: &AppState,
     origin: Origin,
-    request: &ValidRequest,
+    request: &mut ValidRequest,
     announced: crate::evidence::Announcement,
 ) -> Result<DecisionResponse, Problem> {
+    crate::behaviour::inform_all(app, &origin, [&mut *request])
+        .map_err(|e| Problem::invalid_fields(vec![e]))?;
+    let request = &*request;
     let verdict = app.policies.with_engine(|engine| engine.decide(request));
     tracing::debug!(endpoint = origin.endpoint, actor = request.actor(), action = %request.action(), decision = %verdict.decision, "decided");
     answer(app, origin, vec![(request, verdict)], Some(announced))
@@ -524,10 +600,10 @@ async fn decide(
         .bind(&mut request, "")
         .map_err(|e| Problem::invalid_fields(vec![e]))?;
     let announced = app.evidence.announce();
-    let request = request
+    let mut request = request
         .validate(&app.limits)
         .map_err(Problem::invalid_fields)?;
-    answer_one(&app, origin, &request, announced)
+    answer_one(&app, origin, &mut request, announced)
         .await
         .map(Json)
 }
@@ -576,6 +652,8 @@ async fn decide_batch(
     if !errors.is_empty() {
         return Err(Problem::invalid_fields(errors));
     }
+    crate::behaviour::inform_all(&app, &origin, valid.iter_mut())
+        .map_err(|e| Problem::invalid_fields(vec![e]))?;
     let engine = app.policies.engine();
     let decided = valid.iter().map(|r| (r, engine.decide(r))).collect();
     let decisions = answer(&app, origin, decided, None).await;

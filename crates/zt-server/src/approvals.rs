@@ -158,7 +158,13 @@ pub(crate) struct Using {
 
 /// `sha256:<hex>` of what an approval is bound to: the request as recorded, and its session.
 pub fn digest(request: &ValidRequest, session: &str) -> String {
-    sha256_of(&json!({"request": request.record(), "session": session}))
+    // What the service observed (`context.behaviour`) changes from one try to the next: the
+    // request is what the agent asked.
+    let mut asked = request.record().clone();
+    if let Some(Value::Object(context)) = asked.get_mut("context") {
+        context.remove(crate::behaviour::CONTEXT_MEMBER);
+    }
+    sha256_of(&json!({"request": asked, "session": session}))
 }
 
 /// `sha256:<hex>` of a value's RFC 8785 form.
@@ -178,6 +184,7 @@ fn deny(verdict: &Verdict, message: String, kind: ReasonKind, approval: Option<&
             policy: None,
             message,
             approval: approval.map(str::to_owned),
+            quarantine: None,
         }],
         policy_version: verdict.policy_version.clone(),
     }
@@ -303,6 +310,7 @@ pub(crate) async fn ask(
                             policy: Some(approval.policy.clone()),
                             message: format!("approved by {} (approval `{id}`)", by.join(", ")),
                             approval: Some(id.clone()),
+                            quarantine: None,
                         }],
                         policy_version: verdict.policy_version.clone(),
                     },

@@ -436,6 +436,12 @@ impl Decider {
                 "is set by the service, from the caller's verified session; it cannot be sent",
             ));
         }
+        if context.contains_key(crate::behaviour::CONTEXT_MEMBER) {
+            return Err(zt_core::FieldError::new(
+                format!("{pointer}/{}", crate::behaviour::CONTEXT_MEMBER),
+                "is set by the service, from what it observed of the agent; it cannot be sent",
+            ));
+        }
         if context.contains_key("transaction") {
             return Err(zt_core::FieldError::new(
                 format!("{pointer}/transaction"),

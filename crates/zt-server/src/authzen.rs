@@ -172,10 +172,10 @@ pub(crate) async fn evaluation(
     let mut body = object(body)?;
     bind(&decider, &mut body, "", true).map_err(|e| Problem::invalid_fields(vec![e]))?;
     let announced = app.evidence.announce();
-    let request = Evaluation::from_object(&body)
+    let mut request = Evaluation::from_object(&body)
         .validate(&app.limits)
         .map_err(Problem::invalid_fields)?;
-    answer_one(&app, origin, &request, announced)
+    answer_one(&app, origin, &mut request, announced)
         .await
         .map(|answered| Json(answered.into()))
 }
@@ -312,6 +312,10 @@ pub(crate) async fn evaluations(
                 .validate(&app.limits),
             _ => Err(vec![FieldError::new("", "must be an object")]),
         };
+        let checked = checked.and_then(|mut request| {
+            crate::behaviour::inform_all(&app, &origin, [&mut request]).map_err(|e| vec![e])?;
+            Ok(request)
+        });
         let allowed = match checked {
             Ok(request) => {
                 let verdict = engine.decide(&request);

@@ -201,7 +201,7 @@ pub(crate) async fn backchannel(
     if let Err(e) = decider.bind(&mut request, "/authorization_details/0") {
         return bad("invalid_request", e.to_string());
     }
-    let request = match request.validate(&app.limits) {
+    let mut request = match request.validate(&app.limits) {
         Ok(request) => request,
         Err(errors) => {
             let detail = errors
@@ -216,6 +216,9 @@ pub(crate) async fn backchannel(
         note: (!note.is_empty()).then_some(note),
         ..decider.origin("ciba")
     };
+    if let Err(e) = crate::behaviour::inform_all(&app, &origin, [&mut request]) {
+        return bad("invalid_request", e.to_string());
+    }
     let verdict = app.policies.with_engine(|engine| engine.decide(&request));
     let Some(answered) = crate::api::answer(&app, origin, vec![(&request, verdict)], None)
         .await

@@ -893,6 +893,7 @@ pub(crate) async fn bound(
         decision: Decision::Deny,
         reasons: vec![Reason {
             approval: None,
+            quarantine: None,
             kind,
             policy: None,
             message,

@@ -7,6 +7,7 @@ pub mod api;
 pub mod approvals;
 pub mod auth;
 pub mod authzen;
+pub mod behaviour;
 pub mod body;
 pub mod ciba;
 pub mod conn;
@@ -129,6 +130,8 @@ pub struct Config {
     pub delegation: delegation::DelegationSettings,
     /// Approver groups (`[approvals]`).
     pub approvals: approvals::ApprovalSettings,
+    /// Behaviour signals (`[behaviour]`).
+    pub behaviour: behaviour::BehaviourSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +167,8 @@ pub enum ServerError {
     Delegation(String),
     #[error("invalid `[approvals]` settings: {0}")]
     Approvals(String),
+    #[error("invalid `[behaviour]` settings: {0}")]
+    Behaviour(String),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -230,6 +235,7 @@ impl App {
         let issuers =
             delegation::Issuers::new(&config.delegation).map_err(ServerError::Delegation)?;
         config.approvals.check().map_err(ServerError::Approvals)?;
+        config.behaviour.check().map_err(ServerError::Behaviour)?;
         let webhooks =
             webhooks::Webhooks::start(&config.approvals).map_err(ServerError::Approvals)?;
         let workloads = Arc::new(workloads::Workloads::load(
@@ -303,6 +309,11 @@ impl App {
                 "evidence is OFF (--unsafe-no-evidence): decisions are not recorded; for benchmarks only"
             );
         }
+        let behaviour = Arc::new(behaviour::Behaviour::new(
+            config.behaviour.clone(),
+            evidence.own().origin().to_owned(),
+        ));
+        Arc::clone(&behaviour).share(store.clone()).await?;
         let metrics = telemetry::handle();
         let source = if config.policies_from_store {
             policies::PolicySource::Store
@@ -354,6 +365,7 @@ impl App {
                 workloads,
                 delegation: config.delegation.clone(),
                 approvals: config.approvals.clone(),
+                behaviour,
                 tls: config.workloads.tls.is_some(),
                 ciba: ciba::Polls::default(),
                 webhooks,
@@ -471,8 +483,8 @@ impl App {
         decider.bind(&mut request, "").map_err(|e| vec![e])?;
         let origin = decider.origin(endpoint);
         let announced = self.state.evidence.announce();
-        let request = request.validate(&self.state.limits)?;
-        api::answer_one(&self.state, origin, &request, announced)
+        let mut request = request.validate(&self.state.limits)?;
+        api::answer_one(&self.state, origin, &mut request, announced)
             .await
             .map_err(|problem| vec![zt_core::FieldError::new("", problem.detail)])
     }

@@ -529,6 +529,7 @@ fn denied(verdict: &Verdict, message: String, kind: ReasonKind) -> Verdict {
         decision: Decision::Deny,
         reasons: vec![Reason {
             approval: None,
+            quarantine: None,
             kind,
             policy: None,
             message,

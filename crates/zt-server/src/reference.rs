@@ -107,10 +107,10 @@ pub(crate) async fn actions(
         .bind(&mut request, "")
         .map_err(|e| Problem::invalid_fields(vec![e]))?;
     let announced = app.evidence.announce();
-    let request = request
+    let mut request = request
         .validate_reference(&app.limits)
         .map_err(Problem::invalid_fields)?;
-    let answered = answer_one(&app, origin, &request, announced).await?;
+    let answered = answer_one(&app, origin, &mut request, announced).await?;
     let mut decision = answered.decision;
     let audit = answered.evidence.as_ref().and_then(|receipt| {
         let (key_id, signature) = app.evidence.sign_record_hash(&receipt.hash)?;

@@ -186,6 +186,45 @@ struct State {
     /// Revoked delegation grants that have not expired: a delegated token whose grant, or a
     /// grant above it, is here is refused.
     revoked_grants: HashSet<String>,
+    /// The quarantines in force, by target (`agent:<name>`, `session:<id>`).
+    quarantined: HashMap<String, Quarantine>,
+}
+
+/// A quarantine in force: every decision of its agent, or of its session and the sessions
+/// descending from it, is denied until an operator releases it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Quarantine {
+    /// `agent:<name>` or `session:<id>`.
+    pub target: String,
+    /// Why: the policy's reason, or the operator's.
+    pub reason: String,
+    /// Who: `policy:<id>`, or the operator credential's name.
+    pub by: String,
+    /// The decision that quarantined (a policy's), or the record of the operator's act.
+    pub decision_id: String,
+    pub at_ms: i64,
+}
+
+impl Quarantine {
+    /// The target naming an agent.
+    pub fn agent_target(name: &str) -> String {
+        format!("agent:{name}")
+    }
+
+    /// The target naming a session.
+    pub fn session_target(id: &str) -> String {
+        format!("session:{id}")
+    }
+
+    fn from_stored(q: zt_store::StoredQuarantine) -> Self {
+        Self {
+            target: q.target,
+            reason: q.reason,
+            by: q.by,
+            decision_id: q.decision_id,
+            at_ms: q.at_ms,
+        }
+    }
 }
 
 /// The topics of the store's change feed ([`zt_store::changes`]) this registry publishes and
@@ -195,6 +234,7 @@ pub const TOPIC_REVOKE: &str = "session.revoke";
 pub const TOPIC_AGENT: &str = "agent";
 pub const TOPIC_TOKEN_KEY: &str = "token_key";
 pub const TOPIC_GRANT_REVOKE: &str = "grant.revoke";
+pub const TOPIC_QUARANTINE: &str = "quarantine";
 
 /// The path of the sessions' Token Status List.
 pub const STATUS_LIST_PATH: &str = "/v1/status-lists/sessions";
@@ -427,6 +467,20 @@ impl Sessions {
             TOPIC_GRANT_REVOKE => {
                 self.write().revoked_grants.insert(change.key.clone());
             }
+            TOPIC_QUARANTINE => {
+                let found = self.store.quarantines(Some(&change.key)).await?;
+                let mut state = self.write();
+                match found.into_iter().next() {
+                    Some(q) => {
+                        state
+                            .quarantined
+                            .insert(change.key.clone(), Quarantine::from_stored(q));
+                    }
+                    None => {
+                        state.quarantined.remove(&change.key);
+                    }
+                }
+            }
             TOPIC_TOKEN_KEY => {
                 let (keys, public_keys) = read_keys(&self.store).await?;
                 let mut state = self.write();
@@ -558,6 +612,84 @@ impl Sessions {
         self.store.revoke_sessions(&revoked, now_ms).await?;
         self.store.publish(TOPIC_REVOKE, &revoked.join(",")).await?;
         Ok(revoked)
+    }
+
+    /// Holds a target on this node at once (until [`Self::quarantine`] stores and announces it).
+    pub fn hold(&self, q: Quarantine) {
+        self.write().quarantined.insert(q.target.clone(), q);
+    }
+
+    /// Quarantines a target: here first (the next decision on this node is denied even if the
+    /// store cannot be written, which is then reported), then in the store, then announced to
+    /// every replica.
+    pub async fn quarantine(&self, q: Quarantine) -> Result<(), SessionError> {
+        self.hold(q.clone());
+        self.store
+            .add_quarantine(&zt_store::StoredQuarantine {
+                target: q.target.clone(),
+                reason: q.reason,
+                by: q.by,
+                decision_id: q.decision_id,
+                at_ms: q.at_ms,
+            })
+            .await?;
+        self.store.publish(TOPIC_QUARANTINE, &q.target).await?;
+        Ok(())
+    }
+
+    /// Releases a target: in the store first (a release that cannot be stored releases
+    /// nothing), then here, then announced. `false` if it was not in quarantine.
+    pub async fn release(&self, target: &str, now_ms: i64) -> Result<bool, SessionError> {
+        let released = self.store.release_quarantine(target, now_ms).await?;
+        let here = self.write().quarantined.remove(target).is_some();
+        self.store.publish(TOPIC_QUARANTINE, target).await?;
+        Ok(released || here)
+    }
+
+    /// Whether a session of this id is known here (live, revoked or expired but not yet
+    /// forgotten).
+    pub fn knows_session(&self, id: &str) -> bool {
+        self.read().sessions.contains_key(id)
+    }
+
+    /// The quarantines in force.
+    pub fn quarantines(&self) -> Vec<Quarantine> {
+        let mut all: Vec<_> = self.read().quarantined.values().cloned().collect();
+        all.sort_by(|a, b| a.target.cmp(&b.target));
+        all
+    }
+
+    /// The quarantine that holds a decision of `agent` in `session` (the agent's, the
+    /// session's, or a quarantined ancestor session's), if any. A node whose state is stale
+    /// cannot tell: an error, which the caller takes as a deny.
+    pub fn quarantine_of(
+        &self,
+        agent: &str,
+        session: Option<&str>,
+    ) -> Result<Option<Quarantine>, SessionError> {
+        let state = self.read();
+        if state.stale {
+            return Err(SessionError::Stale);
+        }
+        if state.quarantined.is_empty() {
+            return Ok(None);
+        }
+        if let Some(q) = state.quarantined.get(&Quarantine::agent_target(agent)) {
+            return Ok(Some(q.clone()));
+        }
+        let mut next = session.map(str::to_owned);
+        // Up the lineage: a child of a quarantined session is held with it.
+        for _ in 0..=MAX_DEPTH {
+            let Some(id) = next else { break };
+            if let Some(q) = state.quarantined.get(&Quarantine::session_target(&id)) {
+                return Ok(Some(q.clone()));
+            }
+            next = state
+                .sessions
+                .get(&id)
+                .and_then(|entry| entry.claim.parent.clone());
+        }
+        Ok(None)
     }
 
     fn expectations(&self) -> Expectations {
@@ -994,6 +1126,12 @@ async fn read_state(store: &Store, now_ms: i64) -> Result<State, StoreError> {
     state.status.cover(store.next_status_idx().await?);
     (state.keys, state.public_keys) = read_keys(store).await?;
     state.revoked_grants = store.revoked_grants(now_ms).await?.into_iter().collect();
+    state.quarantined = store
+        .quarantines(None)
+        .await?
+        .into_iter()
+        .map(|q| (q.target.clone(), Quarantine::from_stored(q)))
+        .collect();
     Ok(state)
 }
 

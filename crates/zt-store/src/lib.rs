@@ -24,6 +24,7 @@ use sqlx::{Executor, Row};
 mod agents;
 mod appender;
 mod approvals;
+mod behaviour;
 pub mod changes;
 mod credentials;
 mod evidence;
@@ -32,6 +33,7 @@ mod plans;
 mod policy_versions;
 pub use agents::{StoredAgent, StoredSession};
 pub use approvals::{Answered, ApprovalAnswer, ApprovalRefusal, StoredApproval};
+pub use behaviour::{BehaviourSnapshot, StoredQuarantine};
 pub use credentials::{CredentialInfo, Revoked};
 pub use evidence::{LogId, StoredCheckpoint, StoredLog, StoredRecord, WriterLock};
 pub use grants::{Spend, StoredGrant, UseOp};
@@ -372,6 +374,24 @@ const MIGRATIONS: &[&[&str]] = &[
         at_ms BIGINT NOT NULL,
         PRIMARY KEY (approval, approver)
     )",
+    ],
+    &[
+        "CREATE TABLE zt_quarantines (
+        target TEXT NOT NULL PRIMARY KEY,
+        reason TEXT NOT NULL,
+        by_whom TEXT NOT NULL,
+        decision_id TEXT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        released_at_ms BIGINT
+    )",
+        "CREATE TABLE zt_behaviour (
+        agent TEXT NOT NULL,
+        replica TEXT NOT NULL,
+        updated_ms BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        PRIMARY KEY (agent, replica)
+    )",
+        "CREATE INDEX zt_behaviour_updated ON zt_behaviour (updated_ms)",
     ],
 ];
 

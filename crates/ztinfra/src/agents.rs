@@ -1,5 +1,6 @@
-//! `ztinfra agents`: register, list and disable agents through a running service's API (so
-//! that disabling revokes the agent's sessions on the node at once), with an admin credential.
+//! `ztinfra agents`: register, list and disable agents, quarantine and release them (or one
+//! session), and show what the service observed of one, through a running service's API (so
+//! that disabling and quarantine hold on the node at once), with an admin credential.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +56,64 @@ pub enum AgentsCommand {
         #[command(flatten)]
         service: Service,
     },
+    /// Quarantine an agent, or one session (and the sessions below it): every decision for it
+    /// is denied until it is released. Recorded as evidence; on every replica at once.
+    Quarantine {
+        #[command(flatten)]
+        target: Target,
+        /// Why (recorded, and given in every deny).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        service: Service,
+    },
+    /// Release an agent or a session from quarantine.
+    Release {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        service: Service,
+    },
+    /// List the quarantines in force.
+    Quarantines {
+        #[command(flatten)]
+        service: Service,
+    },
+    /// Show what the service observed of an agent: rate against baseline, recent denies,
+    /// known actions (the signals policies see as `context.behaviour`).
+    Behaviour {
+        name: String,
+        #[command(flatten)]
+        service: Service,
+    },
+}
+
+/// An agent by name, or a session by id.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    /// The agent.
+    name: Option<String>,
+    /// A session id instead of an agent.
+    #[arg(long)]
+    session: Option<String>,
+}
+
+impl Target {
+    /// The API path of its quarantine, and how to name it.
+    fn quarantine_path(&self) -> (String, String) {
+        match (&self.name, &self.session) {
+            (_, Some(id)) => (
+                format!("/v1/sessions/{id}/quarantine"),
+                format!("session `{id}`"),
+            ),
+            (Some(name), None) => (
+                format!("/v1/agents/{name}/quarantine"),
+                format!("agent `{name}`"),
+            ),
+            (None, None) => (String::new(), String::new()),
+        }
+    }
 }
 
 pub fn run(command: AgentsCommand) -> ExitCode {
@@ -158,6 +217,60 @@ async fn execute(command: AgentsCommand) -> anyhow::Result<()> {
                 .and_then(Value::as_array)
                 .map_or(0, Vec::len);
             eprintln!("agent `{name}` disabled; {revoked} session(s) revoked");
+        }
+        AgentsCommand::Quarantine {
+            target,
+            reason,
+            service,
+        } => {
+            let (path, named) = target.quarantine_path();
+            let answer = service
+                .call(
+                    reqwest::Method::POST,
+                    &path,
+                    Some(json!({"reason": reason})),
+                )
+                .await?;
+            let record = answer
+                .get("decision_id")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            eprintln!("{named} quarantined (record {record})");
+        }
+        AgentsCommand::Release { target, service } => {
+            let (path, named) = target.quarantine_path();
+            service.call(reqwest::Method::DELETE, &path, None).await?;
+            eprintln!("{named} released");
+        }
+        AgentsCommand::Quarantines { service } => {
+            let answer = service
+                .call(reqwest::Method::GET, "/v1/quarantines", None)
+                .await?;
+            println!("{:<48} {:<24} REASON", "TARGET", "BY");
+            for q in answer
+                .get("quarantines")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let text = |key: &str| q.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+                println!(
+                    "{:<48} {:<24} {}",
+                    text("target"),
+                    text("by"),
+                    text("reason")
+                );
+            }
+        }
+        AgentsCommand::Behaviour { name, service } => {
+            let answer = service
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/agents/{name}/behaviour"),
+                    None,
+                )
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
         }
     }
     Ok(())

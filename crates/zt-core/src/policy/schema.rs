@@ -37,6 +37,20 @@ type Context = {
   exchange?: Exchange,
   plan?: Plan,
   transaction?: Transaction,
+  behaviour?: Behaviour,
+};
+type Behaviour = {
+  rate_last_minute: Long,
+  baseline_per_hour: Long,
+  rate_percent: Long,
+  denies_recent: Long,
+  distinct_resources_recent: Long,
+  novel_action: Bool,
+  novel_resource_type: Bool,
+  recent_secs: Long,
+  session_decisions?: Long,
+  session_denies_recent?: Long,
+  session_age_s?: Long,
 };
 type Session = {
   verified: Bool,
