@@ -165,6 +165,7 @@ fn client() -> http::sync::Client {
 mod end_to_end {
     mod approvals;
     mod authzen;
+    mod behaviour;
     mod delegation;
     mod evidence;
     mod hardening;
