@@ -142,6 +142,19 @@ function version(approval) {
   return `${approval.status}/${approval.approvals}`;
 }
 
+// What the service had observed of the agent when it asked (`context.behaviour`), in words.
+function behaviour(b) {
+  const usual = b.baseline_per_hour > 0
+    ? `${b.rate_percent}% of its usual ${b.baseline_per_hour} an hour`
+    : 'no baseline yet';
+  return [
+    b.novel_action ? 'an action it was never allowed before' : 'an action it has been allowed before',
+    `${b.rate_last_minute} decisions in the last minute (${usual})`,
+    `${b.denies_recent} denies in the last ${Math.round(b.recent_secs / 60)} min`,
+    `${b.distinct_resources_recent} other resources recently`,
+  ].join('; ');
+}
+
 function card(approval) {
   const request = approval.request || {};
   const context = request.context || {};
@@ -168,6 +181,7 @@ function card(approval) {
   fact('Lineage', lineage);
   fact('On behalf of', approval.on_behalf_of);
   if (context.delegation) fact('Delegation', `depth ${context.delegation.depth}, from ${context.delegation.origin}`);
+  if (context.behaviour) fact('Behaviour when it asked', behaviour(context.behaviour));
   fact('Asked by policy', approval.policy, true);
   fact('Approvers', `${approval.approvals} of ${approval.needed} from group ${approval.group}`);
   fact('Expires', when(approval.expires_at));

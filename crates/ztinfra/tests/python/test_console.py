@@ -77,7 +77,8 @@ def test_approve_in_the_console_then_verify_the_evidence(tmp_path, browser):
         card = wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, f"article[data-id='{aid}']")))
         text = card.text
         for shown in ("ops-bot asks to db.tables.drop on db://prod/orders", "frank", "drop-needs-sre",
-                      "0 of 1 from group sre-oncall", '"ticket": "OPS-42"', "started by launcher"):
+                      "0 of 1 from group sre-oncall", '"ticket": "OPS-42"', "started by launcher",
+                      "an action it was never allowed before; 0 decisions in the last minute"):
             assert shown in text, (shown, text)
         if SCREENSHOTS:
             browser.save_screenshot(str(Path(SCREENSHOTS) / "console-approvals.png"))
