@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Behaviour signals, measured in one run: decisions/s of an agent session's allows with
 `context.behaviour` observed and given to the policies (the default) against the same server
-with `[behaviour] enabled = false`, durable evidence on in both; and the memory each tracked
+with `[behaviour] enabled = false`, durable evidence on in all; and the memory each tracked
 agent costs.
 
-Two release servers run on loopback (SQLite), one with behaviour on and one off, on the same
-policies (a permit, and a forbid that reads `context.behaviour`); ROUNDS rounds alternate
-between them, so each is measured while the other is idle. The table gives medians and the
-ratio on/off.
+Three release servers run on loopback (SQLite): behaviour on with a policy that reads
+`context.behaviour` (a permit and such a forbid), behaviour on with the permit alone (no policy
+reads it, so it is only counted), and behaviour off with the forbid too; ROUNDS rounds take
+them in turn, so each is measured while the others are idle. The table gives medians and the
+ratio to off.
 
 Memory: an enforcement point then declares AGENTS distinct actors, each deciding ACTIONS
 distinct actions on as many resources, on both servers; the resident set's growth on the
@@ -32,8 +33,10 @@ import tempfile
 # zt-loadgen.
 from delegation import BIN, call, load, run
 
-POLICIES = """
+PERMIT = """
 @id("work") permit (principal, action in Action::"files", resource);
+"""
+POLICIES = PERMIT + """
 @id("probing") forbid (principal, action, resource)
 when { context has behaviour && context.behaviour.denies_recent >= 1000 && context.behaviour.novel_action };
 """
@@ -49,11 +52,11 @@ def rss_kib(pid):
 
 
 @contextlib.contextmanager
-def server(tmp, name, enabled):
-    policies = os.path.join(tmp, "policies")
+def server(tmp, name, enabled, policy_text=POLICIES):
+    policies = os.path.join(tmp, f"policies-{name}")
     os.makedirs(policies, exist_ok=True)
     with open(os.path.join(policies, "bench.cedar"), "w") as f:
-        f.write(POLICIES)
+        f.write(policy_text)
     data = os.path.join(tmp, f"data-{name}")
     config = os.path.join(tmp, f"{name}.toml")
     with open(config, "w") as f:
@@ -72,7 +75,8 @@ def server(tmp, name, enabled):
         call(base, "/v1/agents", admin, {"name": "files-bot", "owner": "bench"})
         token = call(base, "/v1/sessions", broker,
                      {"agent": "files-bot", "on_behalf_of": "dana", "ttl": 3600})["access_token"]
-        yield {"base": base, "addr": base.rsplit("/", 1)[-1], "token": token, "pep": pep, "pid": process.pid}
+        yield {"base": base, "addr": base.rsplit("/", 1)[-1], "token": token, "pep": pep, "pid": process.pid,
+               "admin": admin}
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -88,19 +92,24 @@ def main():
     # An agent's everyday calls: a few actions on many resources.
     bodies = [json.dumps({"action": f"files.{['read', 'write', 'list'][i % 3]}", "resource": f"doc/{i}"})
               for i in range(1000)]
-    with tempfile.TemporaryDirectory() as tmp, server(tmp, "on", True) as on, server(tmp, "off", False) as off:
+    with tempfile.TemporaryDirectory() as tmp, server(tmp, "on", True) as on, \
+            server(tmp, "unread", True, PERMIT) as unread, server(tmp, "off", False) as off:
         results = {}
         for n in range(args.rounds):
-            for name, s in (("behaviour on", on), ("behaviour off", off)):
+            for name, s in (("behaviour on, read by a policy", on), ("behaviour on, read by none", unread),
+                            ("behaviour off", off)):
                 r = load(s["addr"], tmp, f"r{n}-{name[-3:]}", args.seconds, args.connections, bodies,
                          path="/v1/decide", token=s["token"])
                 results.setdefault(name, []).append(r)
-                print(f"round {n + 1} {name:>14}: {r['per_second']:>8.0f}/s p50 {r['p50_us']} us p99 {r['p99_us']} us",
+                print(f"round {n + 1} {name:>30}: {r['per_second']:>8.0f}/s p50 {r['p50_us']} us p99 {r['p99_us']} us",
                       file=sys.stderr)
-        # Each decision was made with what was observed: the last one's record holds it.
-        last = call(on["base"], "/v1/decide", on["token"], {"action": "files.read", "resource": "doc/1"})
-        if last["decision"] != "allow":
-            sys.exit(f"unexpected decision: {last}")
+        # Each decision was made with what was observed: the last one's record holds it (and
+        # not where no policy reads it).
+        for s, carried in ((on, True), (unread, False)):
+            last = call(s["base"], "/v1/decide", s["token"], {"action": "files.read", "resource": "doc/1"})
+            record = call(s["base"], f"/v1/evidence/{last['evidence']['seq']}", s["admin"])["record"]
+            if last["decision"] != "allow" or ("behaviour" in record["request"]["context"]) != carried:
+                sys.exit(f"unexpected decision or record: {last} {record}")
 
         # Memory per tracked agent: AGENTS declared actors, ACTIONS actions each.
         many = [json.dumps({"actor": f"agent-{a}", "action": f"files.a{k}", "resource": f"t{k}/{a}"})
@@ -108,7 +117,7 @@ def main():
         grown = {}
         for name, s in (("on", on), ("off", off)):
             before = rss_kib(s["pid"])
-            r = load(s["addr"], tmp, f"mem-{name}", max(2, len(many) // 5000), 4, many,
+            r = load(s["addr"], tmp, f"mem-{name}", len(many) // 2500 + 2, 8, many,
                      path="/v1/decide", token=s["pep"], warmup=0)
             if r["sent"] < len(many):
                 sys.exit(f"the memory run sent {r['sent']} of {len(many)} requests: give it longer")

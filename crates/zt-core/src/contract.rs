@@ -176,7 +176,29 @@ pub struct ValidRequest {
     principal: Party,
     action: ActionName,
     resource: Party,
-    cedar_context: cedar_policy::Context,
+    cedar_context: CedarContext,
+}
+
+/// A valid request's context as Cedar will see it. Plain JSON is kept as Cedar expressions,
+/// made into a Cedar context once, when the request is decided, so that what the service adds
+/// after validation (`behaviour`) costs no second conversion of the rest; a context with
+/// Cedar's `__entity` or `__extn` escapes is Cedar's own reading of it, made at validation (so
+/// that its errors are the caller's, 400).
+#[derive(Debug, Clone)]
+pub(crate) enum CedarContext {
+    Plain(Vec<(String, cedar_policy::RestrictedExpression)>),
+    Read(cedar_policy::Context),
+}
+
+impl CedarContext {
+    /// The Cedar context.
+    pub(crate) fn build(&self) -> Result<cedar_policy::Context, String> {
+        match self {
+            Self::Plain(pairs) => cedar_policy::Context::from_pairs(pairs.iter().cloned())
+                .map_err(|e| format!("the context cannot be read by Cedar: {e}")),
+            Self::Read(context) => Ok(context.clone()),
+        }
+    }
 }
 
 /// The principal or the resource of a valid request.
@@ -227,12 +249,11 @@ impl Party {
 }
 
 /// A checked context (see [`drop_nulls_and_check`]) as Cedar's.
-pub(crate) fn cedar_context(
-    context: &Map<String, Value>,
-) -> Result<cedar_policy::Context, FieldError> {
-    match plain_attributes(context).map(cedar_policy::Context::from_pairs) {
-        Some(Ok(converted)) => Ok(converted),
-        _ => cedar_policy::Context::from_json_value(Value::Object(context.clone()), None)
+pub(crate) fn cedar_context(context: &Map<String, Value>) -> Result<CedarContext, FieldError> {
+    match plain_attributes(context) {
+        Some(pairs) => Ok(CedarContext::Plain(pairs.collect())),
+        None => cedar_policy::Context::from_json_value(Value::Object(context.clone()), None)
+            .map(CedarContext::Read)
             .map_err(|e| FieldError::new("/context", e.to_string())),
     }
 }
@@ -269,6 +290,9 @@ fn plain_value(value: &Value) -> Option<cedar_policy::RestrictedExpression> {
         Value::Null => return None,
     })
 }
+
+/// The context member the service sets from what it observed of the agent and its session.
+pub const BEHAVIOUR: &str = "behaviour";
 
 /// The Cedar type of the ZT-Infra contract's actors, `Agent`.
 pub const AGENT_TYPE: &str = "Agent";
@@ -308,8 +332,13 @@ impl ValidRequest {
     }
 
     /// The resource's Cedar type name (`Resource` for the ZT-Infra contract).
-    pub fn resource_type(&self) -> String {
-        self.resource.uid.type_name().to_string()
+    pub fn resource_type(&self) -> std::borrow::Cow<'_, str> {
+        let name = self.resource.uid.type_name();
+        if name.namespace().is_empty() {
+            name.basename().into()
+        } else {
+            name.to_string().into()
+        }
     }
 
     /// A member of the request's context, as recorded.
@@ -325,11 +354,15 @@ impl ValidRequest {
             return Err(format!("the context already has `{name}`"));
         }
         let converted = plain_value(&value).ok_or_else(|| format!("`{name}` is not plain JSON"))?;
-        self.cedar_context = self
-            .cedar_context
-            .clone()
-            .merge([(name.to_owned(), converted)])
-            .map_err(|e| format!("`{name}` cannot join the context: {e}"))?;
+        match &mut self.cedar_context {
+            CedarContext::Plain(pairs) => pairs.push((name.to_owned(), converted)),
+            CedarContext::Read(context) => {
+                *context = context
+                    .clone()
+                    .merge([(name.to_owned(), converted)])
+                    .map_err(|e| format!("`{name}` cannot join the context: {e}"))?;
+            }
+        }
         let Some(record) = self.record.as_object_mut() else {
             return Err("the recorded request is not an object".into());
         };
@@ -353,7 +386,7 @@ impl ValidRequest {
         &self.resource
     }
 
-    pub(crate) fn cedar_context(&self) -> &cedar_policy::Context {
+    pub(crate) fn cedar_context(&self) -> &CedarContext {
         &self.cedar_context
     }
 
@@ -363,7 +396,7 @@ impl ValidRequest {
         principal: Party,
         action: ActionName,
         resource: Party,
-        cedar_context: cedar_policy::Context,
+        cedar_context: CedarContext,
     ) -> Self {
         Self {
             record,
@@ -793,7 +826,10 @@ mod tests {
         };
         // Not plain: Cedar's reader takes these, and gives what it always gave.
         assert!(plain_attributes(&context).is_none());
-        assert_eq!(cedar_context(&context).unwrap(), read_by_cedar(&context));
+        assert_eq!(
+            cedar_context(&context).unwrap().build().unwrap(),
+            read_by_cedar(&context)
+        );
         let Value::Object(top) = top else {
             unreachable!()
         };
@@ -830,7 +866,7 @@ mod tests {
             members in proptest::collection::btree_map(".{0,10}", plain_json(), 0..8)
         ) {
             let context: Map<String, Value> = members.into_iter().collect();
-            proptest::prop_assert_eq!(cedar_context(&context).unwrap(), read_by_cedar(&context));
+            proptest::prop_assert_eq!(cedar_context(&context).unwrap().build().unwrap(), read_by_cedar(&context));
         }
     }
 

@@ -130,11 +130,15 @@ impl Engine {
             Ok(entities) => entities,
             Err(e) => return self.deny_error(None, e),
         };
+        let context = match request.cedar_context().build() {
+            Ok(context) => context,
+            Err(e) => return self.deny_error(None, e),
+        };
         let cedar_request = match Request::new(
             request.principal().uid.clone(),
             plan.action.clone(),
             request.resource_party().uid.clone(),
-            request.cedar_context().clone(),
+            context,
             None,
         ) {
             Ok(r) => r,
@@ -497,6 +501,13 @@ mod tests {
         assert!(request.add_context("x", json!(1.5)).is_err());
         let verdict = engine.decide(&request);
         assert_eq!(verdict.decision, Decision::Deny);
+        assert!(engine.policies().reads_behaviour());
+        let plain = Engine::load(&[SourceFile {
+            path: "p.cedar".into(),
+            text: "permit(principal, action, resource) when { context has env };".into(),
+        }])
+        .unwrap();
+        assert!(!plain.policies().reads_behaviour());
         assert_eq!(verdict.reasons[0].policy.as_deref(), Some("probe"));
         assert_eq!(verdict.reasons[0].quarantine.as_deref(), Some("session"));
     }

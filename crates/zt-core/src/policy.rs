@@ -333,6 +333,8 @@ pub struct LoadedSet {
     pub(crate) warnings: Vec<PolicyError>,
     pub(crate) schema: cedar_policy::Schema,
     pub(crate) entities: StoredEntities,
+    /// Some policy's text names `behaviour` (see [`LoadedSet::reads_behaviour`]).
+    pub(crate) reads_behaviour: bool,
 }
 
 /// The entity store of a policy set: the entities of its entity files, with their ancestors
@@ -567,6 +569,11 @@ pub fn load_cached(
         .enumerate()
         .map(|(i, p)| (p.policy.id().clone(), i))
         .collect();
+    // Cedar has no attribute access by a computed name: a policy that reads
+    // `context.behaviour` (or `context["behaviour"]`, or tests `has behaviour`) names it.
+    let reads_behaviour = policies
+        .iter()
+        .any(|p| p.policy.to_string().contains(crate::contract::BEHAVIOUR));
     Ok(LoadedSet {
         version: policy_version(sources),
         files,
@@ -575,6 +582,7 @@ pub fn load_cached(
         warnings,
         schema,
         entities,
+        reads_behaviour,
     })
 }
 
@@ -812,6 +820,12 @@ impl LoadedSet {
     /// Looks up a loaded policy by its public id.
     pub(crate) fn policy(&self, id: &PolicyId) -> Option<&LoadedPolicy> {
         self.by_id.get(id).and_then(|&i| self.policies.get(i))
+    }
+
+    /// Whether some policy may read `context.behaviour` (its text names it). When none does,
+    /// the service does not compute it: nothing would read it.
+    pub fn reads_behaviour(&self) -> bool {
+        self.reads_behaviour
     }
 
     /// The approval a policy asks for, if it is a permit marked `@approval`.

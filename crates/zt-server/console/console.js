@@ -150,7 +150,7 @@ function behaviour(b) {
   return [
     b.novel_action ? 'an action it was never allowed before' : 'an action it has been allowed before',
     `${b.rate_last_minute} decisions in the last minute (${usual})`,
-    `${b.denies_recent} denies in the last ${Math.round(b.recent_secs / 60)} min`,
+    `${b.denies_recent} recent denies`,
     `${b.distinct_resources_recent} other resources recently`,
   ].join('; ');
 }

@@ -322,6 +322,9 @@ pub(crate) struct Origin {
     /// The approval the caller's token carries (a CIBA token): every decision made with it
     /// must be exactly that approval's action, allowed by it, once.
     pub approval_token: Option<String>,
+    /// These are an agent's attempts to act (not a search, a plan submission or a token
+    /// exchange): given `context.behaviour`, and counted in it.
+    pub acts: bool,
 }
 
 impl Origin {
@@ -337,6 +340,7 @@ impl Origin {
             submitting: None,
             note: None,
             approval_token: None,
+            acts: false,
         }
     }
 }
@@ -492,9 +496,11 @@ async fn settle(
         .session
         .as_ref()
         .map(|c| c.session.session_id.as_str());
-    for (request, response) in requests.iter().zip(responses) {
-        app.behaviour
-            .observe(request, session, response.decision, time_ms);
+    if origin.acts {
+        for (request, response) in requests.iter().zip(responses) {
+            app.behaviour
+                .observe(request, session, response.decision, time_ms);
+        }
     }
     count(origin, responses);
 }

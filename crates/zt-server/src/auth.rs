@@ -512,6 +512,7 @@ impl Decider {
                 .session
                 .as_ref()
                 .and_then(|s| s.claims.approval.clone()),
+            acts: true,
             ..crate::api::Origin::now(endpoint, self.record())
         }
     }

@@ -673,8 +673,10 @@ async fn search(
     }
     drop(engine);
     // Only what the evidence log recorded as allowed is a result.
+    // A search is not an attempt to act: its candidates are neither informed nor counted.
     let origin = Origin {
         started,
+        acts: false,
         ..decider.origin(target.endpoint())
     };
     let answered = answer(app, origin, requests.iter().zip(verdicts).collect(), None).await;

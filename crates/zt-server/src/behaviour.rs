@@ -41,7 +41,7 @@ use crate::sessions::{Quarantine, SessionError};
 use zt_identity::Caller;
 
 /// The context member the service sets.
-pub const CONTEXT_MEMBER: &str = "behaviour";
+pub const CONTEXT_MEMBER: &str = zt_core::contract::BEHAVIOUR;
 
 /// Known actions, and known action and resource type pairs, kept per agent.
 pub const MAX_KINDS: usize = 256;
@@ -143,8 +143,6 @@ pub struct Signals {
     pub novel_action: bool,
     /// The action was never allowed to the agent on a resource of this type within the window.
     pub novel_resource_type: bool,
-    /// The recent window, in seconds.
-    pub recent_secs: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_decisions: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -167,6 +165,9 @@ struct Shared {
     actions: HashMap<String, i64>,
     /// Allowed `(action, resource type)` pairs and the hour each was last allowed.
     kinds: HashMap<String, i64>,
+    /// The hour the two maps were last cleared of hours out of the window.
+    #[serde(skip)]
+    pruned_hour: i64,
 }
 
 /// One agent as this node sees it.
@@ -213,13 +214,13 @@ fn kind_key(action: &str, resource_type: &str) -> String {
 
 /// The type of a request's resource: its Cedar type, or, for the ZT-Infra contract's
 /// `Resource`, the id up to its first `/` or `:` (`invoice/42` is an `invoice`).
-fn resource_type(request: &ValidRequest) -> String {
+fn resource_type(request: &ValidRequest) -> std::borrow::Cow<'_, str> {
     let cedar = request.resource_type();
     if cedar != zt_core::contract::RESOURCE_TYPE {
         return cedar;
     }
     match request.resource().split_once(['/', ':']) {
-        Some((prefix, _)) if !prefix.is_empty() => prefix.to_owned(),
+        Some((prefix, _)) if !prefix.is_empty() => prefix.into(),
         _ => cedar,
     }
 }
@@ -258,8 +259,11 @@ impl Shared {
         {
             self.buckets.pop_front();
         }
-        self.actions.retain(|_, h| *h >= hour - window);
-        self.kinds.retain(|_, h| *h >= hour - window);
+        if self.pruned_hour != hour {
+            self.actions.retain(|_, h| *h >= hour - window);
+            self.kinds.retain(|_, h| *h >= hour - window);
+            self.pruned_hour = hour;
+        }
     }
 
     /// `(decisions in the last minute, denies in the recent window)`.
@@ -364,7 +368,6 @@ impl Behaviour {
             distinct_resources_recent: distinct,
             novel_action: !known_action,
             novel_resource_type: !known_kind,
-            recent_secs: i64::from(settings.recent_secs),
             session_decisions: session.map(|_| session_track.map_or(0, |s| s.decisions)),
             session_denies_recent: session.map(|_| {
                 session_track.map_or(0, |s| {
@@ -413,7 +416,7 @@ impl Behaviour {
             .map_err(|e| zt_core::FieldError::new(format!("/context/{CONTEXT_MEMBER}"), e))
     }
 
-    /// Counts a decision made with `context.behaviour` (after every bound: what was answered).
+    /// Counts an agent's decision (after every bound: what was answered).
     pub(crate) fn observe(
         &self,
         request: &ValidRequest,
@@ -421,7 +424,7 @@ impl Behaviour {
         decision: Decision,
         now_ms: i64,
     ) {
-        if request.context_member(CONTEXT_MEMBER).is_none() {
+        if !self.settings.enabled {
             return;
         }
         let agent = request.actor();
@@ -464,15 +467,21 @@ impl Behaviour {
         }
         if decision == Decision::Allow {
             let action = request.action().as_str();
-            if !own.actions.contains_key(action) {
-                make_room(&mut own.actions);
+            match own.actions.get_mut(action) {
+                Some(last) => *last = hour,
+                None => {
+                    make_room(&mut own.actions);
+                    own.actions.insert(action.to_owned(), hour);
+                }
             }
-            own.actions.insert(action.to_owned(), hour);
             let kind = kind_key(action, &rtype);
-            if !own.kinds.contains_key(&kind) {
-                make_room(&mut own.kinds);
+            match own.kinds.get_mut(&kind) {
+                Some(last) => *last = hour,
+                None => {
+                    make_room(&mut own.kinds);
+                    own.kinds.insert(kind, hour);
+                }
             }
-            own.kinds.insert(kind, hour);
         }
         let recent_from = now_ms - i64::from(settings.recent_secs) * 1000;
         let hash = resource_hash(request.resource());
@@ -504,12 +513,12 @@ impl Behaviour {
                 }
             }
         }
-        metrics::gauge!("ztinfra_behaviour_tracked_agents").set(tracked.agents.len() as f64);
     }
 
     /// The snapshots of the agents changed since the last write, marked written.
     fn changed(&self, now_ms: i64) -> Vec<zt_store::BehaviourSnapshot> {
         let mut tracked = self.lock();
+        metrics::gauge!("ztinfra_behaviour_tracked_agents").set(tracked.agents.len() as f64);
         let mut out = Vec::new();
         for (agent, track) in &mut tracked.agents {
             if !track.dirty {
@@ -644,7 +653,7 @@ impl Behaviour {
             rate_percent: signals.rate_percent,
             denies_recent: signals.denies_recent,
             distinct_resources_recent: signals.distinct_resources_recent,
-            recent_secs: signals.recent_secs,
+            recent_secs: i64::from(self.settings.recent_secs),
             window_hours: i64::from(self.settings.window_hours),
             hours: hours.into_iter().collect(),
             known_actions: known(|s| &s.actions),
@@ -673,6 +682,11 @@ pub(crate) fn inform_all<'a>(
     origin: &Origin,
     requests: impl IntoIterator<Item = &'a mut ValidRequest>,
 ) -> Result<(), zt_core::FieldError> {
+    // Computed only for what policies may read: a set that never names `behaviour` pays
+    // nothing for it here (what was decided is still counted, `observe`).
+    if !origin.acts || !app.policies.with_engine(|e| e.policies().reads_behaviour()) {
+        return Ok(());
+    }
     let now = crate::now_ms();
     for request in requests {
         app.behaviour.inform(origin, request, now)?;
@@ -688,11 +702,17 @@ pub(crate) fn held(
     request: &ValidRequest,
     verdict: &Verdict,
 ) -> Option<Verdict> {
-    let session = origin
-        .session
-        .as_ref()
-        .map(|c| c.session.session_id.as_str());
-    let (message, quarantine) = match app.sessions.quarantine_of(request.actor(), session) {
+    // The acting session, and, under a delegated token, every session of its chain: a
+    // quarantined delegator holds what it delegated.
+    let claims = origin.session.as_deref();
+    let mut sessions: Vec<&str> = claims
+        .map(|c| c.session.session_id.as_str())
+        .into_iter()
+        .collect();
+    if let Some(delegation) = claims.and_then(|c| c.delegation.as_ref()) {
+        sessions.extend(delegation.sessions.iter().map(String::as_str));
+    }
+    let (message, quarantine) = match app.sessions.quarantine_of(request.actor(), &sessions) {
         Ok(None) => return None,
         Ok(Some(q)) => (
             format!(
@@ -999,7 +1019,15 @@ pub(crate) async fn quarantine_session(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<QuarantineRequest>,
 ) -> Result<Json<Quarantine>, Problem> {
-    if !app.sessions.knows_session(&id) {
+    // A session started on another replica may not have reached this one yet: the store
+    // knows it.
+    let known = app.sessions.knows_session(&id)
+        || app
+            .sessions
+            .load_session(&id)
+            .await
+            .map_err(|e| quarantine_problem(SessionError::Store(e)))?;
+    if !known {
         return Err(Problem::not_found(format!("there is no session `{id}`")));
     }
     operator_quarantine(&app, &admin, Quarantine::session_target(&id), body.reason).await
@@ -1155,9 +1183,6 @@ mod tests {
         for i in 0..60 {
             seen(&b, "bot", "a.b", "r", None, now - 50_000 + i * 800);
         }
-        // A decision made without `context.behaviour` (a plan submission, a search) is not
-        // counted.
-        b.observe(&request("bot", "a.b", "r"), None, Decision::Allow, now - 1);
         let tracked = b.lock();
         let s = b.signals(&tracked, "bot", ("a.b", "Resource", 0), None, now);
         assert_eq!(s.baseline_per_hour, 120);

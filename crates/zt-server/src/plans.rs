@@ -279,12 +279,17 @@ pub(crate) async fn submit(
             )));
         }
         if step.context.as_ref().is_some_and(|c| {
-            ["session", "delegation", "plan"]
-                .iter()
-                .any(|k| c.contains_key(*k))
+            [
+                "session",
+                "delegation",
+                "plan",
+                crate::behaviour::CONTEXT_MEMBER,
+            ]
+            .iter()
+            .any(|k| c.contains_key(*k))
         }) {
             return Err(invalid(format!(
-                "`steps/{n}/context` cannot hold `session`, `delegation` or `plan`: the service sets them"
+                "`steps/{n}/context` cannot hold `session`, `delegation`, `plan` or `behaviour`: the service sets them"
             )));
         }
         if !executors.contains_key(&executor) {

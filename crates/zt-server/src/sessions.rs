@@ -659,13 +659,13 @@ impl Sessions {
         all
     }
 
-    /// The quarantine that holds a decision of `agent` in `session` (the agent's, the
-    /// session's, or a quarantined ancestor session's), if any. A node whose state is stale
+    /// The quarantine that holds a decision of `agent` in `sessions` (the agent's, one of the
+    /// sessions', or a quarantined ancestor session's), if any. A node whose state is stale
     /// cannot tell: an error, which the caller takes as a deny.
     pub fn quarantine_of(
         &self,
         agent: &str,
-        session: Option<&str>,
+        sessions: &[&str],
     ) -> Result<Option<Quarantine>, SessionError> {
         let state = self.read();
         if state.stale {
@@ -677,17 +677,19 @@ impl Sessions {
         if let Some(q) = state.quarantined.get(&Quarantine::agent_target(agent)) {
             return Ok(Some(q.clone()));
         }
-        let mut next = session.map(str::to_owned);
-        // Up the lineage: a child of a quarantined session is held with it.
-        for _ in 0..=MAX_DEPTH {
-            let Some(id) = next else { break };
-            if let Some(q) = state.quarantined.get(&Quarantine::session_target(&id)) {
-                return Ok(Some(q.clone()));
+        for session in sessions {
+            let mut next = Some((*session).to_owned());
+            // Up the lineage: a child of a quarantined session is held with it.
+            for _ in 0..=MAX_DEPTH {
+                let Some(id) = next else { break };
+                if let Some(q) = state.quarantined.get(&Quarantine::session_target(&id)) {
+                    return Ok(Some(q.clone()));
+                }
+                next = state
+                    .sessions
+                    .get(&id)
+                    .and_then(|entry| entry.claim.parent.clone());
             }
-            next = state
-                .sessions
-                .get(&id)
-                .and_then(|entry| entry.claim.parent.clone());
         }
         Ok(None)
     }

@@ -47,7 +47,6 @@ type Behaviour = {
   distinct_resources_recent: Long,
   novel_action: Bool,
   novel_resource_type: Bool,
-  recent_secs: Long,
   session_decisions?: Long,
   session_denies_recent?: Long,
   session_age_s?: Long,

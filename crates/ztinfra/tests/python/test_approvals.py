@@ -80,6 +80,10 @@ def start(tmp_path, extra="", edit=lambda text: text):
     (policies / "quick.cedar").write_text(
         '@id("restart-quickly") @approval("sre-oncall") @approval_ttl("2s")\n'
         'permit (principal == Agent::"ops-bot", action == Action::"svc.restart", resource);\n'
+        # A policy that reads `context.behaviour`, so that requests carry it: an approval is
+        # bound to the request without it (it changes from one try to the next).
+        '@id("no-storms") forbid (principal, action, resource)\n'
+        'when { context has behaviour && context.behaviour.rate_last_minute > 100000 };\n'
     )
     config = tmp_path / "ztinfra.toml"
     config.write_text((EXAMPLE / "ztinfra.toml").read_text()

@@ -64,12 +64,12 @@ class Service:
 
 
 @contextlib.contextmanager
-def start(tmp_path):
+def start(tmp_path, extra=""):
     config = tmp_path / "ztinfra.toml"
     config.write_text((EXAMPLE / "ztinfra.toml").read_text()
                       .replace('data_dir = ".zt"', f'data_dir = "{tmp_path / "data"}"')
                       .replace('policies = "."', f'policies = "{EXAMPLE}"')
-                      .replace("share_secs = 2", "share_secs = 1"))
+                      .replace("share_secs = 2", "share_secs = 1") + extra)
     server = subprocess.Popen(
         [ZTINFRA, "serve", "--config", config, "--listen", "127.0.0.1:0", "--no-watch"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -192,7 +192,7 @@ def test_normal_work_first_delete_and_probing_quarantine(tmp_path):
 
 
 def test_a_burst_waits_for_the_owner(tmp_path):
-    with start(tmp_path) as service:
+    with start(tmp_path, extra='metrics_agents = ["files-bot"]\n') as service:
         broker = service.credential("launcher", "broker")
         call("POST", f"{service.base}/v1/agents", service.admin, {"name": "files-bot", "owner": "docs-team"})
         token = service.session(broker)["access_token"]
@@ -201,6 +201,22 @@ def test_a_burst_waits_for_the_owner(tmp_path):
         answers = [service.decide(token, "files.read", f"doc/{i}")["decision"] for i in range(110)]
         assert answers[:100] == ["allow"] * 100, answers
         assert answers[-1] == "approval_required", answers
+        # The agent named in `metrics_agents` has counters of its own; no other agent does.
+        with urllib.request.urlopen(f"{service.base}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        counted = {line.split("{")[1].split("}")[0]: float(line.split()[-1])
+                   for line in metrics.splitlines() if line.startswith("ztinfra_agent_decisions_total{")}
+        by_decision = {labels.split('decision="')[1].split('"')[0]: n for labels, n in counted.items()}
+        assert all('agent="files-bot"' in labels for labels in counted), counted
+        assert by_decision["allow"] == answers.count("allow"), counted
+        assert by_decision["approval_required"] == answers.count("approval_required"), counted
+        # The number of tracked agents is brought up to date each `share_secs` (1 s here).
+        deadline = time.monotonic() + 5
+        while "ztinfra_behaviour_tracked_agents 1" not in metrics and time.monotonic() < deadline:
+            time.sleep(0.2)
+            with urllib.request.urlopen(f"{service.base}/metrics", timeout=10) as response:
+                metrics = response.read().decode()
+        assert "ztinfra_behaviour_tracked_agents 1" in metrics
 
 
 def test_what_was_observed_outlives_a_restart(tmp_path):

@@ -368,6 +368,34 @@ def test_revoking_any_link_voids_every_token_below_it(service):
     assert status == 404, body
 
 
+def test_a_quarantined_delegator_holds_what_it_delegated(service):
+    zt, issuer, _ = service
+    orchestrator = zt.session("orchestrator")
+    retrieval = zt.session("retrieval")
+    read = {"type": "ztinfra_action", "actions": ["crm.invoices.read"]}
+    first = zt.exchange(id_token(issuer, "alice"), ID_TOKEN, orchestrator["access_token"], authorization_details=[read])[1]
+    second = zt.exchange(first["access_token"], ACCESS, retrieval["access_token"], authorization_details=[read])[1]
+    assert zt.decide(second["access_token"], "crm.invoices.read", "crm://invoices/1")[1]["decision"] == "allow"
+
+    # Quarantine is not revocation: the tokens stay valid, and every decision made with one
+    # whose chain holds the quarantined session is denied, with a reason of its own kind.
+    target = f"/v1/sessions/{orchestrator['session_id']}/quarantine"
+    status, body = call("POST", f"{zt.base}{target}", zt.admin, {"reason": "INC-7"})
+    assert status == 200, body
+    status, held = zt.decide(second["access_token"], "crm.invoices.read", "crm://invoices/1")
+    assert status == 200 and held["decision"] == "deny", held
+    assert held["reasons"][0]["kind"] == "quarantine", held
+    assert held["reasons"][0]["quarantine"] == f"session:{orchestrator['session_id']}", held
+    # The retrieval agent's own session is not held (its policies decide: no delegation, no
+    # invoices).
+    own = zt.decide(retrieval["access_token"], "crm.invoices.read", "crm://invoices/1")[1]
+    assert own["reasons"][0]["kind"] == "default_deny", own
+
+    status, _ = call("DELETE", f"{zt.base}{target}", zt.admin)
+    assert status == 200
+    assert zt.decide(second["access_token"], "crm.invoices.read", "crm://invoices/1")[1]["decision"] == "allow"
+
+
 TXN = "urn:ietf:params:oauth:token-type:txn_token"
 
 
