@@ -4,7 +4,6 @@
 use serde_json::{Value, json};
 
 use super::super::http::sync::Client;
-use super::super::{Server, run};
 
 const POLICIES: &str = r#"
 @id("drop-needs-sre") @approval("sre")
@@ -13,43 +12,17 @@ permit (principal == Agent::"ops-bot", action == Action::"db.tables.drop", resou
 
 #[test]
 fn an_approval_asked_on_one_replica_is_answered_on_another_and_used_once_in_all() {
-    let Some((_url, scoped)) = super::evidence::postgres_schema("approvals") else {
+    let Some(pair) = super::evidence::ReplicaPair::start(
+        "approvals",
+        POLICIES,
+        "[approvals.groups.sre]\nmembers = [\"alice\"]\n",
+    ) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("policies.cedar"), POLICIES).unwrap();
-    let config = dir.path().join("ztinfra.toml");
-    std::fs::write(&config, "[approvals.groups.sre]\nmembers = [\"alice\"]\n").unwrap();
-    let args = [
-        "--callers",
-        "authenticated",
-        "--config",
-        config.to_str().unwrap(),
-        "--policies",
-        dir.path().to_str().unwrap(),
-        "--store",
-        scoped.as_str(),
-        "--public-url",
-        "http://pdp.test",
-    ];
-    let a = Server::start(&args);
-    let b = Server::start(&[&args[..], &["--join", "b"]].concat());
-    let credential = |name: &str, role: &str| {
-        let out = run(&[
-            "credentials",
-            "add",
-            name,
-            "--role",
-            role,
-            "--store",
-            &scoped,
-        ]);
-        assert!(out.status.success());
-        Client::with_token(String::from_utf8(out.stdout).unwrap().trim())
-    };
+    let (a, b) = (&pair.a, &pair.b);
     let (broker, alice) = (
-        credential("launcher", "broker"),
-        credential("alice", "approver"),
+        pair.credential("launcher", "broker"),
+        pair.credential("alice", "approver"),
     );
     let added = a.admin().post_json(
         &a.url("/v1/agents"),
@@ -80,7 +53,7 @@ fn an_approval_asked_on_one_replica_is_answered_on_another_and_used_once_in_all(
 
     // Ten retries on each replica at once: one allow in all.
     let answers: Vec<Value> = std::thread::scope(|scope| {
-        let workers: Vec<_> = [&a, &b]
+        let workers: Vec<_> = [a, b]
             .into_iter()
             .map(|server| {
                 let (token, drop, id) = (token.clone(), drop.clone(), id.clone());

@@ -5,8 +5,8 @@
 
 use serde_json::json;
 
+use super::super::Server;
 use super::super::http::sync::Client;
-use super::super::{Server, run};
 
 const POLICIES: &str = r#"
 @id("work") permit (principal == Agent::"files-bot", action == Action::"files.read", resource);
@@ -17,43 +17,15 @@ when { context has behaviour && context.behaviour.denies_recent >= 2 && context.
 
 #[test]
 fn a_quarantine_made_on_one_replica_holds_on_another_and_observations_are_shared() {
-    let Some((_url, scoped)) = super::evidence::postgres_schema("behaviour") else {
+    let Some(pair) =
+        super::evidence::ReplicaPair::start("behaviour", POLICIES, "[behaviour]\nshare_secs = 1\n")
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("policies.cedar"), POLICIES).unwrap();
-    let config = dir.path().join("ztinfra.toml");
-    std::fs::write(&config, "[behaviour]\nshare_secs = 1\n").unwrap();
-    let args = [
-        "--callers",
-        "authenticated",
-        "--config",
-        config.to_str().unwrap(),
-        "--policies",
-        dir.path().to_str().unwrap(),
-        "--store",
-        scoped.as_str(),
-        "--public-url",
-        "http://pdp.test",
-    ];
-    let a = Server::start(&args);
-    let b = Server::start(&[&args[..], &["--join", "b"]].concat());
-    let credential = |name: &str, role: &str| {
-        let out = run(&[
-            "credentials",
-            "add",
-            name,
-            "--role",
-            role,
-            "--store",
-            &scoped,
-        ]);
-        assert!(out.status.success());
-        Client::with_token(String::from_utf8(out.stdout).unwrap().trim())
-    };
+    let (a, b) = (&pair.a, &pair.b);
     let (broker, auditor) = (
-        credential("launcher", "broker"),
-        credential("audit", "auditor"),
+        pair.credential("launcher", "broker"),
+        pair.credential("audit", "auditor"),
     );
     let added = a.admin().post_json(
         &a.url("/v1/agents"),
@@ -77,7 +49,7 @@ fn a_quarantine_made_on_one_replica_holds_on_another_and_observations_are_shared
             .json()
     };
 
-    assert_eq!(decide(&a, "files.read")["decision"], "allow");
+    assert_eq!(decide(a, "files.read")["decision"], "allow");
     // B learns what A observed within the share interval: files.read is not new to B.
     let mut shared = false;
     for _ in 0..50 {
@@ -92,13 +64,13 @@ fn a_quarantine_made_on_one_replica_holds_on_another_and_observations_are_shared
 
     // Two denies on A, then a new action on A: quarantined; B holds the session at once.
     for action in ["secrets.read", "iam.keys.create"] {
-        assert_eq!(decide(&a, action)["decision"], "deny");
+        assert_eq!(decide(a, action)["decision"], "deny");
     }
-    let caught = decide(&a, "shell.exec");
+    let caught = decide(a, "shell.exec");
     assert_eq!(caught["reasons"][0]["policy"], "probing", "{caught}");
     let mut held = serde_json::Value::Null;
     for _ in 0..50 {
-        held = decide(&b, "files.read");
+        held = decide(b, "files.read");
         if held["reasons"][0]["kind"] == "quarantine" {
             break;
         }
@@ -122,7 +94,7 @@ fn a_quarantine_made_on_one_replica_holds_on_another_and_observations_are_shared
     assert_eq!(released.status, 200);
     let mut again = serde_json::Value::Null;
     for _ in 0..50 {
-        again = decide(&a, "files.read");
+        again = decide(a, "files.read");
         if again["decision"] == "allow" {
             break;
         }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use zt_evidence::checkpoint::{Keyring, verify_note};
 use zt_evidence::merkle::{Hash, verify_inclusion};
 
+use super::super::http::sync::Client;
 use super::super::{Server, client, decide, run, wait_for};
 
 pub(super) fn export(server_data: &std::path::Path, extra: &[&str], out: &std::path::Path) {
@@ -500,6 +501,61 @@ pub(crate) fn postgres_schema(name: &str) -> Option<(String, String)> {
         if url.contains('?') { "&" } else { "?" }
     );
     Some((url, scoped))
+}
+
+/// Two replicas on a PostgreSQL schema of their own (`a`, then `b`, joined), authenticated
+/// callers, the policy text `policies` and the config file text `config`; `None` (the test is
+/// skipped) without a database.
+pub(crate) struct ReplicaPair {
+    pub a: Server,
+    pub b: Server,
+    pub store: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ReplicaPair {
+    pub(crate) fn start(name: &str, policies: &str, config: &str) -> Option<Self> {
+        let (_url, store) = postgres_schema(name)?;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("policies.cedar"), policies).unwrap();
+        let config_file = dir.path().join("ztinfra.toml");
+        std::fs::write(&config_file, config).unwrap();
+        let args = [
+            "--callers",
+            "authenticated",
+            "--config",
+            config_file.to_str().unwrap(),
+            "--policies",
+            dir.path().to_str().unwrap(),
+            "--store",
+            store.as_str(),
+            "--public-url",
+            "http://pdp.test",
+        ];
+        let a = Server::start(&args);
+        let b = Server::start(&[&args[..], &["--join", "b"]].concat());
+        Some(Self {
+            a,
+            b,
+            store,
+            _dir: dir,
+        })
+    }
+
+    /// A client presenting a new credential of `role` named `name`.
+    pub(crate) fn credential(&self, name: &str, role: &str) -> Client {
+        let out = run(&[
+            "credentials",
+            "add",
+            name,
+            "--role",
+            role,
+            "--store",
+            &self.store,
+        ]);
+        assert!(out.status.success());
+        Client::with_token(String::from_utf8(out.stdout).unwrap().trim())
+    }
 }
 
 pub(crate) fn psql(url: &str, sql: &str) {

@@ -17,7 +17,7 @@ import time
 import urllib.request
 
 import pytest
-from ztclient import ROOT, ZTINFRA, call
+from ztclient import ROOT, ZTINFRA, call, serving
 
 EXAMPLE = ROOT / "examples/approvals"
 DROP = {"action": "db.tables.drop", "resource": "db://prod/orders", "context": {"ticket": "OPS-42"}}
@@ -92,17 +92,8 @@ def start(tmp_path, extra="", edit=lambda text: text):
                       .replace('"carol", "dave", "erin"', '"carol", "dave", "frank"')
                       .replace('"alice", "bob"', '"alice", "bob", "ops-bot"') + extra)
     config.write_text(edit(config.read_text()))
-    server = subprocess.Popen(
-        [ZTINFRA, "serve", "--config", config, "--listen", "127.0.0.1:0", "--no-watch"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    try:
-        line = server.stdout.readline()
-        assert line.startswith("ztinfra listening on "), line
-        yield Service(line.removeprefix("ztinfra listening on ").strip(), tmp_path / "data", policies)
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with serving(config) as base:
+        yield Service(base, tmp_path / "data", policies)
 
 
 @pytest.fixture

@@ -8,13 +8,12 @@ README walkthrough, scripted.
 import contextlib
 import json
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
 
 import pytest
-from ztclient import ROOT, ZTINFRA, call
+from ztclient import ROOT, ZTINFRA, call, serving
 
 EXAMPLE = ROOT / "examples/behaviour"
 PROBES = ["admin.users.list", "secrets.read", "iam.keys.create", "billing.export", "shell.exec"]
@@ -70,17 +69,8 @@ def start(tmp_path, extra=""):
                       .replace('data_dir = ".zt"', f'data_dir = "{tmp_path / "data"}"')
                       .replace('policies = "."', f'policies = "{EXAMPLE}"')
                       .replace("share_secs = 2", "share_secs = 1") + extra)
-    server = subprocess.Popen(
-        [ZTINFRA, "serve", "--config", config, "--listen", "127.0.0.1:0", "--no-watch"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    try:
-        line = server.stdout.readline()
-        assert line.startswith("ztinfra listening on "), line
-        yield Service(line.removeprefix("ztinfra listening on ").strip(), tmp_path / "data")
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=10)
+    with serving(config) as base:
+        yield Service(base, tmp_path / "data")
 
 
 def test_the_example_policies_pass_their_tests():

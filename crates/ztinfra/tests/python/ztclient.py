@@ -1,13 +1,33 @@
-"""What the Python tests of the `ztinfra` binary share: where it is, and a JSON call."""
+"""What the Python tests of the `ztinfra` binary share: where it is, a running service, and a
+JSON call."""
 
+import contextlib
 import json
 import os
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[4]
 ZTINFRA = os.environ.get("ZTINFRA_BIN", str(ROOT / "target/debug/ztinfra"))
+
+
+@contextlib.contextmanager
+def serving(config):
+    """`ztinfra serve --config CONFIG` on a port of the system's choosing: yields its base URL,
+    and stops it (SIGTERM) after."""
+    server = subprocess.Popen(
+        [ZTINFRA, "serve", "--config", config, "--listen", "127.0.0.1:0", "--no-watch"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        line = server.stdout.readline()
+        assert line.startswith("ztinfra listening on "), line
+        yield line.removeprefix("ztinfra listening on ").strip()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def call(method: str, url: str, token: str | None = None, body: dict | None = None) -> tuple[int, dict]:
