@@ -453,6 +453,7 @@ impl Behaviour {
         track.last_ms = now_ms;
         track.dirty = true;
         let own = &mut track.own;
+        own.first_hour = own.first_hour.min(hour);
         own.prune(settings, now_ms);
         match own.hours.back_mut() {
             Some((h, count)) if *h == hour => *count = count.saturating_add(1),
@@ -553,7 +554,17 @@ impl Behaviour {
             {
                 evict_oldest(&mut tracked.agents, |t| t.last_ms);
             }
-            let track = tracked.agents.entry(snapshot.agent).or_default();
+            // An agent known here only from others' snapshots has no history of its own yet.
+            let track = tracked
+                .agents
+                .entry(snapshot.agent)
+                .or_insert_with(|| AgentTrack {
+                    own: Shared {
+                        first_hour: i64::MAX,
+                        ..Shared::default()
+                    },
+                    ..AgentTrack::default()
+                });
             track.last_ms = track.last_ms.max(snapshot.updated_ms);
             if snapshot.replica == self.replica {
                 if track.own.hours.is_empty() && track.own.buckets.is_empty() {
@@ -1188,6 +1199,24 @@ mod tests {
         assert_eq!(s.baseline_per_hour, 120);
         assert_eq!(s.rate_last_minute, 60);
         assert_eq!(s.rate_percent, 3000);
+        drop(tracked);
+        // Another replica that never saw the agent computes the same from the snapshot.
+        let other = Behaviour::new(settings(), "r1".into());
+        other.take(b.changed(now), now);
+        let from_snapshot = {
+            let tracked = other.lock();
+            other.signals(&tracked, "bot", ("a.b", "Resource", 0), None, now)
+        };
+        // (Recent resources are per node.)
+        assert_eq!(from_snapshot.distinct_resources_recent, 0);
+        assert_eq!(
+            Signals {
+                distinct_resources_recent: s.distinct_resources_recent,
+                ..from_snapshot
+            },
+            s
+        );
+        let tracked = b.lock();
         // An agent never seen is measured against the floor.
         let fresh = b.signals(
             &tracked,
