@@ -1284,7 +1284,9 @@ mod tests {
         let s = other.signals(
             &tracked,
             "agent-9",
-            ("act.n299", "t299", 0),
+            // The last one allowed (when the map is full, one of those last allowed longest
+            // ago makes room, in no particular order within an hour).
+            ("act.n305", "t305", 0),
             None,
             t0 + 1000,
         );
