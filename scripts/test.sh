@@ -31,6 +31,14 @@ npm ci --prefix crates/ztinfra/tests/python/oidc --no-audit --no-fund --loglevel
 ZTINFRA_BIN="$PWD/target/debug/ztinfra" target/mcp-venv/bin/python -m pytest -q -p no:cacheprovider \
   crates/zt-mcp/tests crates/ztinfra/tests/python
 
+# The Python SDK (sdk/python), installed as a user would, and its framework adapters against the
+# real frameworks at the versions pinned in sdk/python/tests/requirements.txt, each with the
+# framework's own scripted model (no network, no API key), and the examples they come with.
+target/mcp-venv/bin/python -m pip install --quiet --disable-pip-version-check \
+  -r sdk/python/tests/requirements.txt ./sdk/python
+ZTINFRA_BIN="$PWD/target/debug/ztinfra" target/mcp-venv/bin/python -m pytest -q -p no:cacheprovider \
+  sdk/python/tests
+
 # A smoke run of the side-by-side benchmark (bench/compare.sh): seconds, not minutes. Each
 # system must give every workload's expected decisions and answer load without errors. Peers
 # already installed in the benchmark cache take part; the full run installs them.
