@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -68,6 +69,29 @@ class Service:
         return response.json()["record"]
 
 
+def walk_through(service: Service, example: str, reason: str) -> tuple[list[str], str, str]:
+    """Runs `examples/<example>/agent.py` as its README walkthrough does: when it says it waits
+    for an approval, the approver approves it with the CLI. The lines before that one, that
+    line, and the rest of the output."""
+    env = {**os.environ, "ZT_URL": service.base, "ZT_BROKER_TOKEN": service.broker}
+    agent = subprocess.Popen([sys.executable, str(ROOT / "examples" / example / "agent.py")], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    before = []
+    for line in agent.stdout:
+        if line.startswith("waiting: "):
+            break
+        before.append(line)
+    else:
+        raise AssertionError(f"the example never waited for an approval: {before} {agent.stderr.read()}")
+    approval = line.split("needs approval ")[1].split()[0]
+    subprocess.run([ZTINFRA, "approvals", "approve", approval, "--reason", reason,
+                    "--token-file", str(service.token_file("alice"))],
+                   check=True, capture_output=True, env={**os.environ, "ZTINFRA_SERVER": service.base})
+    out, err = agent.communicate(timeout=60)
+    assert agent.returncode == 0, err
+    return before, line, out
+
+
 def closed_port_url() -> str:
     """A loopback URL nobody listens on."""
     with socket.socket() as s:
@@ -106,4 +130,12 @@ def langgraph_service(tmp_path):
 def agents_service(tmp_path):
     with serve(tmp_path, "openai-agents") as service:
         service.register("support-bot")
+        yield service
+
+
+@pytest.fixture
+def a2a_service(tmp_path):
+    with serve(tmp_path, "a2a") as service:
+        service.register("orchestrator")
+        service.register("intruder")
         yield service

@@ -209,7 +209,7 @@ def test_the_unavailable_decision_is_a_deny():
     assert decision.decision == "deny" and not decision.allowed and decision.decision_id is None
 
 
-@pytest.mark.parametrize("example", ["langgraph", "openai-agents"])
+@pytest.mark.parametrize("example", ["langgraph", "openai-agents", "a2a"])
 def test_the_examples_policies_pass_their_own_tests(example):
     checked = subprocess.run([ZTINFRA, "policy", "check", str(ROOT / "examples" / example)],
                              capture_output=True, text=True)

@@ -3,11 +3,8 @@ model: every tool call of a `ToolNode` is decided by a real `ztinfra serve` on t
 examples/langgraph policies before it runs."""
 
 import asyncio
-import os
-import subprocess
-import sys
 
-from conftest import ROOT, ZTINFRA, closed_port_url
+from conftest import closed_port_url, walk_through
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
@@ -170,17 +167,8 @@ def test_without_a_decision_no_tool_runs():
 
 
 def test_the_example_runs_as_the_readme_says(langgraph_service):
-    env = {**os.environ, "ZT_URL": langgraph_service.base, "ZT_BROKER_TOKEN": langgraph_service.broker}
-    agent = subprocess.Popen([sys.executable, str(ROOT / "examples/langgraph/agent.py")], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    waiting = agent.stdout.readline()
-    assert waiting.startswith("waiting: billing.refund_invoice on inv-7 needs approval "), (waiting, agent.stderr.read())
-    # An approver answers with the CLI, as the walkthrough does.
-    subprocess.run([ZTINFRA, "approvals", "approve", waiting.split()[6], "--reason", "refund agreed",
-                    "--token-file", str(langgraph_service.token_file("alice"))],
-                   check=True, capture_output=True, env={**os.environ, "ZTINFRA_SERVER": langgraph_service.base})
-    out, err = agent.communicate(timeout=60)
-    assert agent.returncode == 0, err
+    before, waiting, out = walk_through(langgraph_service, "langgraph", "refund agreed")
+    assert before == [] and waiting.startswith("waiting: billing.refund_invoice on inv-7 needs approval ")
     assert "tool refund_invoice: success: refunded 120.00 EUR on inv-7" in out
     assert "tool delete_invoice: error: `delete_invoice` was not run: denied by policy" in out
     assert out.rstrip().endswith("ran: read_invoice(inv-7), refund_invoice(inv-7, 120.0)")

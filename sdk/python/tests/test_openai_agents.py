@@ -5,13 +5,10 @@ approval requests are answered by policy."""
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 
 from agents import Agent, HostedMCPTool, Runner, function_tool, set_tracing_disabled
 from agents.testing import ScriptedModel, assistant_message, function_call
-from conftest import ROOT, ZTINFRA, closed_port_url
+from conftest import closed_port_url, walk_through
 from openai.types.responses.response_output_item import McpApprovalRequest
 
 from ztinfra import AsyncClient, Client, ToolGuard
@@ -155,16 +152,8 @@ def test_without_a_decision_no_tool_runs(agents_service):
 
 
 def test_the_example_runs_as_the_readme_says(agents_service):
-    env = {**os.environ, "ZT_URL": agents_service.base, "ZT_BROKER_TOKEN": agents_service.broker}
-    agent = subprocess.Popen([sys.executable, str(ROOT / "examples/openai-agents/agent.py")], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    waiting = agent.stdout.readline()
-    assert waiting.startswith("waiting: issue_credit needs approval "), (waiting, agent.stderr.read())
-    subprocess.run([ZTINFRA, "approvals", "approve", waiting.split()[4], "--reason", "goodwill credit",
-                    "--token-file", str(agents_service.token_file("alice"))],
-                   check=True, capture_output=True, env={**os.environ, "ZTINFRA_SERVER": agents_service.base})
-    out, err = agent.communicate(timeout=60)
-    assert agent.returncode == 0, err
+    before, waiting, out = walk_through(agents_service, "openai-agents", "goodwill credit")
+    assert before == [] and waiting.startswith("waiting: issue_credit needs approval ")
     assert "tool output: credit note of 50 EUR issued to c-42" in out
     assert "tool output: `export_customers` was not run: denied by policy" in out
     assert out.rstrip().endswith("ran: lookup_customer(c-42), issue_credit(c-42, 50)")
