@@ -2,6 +2,8 @@
 goes wrong, nothing reads as allowed."""
 
 import asyncio
+import base64
+import dataclasses
 import http.server
 import json
 import socket
@@ -12,6 +14,7 @@ import pytest
 from conftest import ROOT, ZTINFRA, closed_port_url
 
 from ztinfra import AsyncClient, Client, Decision, ProblemError, ToolGuard, UnavailableError, arguments_digest
+from ztinfra.evidence import VerificationError, verify_receipt
 
 
 def agent(service, **lineage):
@@ -214,3 +217,28 @@ def test_the_examples_policies_pass_their_own_tests(example):
     checked = subprocess.run([ZTINFRA, "policy", "check", str(ROOT / "examples" / example)],
                              capture_output=True, text=True)
     assert checked.returncode == 0 and "0 failed" in checked.stdout, checked.stdout + checked.stderr
+
+
+def test_a_receipt_verifies_against_the_log_keys_and_a_forged_one_does_not(langgraph_service):
+    _, client = agent(langgraph_service)
+    decision = client.decide("billing.read_invoice", "inv-7")
+    auditor = Client(langgraph_service.base, langgraph_service.auditor)
+    keys = subprocess.run([ZTINFRA, "keys", "export", "--data-dir", str(langgraph_service.data)],
+                          check=True, capture_output=True, text=True).stdout
+    verified = verify_receipt(auditor, decision, keys)
+    assert (verified.log, verified.seq) == (decision.evidence.log, decision.evidence.seq)
+    assert verified.tree_size > decision.evidence.seq and verified.key_id
+    assert verify_receipt(auditor, decision).seq == decision.evidence.seq  # the served keys
+
+    forged = dataclasses.replace(decision, evidence=dataclasses.replace(decision.evidence, hash="00" * 32))
+    with pytest.raises(VerificationError, match="does not match the receipt's hash"):
+        verify_receipt(auditor, forged, keys)
+    other = dataclasses.replace(decision, decision_id="01a23dc3-cfa5-742c-990d-e1dbc41d843a")
+    with pytest.raises(VerificationError, match="another decision"):
+        verify_receipt(auditor, other, keys)
+    # Keys that did not sign the checkpoint.
+    ring = json.loads(keys)
+    ring = ring[0] if isinstance(ring, list) else ring
+    foreign = {**ring, "keys": [{"key_id": "0" * 16, "public_key": base64.b64encode(bytes(32)).decode()}]}
+    with pytest.raises(VerificationError, match="not signed by any of the given keys"):
+        verify_receipt(auditor, decision, foreign)

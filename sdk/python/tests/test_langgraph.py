@@ -172,3 +172,16 @@ def test_the_example_runs_as_the_readme_says(langgraph_service):
     assert "tool refund_invoice: success: refunded 120.00 EUR on inv-7" in out
     assert "tool delete_invoice: error: `delete_invoice` was not run: denied by policy" in out
     assert out.rstrip().endswith("ran: read_invoice(inv-7), refund_invoice(inv-7, 120.0)")
+
+
+def test_a_graph_run_the_way_its_guard_cannot_decide_runs_no_tool(langgraph_service):
+    ran.clear()
+    token = session_token(langgraph_service)
+    async_only = ToolGuard(aclient=AsyncClient(langgraph_service.base, token), namespace="billing", resource="invoice_id")
+    result = graph(async_only, calls(("read_invoice", {"invoice_id": "inv-7"}))).invoke(START_MESSAGE, CONFIG)
+    assert ran == [] and "async client only" in tool_messages(result)["read_invoice"].content
+    # A sync guard in an async run decides (in a thread) and runs what is allowed.
+    sync_only = ToolGuard(Client(langgraph_service.base, token), namespace="billing", resource="invoice_id")
+    app = graph(sync_only, calls(("read_invoice", {"invoice_id": "inv-7"}), ("delete_invoice", {"invoice_id": "inv-7"})))
+    result = asyncio.run(app.ainvoke(START_MESSAGE, CONFIG))
+    assert ran == [("read_invoice", "inv-7")] and tool_messages(result)["delete_invoice"].status == "error"

@@ -22,6 +22,7 @@ approval interrupts in turn.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,10 @@ class ToolCallGuard:
     def __call__(self, request: ToolCallRequest, execute):
         call = request.tool_call
         name, args = call["name"], call.get("args") or {}
+        if self.guard.client is None:
+            # Never run unguarded: a sync run of a graph whose guard can only decide in async code.
+            cause = "the guard has an async client only: run the graph with ainvoke or astream"
+            return _message(call, f"`{name}` was not run: {cause}", Decision.unavailable(cause))
         decision = self.guard.check(name, args, present_approved=False)
         if decision.decision == "approval_required" and decision.approval is not None:
             answer = interrupt(review_request(name, args, decision, self.guard))
@@ -57,26 +62,31 @@ class ToolCallGuard:
     async def awrap(self, request: ToolCallRequest, execute):
         call = request.tool_call
         name, args = call["name"], call.get("args") or {}
-        decision = await self.guard.acheck(name, args, present_approved=False)
+        decision = await self._acheck(name, args, present_approved=False)
         if decision.decision == "approval_required" and decision.approval is not None:
             answer = interrupt(review_request(name, args, decision, self.guard))
             rejected = rejection(answer)
             if rejected is not None:
                 return _message(call, f"`{name}` was not run: the reviewer rejected it: {rejected}", decision)
-            decision = await self.guard.acheck(name, args, approval=decision.approval_id)
+            decision = await self._acheck(name, args, approval=decision.approval_id)
         if decision.allowed:
             return await execute(request)
         return _message(call, refusal(decision, name), decision)
 
 
+    async def _acheck(self, name: str, args: dict[str, Any], **options: Any) -> Decision:
+        if self.guard.aclient is not None:
+            return await self.guard.acheck(name, args, **options)
+        return await asyncio.to_thread(self.guard.check, name, args, **options)
+
+
 def guarded_tool_node(tools: Sequence[Any], guard: ToolGuard, **kwargs: Any) -> ToolNode:
-    """A `ToolNode` whose every call is decided first (sync or async, as the guard's client is)."""
+    """A `ToolNode` whose every call is decided first, whether the graph runs sync or async (a
+    ToolNode without a wrapper for the way it runs would run tools unguarded)."""
+    if "wrap_tool_call" in kwargs or "awrap_tool_call" in kwargs:
+        raise ValueError("guarded_tool_node sets wrap_tool_call and awrap_tool_call itself")
     wrapper = ToolCallGuard(guard)
-    if guard.client is not None:
-        kwargs.setdefault("wrap_tool_call", wrapper)
-    if guard.aclient is not None:
-        kwargs.setdefault("awrap_tool_call", wrapper.awrap)
-    return ToolNode(tools, **kwargs)
+    return ToolNode(tools, wrap_tool_call=wrapper, awrap_tool_call=wrapper.awrap, **kwargs)
 
 
 def review_request(tool: str, args: dict[str, Any], decision: Decision, guard: ToolGuard) -> dict[str, Any]:
