@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -50,8 +51,10 @@ from ._model import ApprovalTicket, Decision, ZtInfraError
 from .guard import ToolGuard, arguments_digest, refusal
 
 # Decisions made by `needs_approval` and not yet taken by the guardrail (a run that stops
-# between the two leaves them): the oldest are dropped beyond this many.
+# between the two leaves them): the oldest are dropped beyond this many, and a decision older
+# than DECIDED_FOR_SECS is not applied (the call is decided again).
 PENDING_LIMIT = 1024
+DECIDED_FOR_SECS = 60.0
 
 
 class AgentsGuard:
@@ -59,8 +62,8 @@ class AgentsGuard:
         if guard.aclient is None:
             raise ValueError("the Agents SDK runs tools in async code: give the ToolGuard an AsyncClient")
         self.guard = guard
-        # call id -> (arguments digest, the decision needs_approval made for it)
-        self._decided: OrderedDict[str, tuple[str, Decision]] = OrderedDict()
+        # call id -> (arguments digest, when, the decision needs_approval made for it)
+        self._decided: OrderedDict[str, tuple[str, float, Decision]] = OrderedDict()
         # call id -> the approval the call waits for
         self._asked: OrderedDict[str, ApprovalTicket] = OrderedDict()
         self.input_guardrail = tool_input_guardrail(name="ztinfra")(self._guardrail)
@@ -82,7 +85,7 @@ class AgentsGuard:
             if decision.decision == "approval_required" and decision.approval is not None:
                 _remember(self._asked, call_id, decision.approval)
                 return True
-            _remember(self._decided, call_id, (arguments_digest(params), decision))
+            _remember(self._decided, call_id, (arguments_digest(params), time.monotonic(), decision))
             return False
 
         return needs_approval
@@ -94,8 +97,9 @@ class AgentsGuard:
             return ToolGuardrailFunctionOutput.reject_content(f"`{ctx.tool_name}` was not run: {args}")
         decided = self._decided.pop(ctx.tool_call_id, None)
         ticket = self._asked.pop(ctx.tool_call_id, None)
-        if decided is not None and decided[0] == arguments_digest(args):
-            decision = decided[1]
+        if (decided is not None and decided[0] == arguments_digest(args)
+                and time.monotonic() - decided[1] < DECIDED_FOR_SECS):
+            decision = decided[2]
         elif ticket is not None:
             decision = await self.guard.acheck(ctx.tool_name, args, approval=ticket.id)
         else:
