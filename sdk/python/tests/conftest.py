@@ -52,8 +52,7 @@ class Service:
         response = httpx.get(f"{self.base}/v1/approvals", params={"status": "pending"},
                              headers={"authorization": f"Bearer {self.approver}"})
         assert response.status_code == 200, response.text
-        body = response.json()
-        return body["approvals"] if isinstance(body, dict) else body
+        return response.json()["approvals"]
 
     def decided(self) -> list[str]:
         """The actions of the decisions on record, oldest first."""

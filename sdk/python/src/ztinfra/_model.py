@@ -104,6 +104,11 @@ class Decision:
         return self.decision == "allow" and self.evidence is not None
 
     @property
+    def waiting(self) -> ApprovalTicket | None:
+        """With `approval_required`: the approval the request waits for."""
+        return self.approval if self.decision == "approval_required" else None
+
+    @property
     def approval_id(self) -> str | None:
         return self.approval.id if self.approval else None
 

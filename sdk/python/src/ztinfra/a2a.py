@@ -70,7 +70,7 @@ class GuardedAgentExecutor(AgentExecutor):
             guard = ToolGuard(aclient=client, namespace=self.namespace, resource=lambda *_: f"agent/{self.agent}")
             skill, args = _call(message)
             decision = await guard.acheck(skill, args, present_approved=False)
-            if decision.decision == "approval_required" and decision.approval is not None:
+            if decision.waiting is not None:
                 decision = await self._wait_for_approval(context, updater, guard, client, skill, args, decision)
             if decision.allowed:
                 await self.inner.execute(context, event_queue)

@@ -95,13 +95,12 @@ class ToolGuard:
 
 
 def _approved(decision: Decision) -> bool:
-    return (decision.decision == "approval_required" and decision.approval is not None
-            and decision.approval.status == "approved")
+    return decision.waiting is not None and decision.waiting.status == "approved"
 
 
 def refusal(decision: Decision, tool: str) -> str:
     """What a model reads when a call did not run: the outcome, its reasons and where to look."""
-    if decision.decision == "approval_required" and decision.approval is not None:
+    if decision.waiting is not None:
         ticket = decision.approval
         return (f"`{tool}` was not run: it needs the approval of {ticket.needed} of group "
                 f"`{ticket.group}` (approval {ticket.id}, {ticket.status}). {decision.message}")

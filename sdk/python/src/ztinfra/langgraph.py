@@ -49,7 +49,7 @@ class ToolCallGuard:
             cause = "the guard has an async client only: run the graph with ainvoke or astream"
             return _message(call, f"`{name}` was not run: {cause}", Decision.unavailable(cause))
         decision = self.guard.check(name, args, present_approved=False)
-        if decision.decision == "approval_required" and decision.approval is not None:
+        if decision.waiting is not None:
             answer = interrupt(review_request(name, args, decision, self.guard))
             rejected = rejection(answer)
             if rejected is not None:
@@ -63,7 +63,7 @@ class ToolCallGuard:
         call = request.tool_call
         name, args = call["name"], call.get("args") or {}
         decision = await self._acheck(name, args, present_approved=False)
-        if decision.decision == "approval_required" and decision.approval is not None:
+        if decision.waiting is not None:
             answer = interrupt(review_request(name, args, decision, self.guard))
             rejected = rejection(answer)
             if rejected is not None:
@@ -72,7 +72,6 @@ class ToolCallGuard:
         if decision.allowed:
             return await execute(request)
         return _message(call, refusal(decision, name), decision)
-
 
     async def _acheck(self, name: str, args: dict[str, Any], **options: Any) -> Decision:
         if self.guard.aclient is not None:

@@ -82,7 +82,7 @@ class AgentsGuard:
     def _needs_approval_for(self, name: str):
         async def needs_approval(_ctx: RunContextWrapper[Any], params: dict[str, Any], call_id: str) -> bool:
             decision = await self.guard.acheck(name, params, present_approved=False)
-            if decision.decision == "approval_required" and decision.approval is not None:
+            if decision.waiting is not None:
                 _remember(self._asked, call_id, decision.approval)
                 return True
             _remember(self._decided, call_id, (arguments_digest(params), time.monotonic(), decision))
