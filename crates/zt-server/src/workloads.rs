@@ -496,6 +496,15 @@ impl Workloads {
         .map(Arc::new)
     }
 
+    /// The X.509-SVID of a certificate (a leaf its trust domain's CA issued), verified against
+    /// the trust bundles now.
+    pub fn verify_certificate(
+        &self,
+        leaf: &CertificateDer<'_>,
+    ) -> Result<X509Svid, zt_identity::svid::SvidError> {
+        zt_identity::svid::verify_x509_svid(&self.bundles.load(), leaf, &[], crate::now_ms() / 1000)
+    }
+
     /// This service's bundle in the SPIFFE format: its CA certificates (`x509-svid`) and the
     /// keys of its session tokens (`jwt-svid`).
     pub fn own_bundle(&self, token_keys: &serde_json::Value) -> serde_json::Value {

@@ -31,7 +31,7 @@ const DEMO_FILES: &[(&str, &str)] = &[
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"            # relative paths: from the config file's directory\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  no_watch = false                # or: watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n  header_timeout_secs = 10\n  body_timeout_secs = 10\n  max_connections = 1024\n  max_pending_body_bytes = 67108864\n  allowed_hosts = [\"pdp.internal\"]\n  allowed_origins = [\"https://console.example.com\"]\n  callers = \"authenticated\"        # or \"open\" (the default with demo = true)\n  allow_open_callers_on_network = false\n  admin_listen = \"127.0.0.1:8182\"   # policy reload, entity edits, agents, revocation: only here\n  join = \"replica-b\"              # a replica joining a shared store: its name\n  policies_from_store = false     # true: the set pushed with `ztinfra policy push`\n  trust_domain = \"ztinfra.local\"\n  session_ttl_secs = 900\n  max_session_ttl_secs = 3600\n  tls_cert = \"server.crt\"          # TLS 1.3 on every listener; clients may present X.509-SVIDs\n  tls_key = \"server.key\"\n  tls_client_auth = \"optional\"     # or \"required\"\n\n  [workloads]                     # SPIFFE workload identity (README, \"Workload identity\")\n  audience = \"ztinfra\"            # what a JWT-SVID's aud must contain\n  [[workloads.trust_domains]]\n  name = \"example.org\"\n  bundle = \"example.org.bundle.json\"   # SPIFFE bundle (JSON) or PEM CA certificates; re-read on change\n  [[workloads.agents]]\n  spiffe_id = \"spiffe://example.org/agents/*\"   # exact, or a prefix ending /*\n  agent = \"triage-bot\"\n  may_claim = [\"model\", \"workflow\"]\n  [[workloads.callers]]\n  spiffe_id = \"spiffe://example.org/gateway\"\n  name = \"gateway\"\n  role = \"pep\"                   # pep, admin, auditor or broker\n\n  [delegation]                    # token exchange (README, \"Least agency\")\n  max_depth = 4                   # most delegations from the origin\n  default_ttl_secs = 900\n  [[delegation.issuers]]          # a person's tokens from this OpenID issuer may be delegated\n  issuer = \"https://idp.example.com\"\n  jwks_uri = \"https://idp.example.com/jwks\"   # or jwks_file = \"idp.jwks.json\" (re-read on change)\n  audiences = [\"ztinfra-console\"]  # its tokens' aud must hold one\n\n  [approvals.groups.sre-oncall]   # approvers for policies marked @approval(\"sre-oncall\") (README, \"Human approval\")\n  members = [\"alice\", \"bob\"]     # names of approver credentials\n  webhook = \"https://chat.example.com/hooks/sre\"   # each new approval is posted here, signed\n  webhook_secret_file = \"sre-webhook.secret\"      # HMAC-SHA256 key, at least 32 bytes\n\n  [behaviour]                     # context.behaviour and quarantine (README, \"Behaviour and quarantine\")\n  enabled = true\n  window_hours = 168              # the baseline: average decisions per hour over this window\n  recent_secs = 300               # denies_recent, distinct_resources_recent\n  share_secs = 10                 # replicas write and read each other's counts this often\n  min_baseline_per_hour = 60      # rate_percent divides by at least this\n  max_agents = 10000\n  max_sessions = 100000\n  metrics_agents = [\"triage-bot\"] # per-agent Prometheus counters for these agents only\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
+    after_help = "Settings come from flags, then ZTINFRA_* environment variables, then the config file (--config), then defaults.\n\nConfig file (TOML), every key optional:\n  listen = \"127.0.0.1:8181\"\n  data_dir = \".ztinfra\"            # relative paths: from the config file's directory\n  policies = \"policies\"\n  store = \"postgres://user@host/db\"\n  demo = false\n  no_watch = false                # or: watch = true\n  log_format = \"json\"\n  max_body_bytes = 1048576\n  max_batch = 100\n  max_context_depth = 32\n  max_id_bytes = 1024\n  public_url = \"https://pdp.example.com\"\n  header_timeout_secs = 10\n  body_timeout_secs = 10\n  max_connections = 1024\n  max_pending_body_bytes = 67108864\n  allowed_hosts = [\"pdp.internal\"]\n  allowed_origins = [\"https://console.example.com\"]\n  callers = \"authenticated\"        # or \"open\" (the default with demo = true)\n  allow_open_callers_on_network = false\n  admin_listen = \"127.0.0.1:8182\"   # policy reload, entity edits, agents, revocation: only here\n  join = \"replica-b\"              # a replica joining a shared store: its name\n  policies_from_store = false     # true: the set pushed with `ztinfra policy push`\n  trust_domain = \"ztinfra.local\"\n  session_ttl_secs = 900\n  max_session_ttl_secs = 3600\n  tls_cert = \"server.crt\"          # TLS 1.3 on every listener; clients may present X.509-SVIDs\n  tls_key = \"server.key\"\n  tls_client_auth = \"optional\"     # or \"required\"\n\n  [workloads]                     # SPIFFE workload identity (README, \"Workload identity\")\n  audience = \"ztinfra\"            # what a JWT-SVID's aud must contain\n  [[workloads.trust_domains]]\n  name = \"example.org\"\n  bundle = \"example.org.bundle.json\"   # SPIFFE bundle (JSON) or PEM CA certificates; re-read on change\n  [[workloads.agents]]\n  spiffe_id = \"spiffe://example.org/agents/*\"   # exact, or a prefix ending /*\n  agent = \"triage-bot\"\n  may_claim = [\"model\", \"workflow\"]\n  [[workloads.callers]]\n  spiffe_id = \"spiffe://example.org/gateway\"\n  name = \"gateway\"\n  role = \"pep\"                   # pep, admin, auditor or broker\n\n  [delegation]                    # token exchange (README, \"Least agency\")\n  max_depth = 4                   # most delegations from the origin\n  default_ttl_secs = 900\n  [[delegation.issuers]]          # a person's tokens from this OpenID issuer may be delegated\n  issuer = \"https://idp.example.com\"\n  jwks_uri = \"https://idp.example.com/jwks\"   # or jwks_file = \"idp.jwks.json\" (re-read on change)\n  audiences = [\"ztinfra-console\"]  # its tokens' aud must hold one\n\n  [approvals.groups.sre-oncall]   # approvers for policies marked @approval(\"sre-oncall\") (README, \"Human approval\")\n  members = [\"alice\", \"bob\"]     # names of approver credentials\n  webhook = \"https://chat.example.com/hooks/sre\"   # each new approval is posted here, signed\n  webhook_secret_file = \"sre-webhook.secret\"      # HMAC-SHA256 key, at least 32 bytes\n\n  [behaviour]                     # context.behaviour and quarantine (README, \"Behaviour and quarantine\")\n  enabled = true\n  window_hours = 168              # the baseline: average decisions per hour over this window\n  recent_secs = 300               # denies_recent, distinct_resources_recent\n  share_secs = 10                 # replicas write and read each other's counts this often\n  min_baseline_per_hour = 60      # rate_percent divides by at least this\n  max_agents = 10000\n  max_sessions = 100000\n  metrics_agents = [\"triage-bot\"] # per-agent Prometheus counters for these agents only\n\n  [ext_authz]                     # Envoy's ext_authz gRPC service (README, \"Behind Envoy\")\n  listen = \"127.0.0.1:9191\"      # or --ext-authz-listen\n  service = \"invoices\"           # default actions: http.<service>.<method>\n  token_header = \"zt-agent-token\" # the agent session token (bare or Bearer); removed before the upstream\n  forward_token = false\n  declared_actor_header = \"zt-actor\"   # read only on routes with trust_declared_actor\n  context_headers = [\"x-ticket\"]  # into context.http.headers\n  decision_header = \"zt-decision-id\"   # an allow's decision id, to the upstream and back (\"\": none)\n  verify_peer_certificate = true  # check the client certificate Envoy passes on (include_peer_certificate)\n  [[ext_authz.routes]]            # the first that takes a request names its action and resource\n  path = \"/v1/invoices/{id}\"      # {name}: one segment; a last {name...}: the rest\n  methods = [\"GET\", \"DELETE\"]    # default: any\n  action = \"http.invoices.{method}\"    # default: http.<service>.{method}\n  resource = \"invoice/{id}\"\n  trust_declared_actor = false\n\nLog level: ZTINFRA_LOG (for example `info`, `debug`, `zt_server=debug`)."
 )]
 pub struct ServeArgs {
     /// Address to listen on, IP:PORT; a bare PORT or localhost:PORT means 127.0.0.1:PORT
@@ -151,6 +151,11 @@ pub struct ServeArgs {
     /// still use bearer credentials) or `required` [default: optional].
     #[arg(long, env = "ZTINFRA_TLS_CLIENT_AUTH", value_enum)]
     tls_client_auth: Option<ClientAuth>,
+    /// Serve Envoy's ext_authz gRPC service (`envoy.service.auth.v3.Authorization`) on this
+    /// address, IP:PORT (or a bare PORT for loopback), with the routes of `[ext_authz]` in the
+    /// config file [default: not served].
+    #[arg(long, env = "ZTINFRA_EXT_AUTHZ_LISTEN")]
+    ext_authz_listen: Option<String>,
     /// A TOML config file; relative paths in it are read from its own directory.
     #[arg(long, env = "ZTINFRA_CONFIG")]
     config: Option<PathBuf>,
@@ -228,6 +233,7 @@ struct FileConfig {
     delegation: Option<zt_server::delegation::DelegationSettings>,
     approvals: Option<zt_server::approvals::ApprovalSettings>,
     behaviour: Option<zt_server::behaviour::BehaviourSettings>,
+    ext_authz: Option<zt_extauthz::Settings>,
 }
 
 /// Resolved settings.
@@ -235,6 +241,8 @@ struct FileConfig {
 pub struct Settings {
     pub server: zt_server::Config,
     pub log_format: LogFormat,
+    /// The ext_authz listener's address and routes, when it is served.
+    pub ext_authz: Option<(SocketAddr, zt_extauthz::Config)>,
 }
 
 impl Settings {
@@ -473,6 +481,38 @@ impl Settings {
         behaviour
             .check()
             .map_err(|e| anyhow::anyhow!("invalid `[behaviour]` settings: {e}"))?;
+        let ext_authz = match (
+            args.ext_authz_listen
+                .or(file.ext_authz.as_ref().and_then(|e| e.listen.clone())),
+            file.ext_authz,
+        ) {
+            (None, None) => None,
+            (None, Some(_)) => bail!(
+                "`[ext_authz]` is configured, but no address to serve it on: set its `listen`, or `--ext-authz-listen`"
+            ),
+            (Some(_), None) => bail!(
+                "`--ext-authz-listen` needs `[ext_authz]` in the config file (`--config`), with the routes that name each request's action and resource"
+            ),
+            (Some(addr), Some(settings)) => {
+                let addr = parse_listen(&addr)?;
+                if (addr == listen || admin_listen == Some(addr)) && addr.port() != 0 {
+                    bail!(
+                        "the ext_authz address ({addr}) must be another than the service's other listeners"
+                    );
+                }
+                if callers == zt_server::auth::CallerMode::Open
+                    && !addr.ip().is_loopback()
+                    && !open_on_network
+                {
+                    bail!(
+                        "refusing to serve ext_authz on {addr} with open callers: anyone who reaches it could have requests decided as any agent. Use `--callers authenticated` (Envoy then sends a `pep` credential in its gRPC metadata: `initial_metadata`), listen on loopback, or accept the risk with `--allow-open-callers-on-network`"
+                    );
+                }
+                let config = zt_extauthz::Config::new(&settings)
+                    .map_err(|e| anyhow::anyhow!("invalid `[ext_authz]` settings: {e}"))?;
+                Some((addr, config))
+            }
+        };
         let workload_file = file.workloads.unwrap_or_default();
         let workloads = zt_server::workloads::WorkloadSettings {
             audience: workload_file.audience,
@@ -537,6 +577,7 @@ impl Settings {
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
+            ext_authz,
         })
     }
 }

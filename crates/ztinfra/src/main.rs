@@ -142,6 +142,10 @@ fn run_serve(settings: config::Settings) -> anyhow::Result<()> {
             .admin_listen
             .map(zt_server::reserve)
             .transpose()?;
+        let ext_authz = match settings.ext_authz {
+            Some((addr, config)) => Some((zt_server::reserve(addr)?, config)),
+            None => None,
+        };
         // The addresses bound (the ports chosen, for port 0) name the service: its `Host`
         // checks and its tokens' issuer.
         let mut server = settings.server;
@@ -167,12 +171,39 @@ fn run_serve(settings: config::Settings) -> anyhow::Result<()> {
         if let Some((admin_addr, _)) = &admin_listener {
             println!("ztinfra admin listening on {scheme}://{admin_addr}");
         }
-        app.serve(
-            listener,
-            admin_listener.map(|(_, l)| l),
-            zt_server::shutdown_signal(),
-        )
-        .await;
+        // The ext_authz listener stops first, on the one shutdown signal: its checks in flight
+        // are answered before the service stops taking decisions and closes the store.
+        let (stop_ext_authz, stopping) = tokio::sync::watch::channel(false);
+        let ext_authz = match ext_authz {
+            Some((reserved, config)) => {
+                let ext_addr = reserved.addr;
+                let listener = reserved.listen()?;
+                tracing::info!(addr = %ext_addr, "ext_authz listening");
+                println!("ztinfra ext_authz listening on grpc://{ext_addr}");
+                let service = zt_extauthz::ExtAuthz::new(config, app.decisions());
+                let mut stopping = stopping.clone();
+                Some(tokio::spawn(async move {
+                    let stopped = service.serve(listener, async move {
+                        let _ = stopping.wait_for(|s| *s).await;
+                    });
+                    // Envoy, finding nothing listening, denies (its `failure_mode_allow` off).
+                    if let Err(e) = stopped.await {
+                        tracing::error!(error = %zt_server::error_chain(&e), "ext_authz stopped: Envoy's checks fail, and it denies");
+                    }
+                }))
+            }
+            None => None,
+        };
+        drop(stopping);
+        let shutdown = async move {
+            zt_server::shutdown_signal().await;
+            let _ = stop_ext_authz.send(true);
+            if let Some(ext_authz) = ext_authz {
+                let _ = ext_authz.await;
+            }
+        };
+        app.serve(listener, admin_listener.map(|(_, l)| l), shutdown)
+            .await;
         tracing::info!("stopped");
         Ok(())
     })
