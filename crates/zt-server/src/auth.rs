@@ -295,7 +295,7 @@ impl Callers {
     }
 
     /// As [`authorize`](Self::authorize), but `None` without asking when callers are open.
-    async fn unless_open(
+    pub(crate) async fn unless_open(
         &self,
         headers: &HeaderMap,
         peer: Option<&Peer>,

@@ -634,9 +634,6 @@ impl Decisions {
         &self,
         authorization: Option<&[u8]>,
     ) -> Result<Option<zt_identity::Caller>, Problem> {
-        if self.0.callers.mode() == auth::CallerMode::Open {
-            return Ok(None);
-        }
         let mut headers = axum::http::HeaderMap::new();
         if let Some(value) = authorization {
             let value = axum::http::HeaderValue::from_bytes(value).map_err(|_| {
@@ -648,9 +645,8 @@ impl Decisions {
         }
         self.0
             .callers
-            .authorize(&headers, None, zt_identity::Permission::Decide)
+            .unless_open(&headers, None, zt_identity::Permission::Decide)
             .await
-            .map(Some)
     }
 
     /// The X.509-SVID of a client certificate (PEM, the leaf issued by a trust domain's CA)
@@ -664,14 +660,9 @@ impl Decisions {
             .map_err(|e| format!("the client certificate is not PEM: {e}"))?;
         self.0
             .workloads
-            .verify_certificate(&cert)
+            .verify_certificate(&cert, &[])
             .map(Arc::new)
             .map_err(|e| format!("the client certificate does not verify: {e}"))
-    }
-
-    /// Whether callers are open (`--callers open`).
-    pub fn open_callers(&self) -> bool {
-        self.0.callers.mode() == auth::CallerMode::Open
     }
 
     /// The agent a SPIFFE ID is mapped to (`[[workloads.agents]]`), if it is a SPIFFE ID and
@@ -697,11 +688,6 @@ impl Decisions {
             .verify(token, now_ms())
             .map(|live| live.claims.session.agent.clone())
             .map_err(|e| e.to_string())
-    }
-
-    /// Whether the service is ready (not shutting down).
-    pub fn ready(&self) -> bool {
-        self.0.ready.load(Ordering::Relaxed)
     }
 }
 

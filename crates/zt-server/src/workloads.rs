@@ -486,23 +486,24 @@ impl Workloads {
         {
             return Some(svid);
         }
+        self.verify_certificate(leaf, intermediates)
+            .ok()
+            .map(Arc::new)
+    }
+
+    /// The X.509-SVID of a certificate and the intermediates that came with it, verified
+    /// against the trust bundles now.
+    pub fn verify_certificate(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<X509Svid, zt_identity::svid::SvidError> {
         zt_identity::svid::verify_x509_svid(
             &self.bundles.load(),
             leaf,
             intermediates,
             crate::now_ms() / 1000,
         )
-        .ok()
-        .map(Arc::new)
-    }
-
-    /// The X.509-SVID of a certificate (a leaf its trust domain's CA issued), verified against
-    /// the trust bundles now.
-    pub fn verify_certificate(
-        &self,
-        leaf: &CertificateDer<'_>,
-    ) -> Result<X509Svid, zt_identity::svid::SvidError> {
-        zt_identity::svid::verify_x509_svid(&self.bundles.load(), leaf, &[], crate::now_ms() / 1000)
     }
 
     /// This service's bundle in the SPIFFE format: its CA certificates (`x509-svid`) and the
